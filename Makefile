@@ -1,0 +1,37 @@
+# Quick start:  make demo   (create .venv, train on the built-in demo data)
+#               make test   (create .venv with dev extras, run the whole suite)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Pinned to the torch/torchvision pair this project is developed and tested with.
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test venv venv-dev clean bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.stamp-base: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH_PIN)
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.stamp-base
+venv-dev: $(VENV)/.stamp-dev
+
+demo: venv
+	$(BIN)/yolotrain train
+
+test: venv-dev
+	$(BIN)/python -m pytest
+
+bench: venv-dev
+	$(BIN)/python benchmarks/train_speed.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -1,0 +1,53 @@
+"""Python API: ``Detector("n", nc=3).train(data="data.yaml", epochs=10)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import resolve
+from .engine.callbacks import Callbacks
+from .utils.logging import setup_logging
+
+
+class Detector:
+    """A model scale or a checkpoint, with train / val / predict.
+
+    Args:
+        model: A scale name (``n``, ``s``, ...) or a path to a ``.pt`` checkpoint.
+        nc: Number of classes for a fresh model (training takes it from the data).
+    """
+
+    def __init__(self, model: str | Path = "n", nc: int | None = None):
+        self.model = str(model)
+        self.nc = nc
+        self.callbacks = Callbacks()
+        self.trainer = None
+        setup_logging()
+
+    def add_callback(self, event: str, fn) -> None:
+        """Run ``fn(trainer)`` at the named training event."""
+        self.callbacks.add(event, fn)
+
+    def train(self, **settings: Any):
+        """Train with the given settings; returns the best epoch's EvalResult (None without val)."""
+        from .engine.trainer import Trainer
+
+        cfg = resolve({"model": self.model, **settings})
+        self.trainer = Trainer(cfg, callbacks=self.callbacks)
+        best = self.trainer.fit()
+        self.model = str(self.trainer.wdir / ("best.pt" if (self.trainer.wdir / "best.pt").exists() else "last.pt"))
+        return best
+
+    def val(self, **settings: Any):
+        """Validate the current weights; returns an EvalResult."""
+        from .cli import run_val
+
+        return run_val(resolve({"model": self.model, **settings}))
+
+    def predict(self, source: str, **settings: Any):
+        """Predict on an image, folder or glob; returns a list of Prediction (also saved to disk)."""
+        from .cli import run_predict_cfg
+
+        preds, _ = run_predict_cfg(resolve({"model": self.model, "source": source, **settings}))
+        return preds

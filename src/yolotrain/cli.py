@@ -1,0 +1,156 @@
+"""Command line: ``yolotrain {train,val,predict,info,help} key=value ...``.
+
+Examples::
+
+    yolotrain train data=path/data.yaml model=n epochs=50 imgsz=640 batch=16 device=cpu
+    yolotrain val model=runs/train/exp/weights/best.pt data=path/data.yaml json=true
+    yolotrain predict model=runs/train/exp/weights/best.pt source=images/
+    yolotrain info model=n
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import Config, help_text, parse_cli_args, resolve
+from .errors import ConfigError, YoloTrainError
+from .utils.logging import setup_logging
+
+COMMANDS = ("train", "val", "predict", "info", "help")
+USAGE = ("usage: yolotrain {train,val,predict,info,help} [key=value ...]\n"
+         "  e.g. yolotrain train data=data.yaml model=n epochs=50 imgsz=640 batch=16")
+
+
+def cmd_train(cfg: Config) -> int:
+    from .engine.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    best = trainer.fit()
+    print(f"run folder: {trainer.save_dir}")
+    if best is not None:
+        print(f"mAP50 {best.map50:.4f}  mAP50-95 {best.map50_95:.4f}  (best epoch, val split)")
+    return 0
+
+
+def _load_for_inference(cfg: Config):
+    """Model, device and precision for val/predict from ``model=`` (a checkpoint or a fresh scale)."""
+    from .engine.build import is_scale
+    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from .engine.precision import Precision
+    from .models import build_model
+    from .utils.torch_utils import select_device
+
+    device = select_device(cfg.device)
+    state: dict[str, Any] = {}
+    if is_scale(cfg.model):
+        model = build_model(scale=cfg.model, nc=80)
+    else:
+        state = load_checkpoint(cfg.model)
+        model = model_from_checkpoint(state)
+        model.names = state.get("names") or [str(i) for i in range(model.nc)]
+    return model.to(device), device, Precision(device, cfg.amp), state
+
+
+def run_val(cfg: Config):
+    """Validate ``cfg.model`` on ``cfg.split``; returns the EvalResult (with ``seconds`` set)."""
+    from .data import load_data_yaml
+    from .engine.build import build_loader, build_records, check_imgsz, resolve_data
+    from .engine.validator import Validator
+
+    model, device, precision, state = _load_for_inference(cfg)
+    if cfg.data:
+        data = load_data_yaml(cfg.data)
+    elif state.get("data_yaml") and Path(state["data_yaml"]).is_file():
+        data = load_data_yaml(state["data_yaml"])
+    else:
+        data = resolve_data(cfg)
+    if data["nc"] != model.nc:
+        raise ConfigError(f"data '{data['yaml_file']}' has {data['nc']} classes but the model has {model.nc}")
+    imgsz = check_imgsz(cfg.imgsz if "imgsz" in cfg.explicit or not state else state["config"]["imgsz"])
+    records = build_records(data, cfg.split)
+    loader = build_loader(records, cfg, imgsz, cfg.batch, train=False)
+    validator = Validator(loader, data["names"], device, precision,
+                          conf=cfg.conf if cfg.conf is not None else 0.001, iou=cfg.iou, max_det=cfg.max_det,
+                          agnostic=cfg.agnostic_nms, progress=cfg.verbose and not cfg.json)
+    result = validator(model)
+    result.seconds = validator.seconds
+    result.names = data["names"]
+    return result
+
+
+def cmd_val(cfg: Config) -> int:
+    from .eval import format_table
+
+    result = run_val(cfg)
+    print(format_table(result, result.names), file=sys.stderr if cfg.json else sys.stdout)
+    if cfg.json:
+        out = result.to_dict()
+        out["seconds"] = round(result.seconds, 3)
+        print(json.dumps(out))
+    return 0
+
+
+def run_predict_cfg(cfg: Config):
+    """Predict as ``cfg`` says; returns the list of Prediction and sets ``save_dir`` on the list."""
+    from .engine.build import check_imgsz
+    from .predict import run_predict
+    from .utils.files import increment_path
+
+    if not cfg.source:
+        raise ConfigError("setting 'source' is required for predict (an image, folder or glob)")
+    model, device, _, state = _load_for_inference(cfg)
+    imgsz = check_imgsz(cfg.imgsz if "imgsz" in cfg.explicit or not state else state["config"]["imgsz"])
+    project = cfg.project if "project" in cfg.explicit else "runs/predict"
+    save_dir = increment_path(Path(project) / cfg.name, exist_ok=cfg.exist_ok)
+    preds = run_predict(model, cfg.source, save_dir, imgsz, device, conf=cfg.conf if cfg.conf is not None else 0.25,
+                        iou=cfg.iou, max_det=cfg.max_det, agnostic=cfg.agnostic_nms, save_txt=cfg.save_txt)
+    return preds, save_dir
+
+
+def cmd_predict(cfg: Config) -> int:
+    _, save_dir = run_predict_cfg(cfg)
+    print(f"results saved to {save_dir}")
+    return 0
+
+
+def cmd_info(cfg: Config) -> int:
+    from .models import model_info
+
+    model, _, _, _ = _load_for_inference(cfg.replace(device="cpu") if not cfg.device else cfg)
+    imgsz = cfg.imgsz if "imgsz" in cfg.explicit else 640
+    info = model_info(model, imgsz=imgsz)
+    line = (f"model {model.scale}: {info['params']:,} parameters, {info['gradients']:,} gradients, "
+            f"{info['layers']} layers, {info['gflops']:.1f} GFLOPs at imgsz {imgsz}, {model.nc} classes")
+    print(line)
+    if cfg.json:
+        print(json.dumps({"scale": model.scale, "nc": model.nc, "imgsz": imgsz, **info}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``yolotrain`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE + "\n\n" + help_text())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command '{command}'; commands are {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        cfg = resolve(parse_cli_args(rest))
+        setup_logging(cfg.verbose or command != "train")
+        return {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "info": cmd_info}[command](cfg)
+    except YoloTrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""Settings declared once: typed defaults, YAML and ``key=value`` merging, validation, dump.
+
+Every setting is one :class:`Setting` in :data:`SETTINGS`. The CLI, the Python API and ``cfg=file.yaml``
+all go through :func:`resolve`, so an unknown key, a wrong type or an out-of-range value is refused in
+one place, before any work starts, with a one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key.
+
+    Attributes:
+        default: Value when nothing sets the key.
+        kind: One of ``bool``, ``int``, ``float``, ``str``, ``any`` (validated by ``check``).
+        help: One line for ``yolotrain train help=true`` and the README.
+        lo: Inclusive lower bound for numbers.
+        hi: Inclusive upper bound for numbers.
+        choices: Allowed values for strings.
+        nullable: Whether ``None`` (``null``/``none`` on the command line) is allowed.
+        check: Extra validation returning an error text or ``None``.
+    """
+
+    default: Any
+    kind: str
+    help: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] | None = None
+    nullable: bool = False
+    check: Callable[[Any], str | None] | None = None
+
+
+def _device_check(v: Any) -> str | None:
+    s = str(v).strip().lower()
+    if s in ("", "cpu", "mps", "cuda") or all(p.strip().isdigit() for p in s.split(",")):
+        return None
+    return "expected cpu, mps, cuda, a GPU index like 0 or a list like 0,1"
+
+
+def _model_check(v: Any) -> str | None:
+    return None if str(v).strip() else "expected a scale name (n/s/m/l/x) or a .pt path"
+
+
+S = Setting
+SETTINGS: dict[str, Setting] = {
+    # what to run on
+    "data": S(None, "str", "data YAML; empty trains on the built-in demo set", nullable=True),
+    "model": S("n", "str", "model scale (n/s/m/l/x) or a checkpoint .pt", check=_model_check),
+    "epochs": S(100, "int", "number of training epochs", lo=1, hi=100000),
+    "batch": S(16, "int", "global batch size", lo=1, hi=65536),
+    "imgsz": S(640, "int", "training/validation image size (pixels, square)", lo=32, hi=8192),
+    "device": S("", "str", "cpu, mps, 0, 0,1 ... (empty: the first GPU if there is one, else cpu)",
+                check=_device_check),
+    "workers": S(2, "int", "dataloader worker processes (0 loads in the main process)", lo=0, hi=64),
+    "seed": S(0, "int", "random seed for reproducible runs", lo=0, hi=2**32 - 1),
+    "deterministic": S(True, "bool", "prefer deterministic algorithms"),
+    "cache": S("off", "str", "keep decoded images in memory", choices=("off", "ram")),
+    # outputs
+    "project": S("runs/train", "str", "parent folder of run folders"),
+    "name": S("exp", "str", "run folder name (auto-incremented unless exist_ok)"),
+    "exist_ok": S(False, "bool", "reuse an existing run folder instead of incrementing"),
+    "save_period": S(-1, "int", "also save weights/epochN.pt every N epochs (-1: off)", lo=-1),
+    "plots": S(True, "bool", "write plots into the run folder"),
+    "verbose": S(True, "bool", "show progress bars and per-class tables"),
+    # optimisation
+    "optimizer": S("auto", "str", "optimizer", choices=("auto", "SGD", "Adam", "AdamW")),
+    "lr0": S(0.01, "float", "initial learning rate", lo=0.0, hi=10.0),
+    "lrf": S(0.01, "float", "final learning rate as a fraction of lr0", lo=0.0, hi=1.0),
+    "momentum": S(0.937, "float", "SGD momentum / Adam beta1", lo=0.0, hi=1.0),
+    "weight_decay": S(5e-4, "float", "weight decay at the nominal batch size", lo=0.0, hi=1.0),
+    "warmup_epochs": S(3.0, "float", "warmup length in epochs (at least warmup_min_iters iterations)",
+                       lo=0.0),
+    "warmup_min_iters": S(100, "int", "minimum warmup iterations", lo=0),
+    "warmup_momentum": S(0.8, "float", "momentum at the start of warmup", lo=0.0, hi=1.0),
+    "warmup_bias_lr": S(0.1, "float", "bias learning rate at the start of warmup", lo=0.0, hi=10.0),
+    "cos_lr": S(False, "bool", "cosine instead of linear learning-rate decay"),
+    "nbs": S(64, "int", "nominal batch size: gradients are accumulated up to it", lo=1),
+    "clip_grad": S(10.0, "float", "max gradient norm (0 disables clipping)", lo=0.0),
+    "ema": S(True, "bool", "keep an exponential moving average of the weights"),
+    "ema_decay": S(0.9999, "float", "EMA decay once ramped up", lo=0.0, hi=1.0),
+    "ema_tau": S(2000.0, "float", "EMA ramp length in updates", lo=1.0),
+    "max_nonfinite": S(10, "int", "consecutive non-finite losses before training stops", lo=1),
+    "amp": S("off", "str", "mixed precision", choices=("off", "bf16", "fp16")),
+    # loss
+    "box": S(7.5, "float", "box (CIoU) loss gain", lo=0.0),
+    "cls": S(0.5, "float", "classification loss gain", lo=0.0),
+    "dfl": S(1.5, "float", "distribution focal loss gain", lo=0.0),
+    # augmentation
+    "hsv_h": S(0.015, "float", "hue jitter (fraction)", lo=0.0, hi=1.0),
+    "hsv_s": S(0.7, "float", "saturation jitter (fraction)", lo=0.0, hi=1.0),
+    "hsv_v": S(0.4, "float", "value jitter (fraction)", lo=0.0, hi=1.0),
+    "degrees": S(0.0, "float", "rotation (+/- degrees)", lo=0.0, hi=180.0),
+    "translate": S(0.1, "float", "translation (+/- fraction)", lo=0.0, hi=0.9),
+    "scale": S(0.5, "float", "scale gain (+/- fraction)", lo=0.0, hi=0.95),
+    "shear": S(0.0, "float", "shear (+/- degrees)", lo=0.0, hi=45.0),
+    "fliplr": S(0.5, "float", "horizontal flip probability", lo=0.0, hi=1.0),
+    "mosaic": S(1.0, "float", "mosaic probability", lo=0.0, hi=1.0),
+    "close_mosaic": S(10, "int", "turn mosaic off for the last N epochs", lo=0),
+    # validation / prediction
+    "val": S(True, "bool", "validate during training"),
+    "val_period": S(1, "int", "validate every N epochs (and always after the last)", lo=1),
+    "split": S("val", "str", "split for yolotrain val", choices=("train", "val", "test")),
+    "conf": S(None, "float", "confidence threshold (default 0.001 for val, 0.25 for predict)",
+              lo=0.0, hi=1.0, nullable=True),
+    "iou": S(0.7, "float", "NMS IoU threshold", lo=0.0, hi=1.0),
+    "max_det": S(300, "int", "maximum detections per image", lo=1),
+    "agnostic_nms": S(False, "bool", "class-agnostic NMS"),
+    "json": S(False, "bool", "print one JSON object as the last stdout line"),
+    "source": S(None, "str", "image, folder or glob for predict", nullable=True),
+    "save_txt": S(True, "bool", "predict: write YOLO-format prediction files"),
+}
+
+BOOL_TRUE = {"true", "yes", "on", "1"}
+BOOL_FALSE = {"false", "no", "off", "0"}
+
+# Defaults for the built-in demo set, used only for keys the user did not set: small images of simple
+# shapes train to a useful model in a few CPU minutes (measured: see README).
+DEMO_DEFAULTS: dict[str, Any] = {
+    "epochs": 30,
+    "imgsz": 256,
+    "batch": 16,
+    "name": "demo",
+}
+
+
+class Config:
+    """A resolved configuration: attribute access, ``explicit`` keys, and dumping.
+
+    Attributes:
+        explicit: Keys given by the user (YAML or command line) rather than defaults.
+    """
+
+    def __init__(self, values: Mapping[str, Any], explicit: Iterable[str] = ()):
+        object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "explicit", set(explicit))
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key not in SETTINGS:
+            raise ConfigError(_unknown_key_message(key))
+        self._values[key] = coerce(key, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All settings as plain values, ordered as declared."""
+        return {k: self._values[k] for k in SETTINGS}
+
+    def replace(self, **updates: Any) -> "Config":
+        """A copy with ``updates`` validated and applied."""
+        new = Config(self._values, self.explicit | set(updates))
+        for k, v in updates.items():
+            setattr(new, k, v)
+        return new
+
+    def dump(self, path: str | Path) -> None:
+        """Write the resolved settings as YAML (the run's ``args.yaml``)."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def __repr__(self) -> str:
+        return f"Config({self.to_dict()})"
+
+
+def _unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, SETTINGS.keys(), n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else "; run 'yolotrain help' for the list"
+    return f"unknown setting '{key}'{hint}"
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse a command-line value the way YAML would, keeping odd strings as strings."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Validate ``value`` for ``key`` and convert it to the setting's type.
+
+    Raises:
+        ConfigError: With a one-line message naming the key and what is allowed.
+    """
+    if key not in SETTINGS:
+        raise ConfigError(_unknown_key_message(key))
+    s = SETTINGS[key]
+    if isinstance(value, str) and s.kind != "str":
+        value = _parse_scalar(value.strip())
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        if s.nullable:
+            return None
+        raise ConfigError(f"setting '{key}' must not be empty ({_allowed(s)})")
+    try:
+        out = _convert(s, value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting '{key}'={value!r} has the wrong type ({_allowed(s)})") from None
+    if s.kind in ("int", "float"):
+        if not math.isfinite(out) or (s.lo is not None and out < s.lo) or (s.hi is not None and out > s.hi):
+            raise ConfigError(f"setting '{key}'={value!r} is out of range ({_allowed(s)})")
+    if s.choices is not None:
+        match = {c.lower(): c for c in s.choices}.get(str(out).lower())
+        if match is None:
+            raise ConfigError(f"setting '{key}'={value!r} is not allowed ({_allowed(s)})")
+        out = match
+    if s.check is not None and (err := s.check(out)):
+        raise ConfigError(f"setting '{key}'={value!r} is not valid: {err}")
+    return out
+
+
+def _convert(s: Setting, value: Any) -> Any:
+    if s.kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        text = str(value).strip().lower()
+        if text in BOOL_TRUE:
+            return True
+        if text in BOOL_FALSE:
+            return False
+        raise ValueError(value)
+    if s.kind == "int":
+        if isinstance(value, bool):
+            raise TypeError(value)
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    if s.kind == "float":
+        if isinstance(value, bool):
+            raise TypeError(value)
+        return float(value)
+    if s.kind == "str":
+        if isinstance(value, (dict, list)):
+            raise TypeError(value)
+        return str(value)
+    return value
+
+
+def _allowed(s: Setting) -> str:
+    if s.choices:
+        return "one of " + ", ".join(s.choices)
+    if s.kind in ("int", "float"):
+        lo = "-inf" if s.lo is None else f"{s.lo:g}"
+        hi = "inf" if s.hi is None else f"{s.hi:g}"
+        return f"{'an integer' if s.kind == 'int' else 'a number'} in [{lo}, {hi}]"
+    if s.kind == "bool":
+        return "true or false"
+    return f"a {s.kind}" + (" or null" if s.nullable else "")
+
+
+def load_yaml_settings(path: str | Path) -> dict[str, Any]:
+    """Read a ``cfg=`` YAML file of settings.
+
+    Raises:
+        ConfigError: When the file is missing, not YAML, or not a mapping.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"cfg file '{p}' does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cfg file '{p}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"cfg file '{p}' must hold a mapping of settings, not {type(data).__name__}")
+    return {str(k): v for k, v in data.items()}
+
+
+def parse_cli_args(args: list[str]) -> dict[str, Any]:
+    """Turn ``key=value`` and ``--key value`` / ``--key=value`` / ``--flag`` tokens into a dict.
+
+    Values stay strings; :func:`coerce` converts them per setting.
+
+    Raises:
+        ConfigError: For a token that is neither form.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if tok.startswith("--"):
+            body = tok[2:]
+            if "=" in body:
+                k, v = body.split("=", 1)
+            elif i + 1 < len(args) and "=" not in args[i + 1] and not args[i + 1].startswith("--"):
+                k, v = body, args[i + 1]
+                i += 1
+            else:
+                k, v = body, "true"
+        elif "=" in tok:
+            k, v = tok.split("=", 1)
+        else:
+            raise ConfigError(f"argument '{tok}' is not of the form key=value or --key value")
+        k = k.strip().replace("-", "_")
+        if not k:
+            raise ConfigError(f"argument '{tok}' has an empty key")
+        out[k] = v
+        i += 1
+    return out
+
+
+def resolve(overrides: Mapping[str, Any] | None = None, cfg: str | Path | None = None) -> Config:
+    """Merge defaults <- ``cfg`` YAML <- ``overrides`` and validate everything.
+
+    When no ``data`` is given, :data:`DEMO_DEFAULTS` fill the keys the user did not set.
+
+    Args:
+        overrides: Settings from the command line or the Python API (``cfg`` may be one of them).
+        cfg: A YAML file of settings.
+
+    Raises:
+        ConfigError: For the first invalid key or value.
+    """
+    merged: dict[str, Any] = {}
+    overrides = dict(overrides or {})
+    cfg = overrides.pop("cfg", cfg)
+    if cfg:
+        merged.update(load_yaml_settings(cfg))
+    merged.update(overrides)
+    values = {k: s.default for k, s in SETTINGS.items()}
+    for k, v in merged.items():
+        values[k] = coerce(k, v)
+    if not values["data"]:
+        for k, v in DEMO_DEFAULTS.items():
+            if k not in merged:
+                values[k] = v
+    return Config(values, explicit=merged.keys())
+
+
+def help_text() -> str:
+    """Every setting with its default and what it does, for ``yolotrain help``."""
+    width = max(map(len, SETTINGS))
+    lines = [f"  {k:<{width}}  {str(s.default):<12} {s.help}" for k, s in SETTINGS.items()]
+    return "settings (key=value):\n" + "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Builders that turn a resolved config into the objects the trainer runs: data, model, loaders."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..config import Config
+from ..data import DetectionDataset, build_dataloader, ensure_demo_dataset, load_data_yaml, scan_split
+from ..errors import ConfigError, DataError
+from ..models import available_scales, build_model
+from .checkpoint import load_checkpoint, transfer_weights
+
+LOGGER = logging.getLogger("yolotrain")
+MAX_STRIDE = 32
+
+
+def resolve_data(cfg: Config) -> dict[str, Any]:
+    """Load the data YAML named by ``cfg.data``, or generate and use the built-in demo set."""
+    if not cfg.data:
+        path = ensure_demo_dataset()
+        LOGGER.info(f"data: no data= given, using the built-in demo set at {path.parent}")
+        return load_data_yaml(path)
+    return load_data_yaml(cfg.data)
+
+
+def check_imgsz(imgsz: int, stride: int = MAX_STRIDE) -> int:
+    """Round ``imgsz`` up to a multiple of the model's largest stride, warning when it changes."""
+    new = max(int(math.ceil(imgsz / stride) * stride), stride)
+    if new != imgsz:
+        LOGGER.warning(f"imgsz={imgsz} is not a multiple of the max stride {stride}; using imgsz={new}")
+    return new
+
+
+def build_records(data: dict[str, Any], split: str):
+    """Scan one split, log its summary, and return its records."""
+    sources = data.get(split) or []
+    if not sources:
+        raise DataError(f"data '{data['yaml_file']}' has no '{split}' split")
+    records, report = scan_split(sources, data["nc"], split=split)
+    LOGGER.info(f"{split}: {report.summary()}")
+    return records
+
+
+def build_loader(records, cfg: Config, imgsz: int, batch: int, train: bool, rank: int = -1,
+                 world_size: int = 1, pin_memory: bool = False):
+    """A dataset and loader for training (augmented, shuffled) or evaluation (letterboxed, in order)."""
+    dataset = DetectionDataset(records, imgsz=imgsz, augment=train, hyp=cfg, stride=MAX_STRIDE,
+                               cache=cfg.cache if cfg.cache != "off" else False, seed=cfg.seed)
+    return build_dataloader(dataset, batch_size=batch, workers=cfg.workers, shuffle=train, seed=cfg.seed,
+                            rank=rank, world_size=world_size, pin_memory=pin_memory, drop_last=False)
+
+
+def is_scale(model: str) -> bool:
+    return str(model) in available_scales()
+
+
+def build_train_model(cfg: Config, nc: int) -> nn.Module:
+    """A fresh model of the configured scale, or one initialised from a checkpoint's weights.
+
+    Loading a checkpoint here is fine-tuning: tensors whose names and shapes match are copied (so the
+    number of classes may change) and the counts are logged.
+    """
+    spec = str(cfg.model)
+    if is_scale(spec):
+        return build_model(scale=spec, nc=nc)
+    if not spec.endswith(".pt"):
+        raise ConfigError(f"setting 'model'={spec} is neither a scale ({', '.join(available_scales())}) "
+                          f"nor a .pt checkpoint")
+    state = load_checkpoint(spec)
+    mcfg = dict(state["model_cfg"])
+    mcfg["nc"] = nc
+    model = build_model(**mcfg)
+    weights = state.get("ema") or state["model"]
+    counts = transfer_weights(model, weights)
+    LOGGER.info(f"model: initialised from {spec}: {counts['matched']} tensors matched, "
+                f"{counts['missing']} missing, {counts['unexpected']} unexpected, "
+                f"{counts['mismatched']} shape-mismatched")
+    return model
+
+
+def run_dir(cfg: Config) -> Path:
+    """The run folder ``{project}/{name}``, auto-incremented unless ``exist_ok``."""
+    from ..utils.files import increment_path
+
+    path = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok)
+    (path / "weights").mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def to_device_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move the tensors the loss needs onto ``device``."""
+    out = dict(batch)
+    for k in ("cls", "bboxes", "batch_idx"):
+        out[k] = batch[k].to(device, non_blocking=True)
+    return out

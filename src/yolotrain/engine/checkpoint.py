@@ -1,0 +1,84 @@
+"""Checkpoint files: atomic writes and safe loading.
+
+A checkpoint holds only tensors, plain containers and primitives, so it loads with
+``torch.load(weights_only=True)``: loading never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import CheckpointError
+from ..utils.files import atomic_write
+
+FORMAT = "yolotrain-ckpt-1"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Serialise ``state`` and write it atomically to ``path``."""
+    state = {"format": FORMAT, **state}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely.
+
+    Raises:
+        CheckpointError: When the file is missing, truncated, corrupt, carries pickled objects, or is
+            not a yolotrain checkpoint.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint '{p}' does not exist")
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise CheckpointError(f"checkpoint '{p}' was refused: it holds objects other than tensors and plain "
+                              f"data ({first[:160]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint '{p}' is truncated or corrupt: {str(e).splitlines()[0][:160]}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint '{p}' is not a yolotrain checkpoint (no '{FORMAT}' format tag)")
+    return state
+
+
+def model_from_checkpoint(state: dict[str, Any], prefer_ema: bool = True) -> nn.Module:
+    """Rebuild the detector a checkpoint describes and load its (EMA, if present) weights."""
+    from ..models import build_model
+
+    cfg = state.get("model_cfg")
+    if not isinstance(cfg, dict):
+        raise CheckpointError("checkpoint has no 'model_cfg' describing the model")
+    model = build_model(**cfg)
+    weights = state.get("ema") if prefer_ema and state.get("ema") else state.get("model")
+    if weights is None:
+        raise CheckpointError("checkpoint holds no model weights")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
+    return model.float().eval()
+
+
+def transfer_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Load the tensors of ``weights`` whose names and shapes match ``model`` (fine-tuning).
+
+    Returns:
+        Counts of matched, missing (in the model, not the file), unexpected and shape-mismatched tensors.
+    """
+    own = model.state_dict()
+    matched = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    model.load_state_dict(matched, strict=False)
+    return {
+        "matched": len(matched),
+        "missing": len([k for k in own if k not in weights]),
+        "unexpected": len([k for k in weights if k not in own]),
+        "mismatched": len(mismatched),
+    }

@@ -1,0 +1,51 @@
+"""Exponential moving average of the weights, kept in fp32, with a ramped decay."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+
+class ModelEMA:
+    """EMA of a model's parameters and buffers.
+
+    The decay ramps from 0 towards ``decay`` as ``decay * (1 - exp(-updates / tau))`` so early,
+    still-random weights are forgotten quickly.
+
+    Args:
+        model: The (unwrapped) model to follow.
+        decay: Decay once ramped up.
+        tau: Ramp length in updates.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0):
+        self.ema = copy.deepcopy(model).eval().float()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.tau = tau
+        self.updates = updates
+
+    def current_decay(self) -> float:
+        return self.decay * (1 - math.exp(-self.updates / self.tau))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Blend ``model``'s floating-point state into the EMA."""
+        self.updates += 1
+        d = self.current_decay()
+        msd = model.state_dict()
+        for k, v in self.ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach().float(), alpha=1 - d)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.ema.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema.load_state_dict(state["model"])
+        self.updates = int(state["updates"])

@@ -1,0 +1,300 @@
+"""The training loop: ``fit -> train_one_epoch -> train_step -> validate``.
+
+Run it with ``yolotrain train data=path/data.yaml model=n epochs=50`` or, from Python,
+``Trainer(resolve({...})).fit()``. Extras (logging, saving) plug in through named callback events.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from .. import __version__
+from ..config import Config
+from ..errors import TrainingError
+from ..eval import EvalResult, format_table
+from ..loss import DetectionLoss
+from ..models import model_info
+from ..utils.torch_utils import configure_backend, init_seeds, memory_mb, select_device
+from . import distributed as dist
+from .build import (build_loader, build_records, build_train_model, check_imgsz, resolve_data, run_dir,
+                    to_device_batch)
+from .callbacks import Callbacks
+from .checkpoint import save_checkpoint
+from .ema import ModelEMA
+from .optim import Schedule, accumulation, build_optimizer, scaled_weight_decay
+from .precision import Precision
+from .validator import Validator
+
+LOGGER = logging.getLogger("yolotrain")
+LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
+
+
+class Trainer:
+    """Trains a detector as the config says and writes the run folder.
+
+    Args:
+        cfg: A resolved :class:`~yolotrain.config.Config`.
+        callbacks: Extra callbacks; more can be added with ``trainer.callbacks.add(event, fn)``.
+
+    Attributes:
+        save_dir: The run folder (set by :meth:`setup`).
+        best: The :class:`EvalResult` of the best epoch so far.
+        metrics: The latest validation result.
+    """
+
+    def __init__(self, cfg: Config, callbacks: Callbacks | None = None):
+        self.cfg = cfg
+        self.callbacks = callbacks or Callbacks()
+        self.device = select_device(cfg.device)
+        self.epoch = 0
+        self.best_fitness = -math.inf
+        self.best: EvalResult | None = None
+        self.metrics: EvalResult | None = None
+        self.history: list[dict[str, float]] = []
+        self.nonfinite_streak = 0
+        self.skipped_steps = 0
+
+    # ----------------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        """Build data, model, loss, optimizer, schedule and the run folder."""
+        cfg = self.cfg
+        init_seeds(cfg.seed, cfg.deterministic)
+        configure_backend(self.device, cfg.deterministic)
+        self.data = resolve_data(cfg)
+        self.names = self.data["names"]
+        self.imgsz = check_imgsz(cfg.imgsz)
+        train_records = build_records(self.data, "train")
+        val_records = build_records(self.data, "val") if cfg.val else None
+
+        self.model = build_train_model(cfg, self.data["nc"]).to(self.device)
+        self.model.names = self.names
+        info = model_info(self.model, imgsz=self.imgsz)
+        LOGGER.info(f"model: scale {self.model.scale}, {info['params']:,} parameters, {info['layers']} layers, "
+                    f"{info['gflops']:.1f} GFLOPs at {self.imgsz}")
+        self.train_model = dist.wrap(self.model, self.device)
+        self.criterion = DetectionLoss.from_model(self.model, cfg)
+        self.precision = Precision(self.device, cfg.amp)
+
+        pin = self.device.type == "cuda"
+        self.batch = cfg.batch
+        self.train_loader = build_loader(train_records, cfg, self.imgsz, self.batch, train=True, pin_memory=pin)
+        self.val_loader = (build_loader(val_records, cfg, self.imgsz, self.batch * 2, train=False,
+                                        pin_memory=pin) if val_records else None)
+        self.nb = len(self.train_loader)
+        self.accumulate = accumulation(self.batch, cfg.nbs)
+        wd = scaled_weight_decay(cfg.weight_decay, self.batch, self.accumulate, cfg.nbs)
+        total_iters = math.ceil(len(train_records) / max(self.batch, cfg.nbs)) * cfg.epochs
+        self.optimizer, self.optimizer_name, self.lr = build_optimizer(
+            self.model, cfg.optimizer, cfg.lr0, cfg.momentum, wd, total_iters, self.data["nc"])
+        warmup = max(round(cfg.warmup_epochs * self.nb), cfg.warmup_min_iters) if cfg.warmup_epochs > 0 else 0
+        self.schedule = Schedule(cfg.epochs, self.nb, cfg.lrf, cfg.cos_lr, warmup, cfg.warmup_bias_lr,
+                                 cfg.warmup_momentum, cfg.momentum)
+        self.ema = ModelEMA(self.model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None
+        self.validator = (Validator(self.val_loader, self.names, self.device, self.precision,
+                                    conf=cfg.conf if cfg.conf is not None else 0.001, iou=cfg.iou,
+                                    max_det=cfg.max_det, progress=cfg.verbose and dist.is_main())
+                          if self.val_loader else None)
+        if dist.is_main():
+            self.save_dir = run_dir(cfg)
+            self.wdir = self.save_dir / "weights"
+            cfg.dump(self.save_dir / "args.yaml")
+        LOGGER.info(f"train: {len(train_records)} images, batch {self.batch}, accumulate {self.accumulate} "
+                    f"(nominal batch {cfg.nbs}), weight decay {wd:g}, {self.nb} iterations/epoch, "
+                    f"warmup {warmup} iterations, device {self.device}, precision {self.precision.amp}")
+
+    # ----------------------------------------------------------------------------------------- loop
+    def fit(self) -> EvalResult | None:
+        """Train for ``cfg.epochs`` epochs and return the best validation result."""
+        try:
+            self.callbacks.run("on_pretrain_routine_start", self)
+            self.setup()
+            self.callbacks.run("on_pretrain_routine_end", self)
+            self.callbacks.run("on_train_start", self)
+            t0 = time.perf_counter()
+            for epoch in range(self.epoch, self.cfg.epochs):
+                self.epoch = epoch
+                self.callbacks.run("on_train_epoch_start", self)
+                t_epoch = time.perf_counter()
+                losses = self.train_one_epoch(epoch)
+                self.callbacks.run("on_train_epoch_end", self)
+                last = epoch + 1 == self.cfg.epochs
+                if self.validator is not None and (last or (epoch + 1) % self.cfg.val_period == 0):
+                    self.metrics = self.validate()
+                self.end_epoch(epoch, losses, time.perf_counter() - t_epoch)
+                self.callbacks.run("on_fit_epoch_end", self)
+            self.train_seconds = time.perf_counter() - t0
+            self.callbacks.run("on_train_end", self)
+            self.final_report()
+            return self.best
+        except BaseException:
+            self.callbacks.run("on_exception", self)
+            raise
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training loader; returns the epoch's mean losses."""
+        from ..data import set_loader_epoch
+
+        cfg = self.cfg
+        if cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic:
+            self.train_loader.dataset.mosaic_enabled = False
+        set_loader_epoch(self.train_loader, epoch)
+        self.train_model.train()
+        mean = torch.zeros(3)
+        seen = 0
+        t0 = time.perf_counter()
+        bar = tqdm(enumerate(self.train_loader), total=self.nb, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not (cfg.verbose and dist.is_main()), dynamic_ncols=True, mininterval=1.0)
+        for i, batch in bar:
+            self.callbacks.run("on_train_batch_start", self)
+            self.schedule.apply(self.optimizer, epoch, i)
+            items = self.train_step(batch, epoch * self.nb + i)
+            mean = (mean * i + items) / (i + 1)
+            seen += batch["img"].shape[0]
+            self.callbacks.run("on_train_batch_end", self)
+            bar.set_postfix_str(
+                " ".join(f"{n.split('_')[0]} {v:.3f}" for n, v in zip(LOSS_NAMES, mean.tolist()))
+                + f" inst {batch['cls'].shape[0]} size {batch['img'].shape[-1]}"
+                + f" {seen / (time.perf_counter() - t0):.1f} img/s")
+        self.images_per_s = seen / max(time.perf_counter() - t0, 1e-9)
+        return dict(zip(LOSS_NAMES, mean.tolist()))
+
+    def train_step(self, batch: dict[str, Any], ni: int) -> torch.Tensor:
+        """Forward, loss, backward; an optimizer step every ``accumulate`` iterations.
+
+        A non-finite loss is never back-propagated; ``max_nonfinite`` in a row stop training.
+
+        Returns:
+            The detached loss items (box, cls, dfl) of this batch.
+        """
+        imgs = batch["img"].to(self.device, non_blocking=True).float().div_(255)
+        with self.precision.autocast():
+            preds = self.train_model(imgs)
+        # The loss (and target assignment) runs in fp32 outside autocast.
+        loss, items = self.criterion(preds, to_device_batch(batch, self.device))
+        if torch.isfinite(loss):
+            self.nonfinite_streak = 0
+            self.precision.scaler.scale(loss).backward()
+        else:
+            self.nonfinite_streak += 1
+            LOGGER.warning(f"non-finite loss {loss.item()} at iteration {ni}; batch skipped")
+            if self.nonfinite_streak >= self.cfg.max_nonfinite:
+                raise TrainingError(f"{self.nonfinite_streak} consecutive non-finite losses at iteration {ni}; "
+                                    f"lower lr0 or check the data (see README: NaN losses)")
+        if (ni + 1) % self.accumulate == 0 or (ni + 1) == self.nb * self.cfg.epochs:
+            self.optimizer_step()
+        return items.detach().float().cpu()
+
+    def optimizer_step(self) -> None:
+        """Unscale, clip, step (skipped on non-finite gradients), update the scaler and the EMA."""
+        scaler = self.precision.scaler
+        scaler.unscale_(self.optimizer)
+        self.callbacks.run("on_before_optimizer_step", self)
+        max_norm = self.cfg.clip_grad if self.cfg.clip_grad > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=max_norm)
+        if scaler.is_enabled():
+            scale = scaler.get_scale()
+            scaler.step(self.optimizer)  # skips the step itself when gradients hold inf/NaN
+            scaler.update()
+            stepped = scaler.get_scale() >= scale
+        else:
+            stepped = bool(torch.isfinite(norm))
+            if stepped:
+                self.optimizer.step()
+        if not stepped:
+            self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if stepped and self.ema is not None:
+            self.ema.update(self.model)
+
+    def validate(self) -> EvalResult:
+        """Score the EMA (or the raw model) on the validation split."""
+        self.callbacks.run("on_val_start", self)
+        result = self.validator(self.eval_model)
+        self.callbacks.run("on_val_end", self)
+        return result
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.ema if self.ema is not None else self.model
+
+    # ----------------------------------------------------------------------------------------- outputs
+    def end_epoch(self, epoch: int, losses: dict[str, float], seconds: float) -> None:
+        """Record the epoch in results.csv and save last.pt / best.pt (rank 0 only)."""
+        m = self.metrics if (self.metrics is not None) else None
+        row = {"epoch": epoch + 1, "seconds": round(seconds, 2)}
+        row.update({f"train/{k}": round(v, 5) for k, v in losses.items()})
+        row.update({f"lr/pg{j}": g["lr"] for j, g in enumerate(self.optimizer.param_groups)})
+        for key, name in (("precision", "precision"), ("recall", "recall"), ("map50", "mAP50"),
+                          ("map50_95", "mAP50-95")):
+            row[f"metrics/{name}"] = round(float(getattr(m, key)), 5) if m is not None else ""
+        row["skipped_steps"] = self.skipped_steps
+        row["images_per_s"] = round(self.images_per_s, 2)
+        self.history.append(row)
+        fitness = float(m.map50_95) if m is not None else -math.inf
+        improved = m is not None and fitness > self.best_fitness
+        if improved:
+            self.best_fitness, self.best = fitness, m
+        if m is not None:
+            LOGGER.info(f"epoch {epoch + 1}: P {m.precision:.3f} R {m.recall:.3f} mAP50 {m.map50:.3f} "
+                        f"mAP50-95 {m.map50_95:.3f} ({seconds:.1f}s, val {self.validator.seconds:.1f}s, "
+                        f"mem {memory_mb(self.device):.0f} MB)")
+        if not dist.is_main():
+            return
+        self.write_csv(row)
+        state = self.checkpoint_state(epoch)
+        save_checkpoint(state, self.wdir / "last.pt")
+        if improved or (self.best is None and epoch + 1 == self.cfg.epochs):
+            save_checkpoint(state, self.wdir / "best.pt")
+        if self.cfg.save_period > 0 and (epoch + 1) % self.cfg.save_period == 0:
+            save_checkpoint(state, self.wdir / f"epoch{epoch + 1}.pt")
+        self.callbacks.run("on_model_save", self)
+
+    def write_csv(self, row: dict[str, Any]) -> None:
+        path = self.save_dir / "results.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        """The training state as tensors and plain data (loadable with ``weights_only=True``)."""
+        return {
+            "epoch": epoch,
+            "best_fitness": self.best_fitness if math.isfinite(self.best_fitness) else None,
+            "model_cfg": self.model.config(),
+            "names": list(self.names),
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "ema": self.ema.state_dict()["model"] if self.ema is not None else None,
+            "ema_updates": self.ema.updates if self.ema is not None else 0,
+            "optimizer": self.optimizer.state_dict(),
+            "precision": self.precision.state_dict(),
+            "config": self.cfg.to_dict(),
+            "data_yaml": self.data["yaml_file"],
+            "history": self.history,
+            "metrics": self.metrics.to_dict() if self.metrics is not None else None,
+            "versions": {"yolotrain": __version__, "torch": torch.__version__},
+        }
+
+    def final_report(self) -> None:
+        if not dist.is_main():
+            return
+        if self.best is not None and self.cfg.verbose:
+            LOGGER.info("best epoch, per class:\n" + format_table(self.best, self.names))
+        b = self.best
+        summary = (f"done: {self.cfg.epochs} epochs in {self.train_seconds / 60:.1f} min; "
+                   f"results in {self.save_dir}")
+        if b is not None:
+            summary += f"; best mAP50 {b.map50:.3f} mAP50-95 {b.map50_95:.3f}"
+        LOGGER.info(summary)
+        self.summary = summary

@@ -1,0 +1,72 @@
+"""Validation: run a model over a loader, post-process, and score with the COCO evaluator."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from ..data.records import xywhn_to_xyxy
+from ..eval import DetectionEvaluator, EvalResult
+from ..ops import Postprocessor, scale_boxes
+from .precision import Precision
+
+
+class Validator:
+    """Scores a model on one split.
+
+    Args:
+        loader: Loader over a non-augmented :class:`~yolotrain.data.DetectionDataset`.
+        names: Class names.
+        device: Where the model runs.
+        precision: Autocast settings (validation runs under the training precision).
+        conf: Confidence threshold before NMS.
+        iou: NMS IoU threshold.
+        max_det: Detections kept per image.
+        agnostic: Class-agnostic NMS.
+        progress: Show a progress bar.
+    """
+
+    def __init__(self, loader, names: list[str], device: torch.device, precision: Precision,
+                 conf: float = 0.001, iou: float = 0.7, max_det: int = 300, agnostic: bool = False,
+                 progress: bool = True):
+        self.loader = loader
+        self.records = loader.dataset.records
+        self.names = names
+        self.device = device
+        self.precision = precision
+        self.post = Postprocessor(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic)
+        self.progress = progress
+        self.seconds = 0.0
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> EvalResult:
+        t0 = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        evaluator = DetectionEvaluator(self.names)
+        bar = tqdm(self.loader, desc="val", leave=False, disable=not self.progress, dynamic_ncols=True)
+        for batch in bar:
+            imgs = batch["img"].to(self.device, non_blocking=True).float().div_(255)
+            with self.precision.autocast():
+                preds = model(imgs)
+            dets = self.post([p.float() for p in preds], model.stride, model.reg_max)
+            for j, det in enumerate(dets):
+                rec = self.records[int(batch["index"][j])]
+                det = det.cpu()
+                det[:, :4] = scale_boxes(det[:, :4], batch["ratio_pad"][j], batch["ori_shape"][j])
+                evaluator.add(
+                    image_id=int(batch["index"][j]),
+                    width=rec.width,
+                    height=rec.height,
+                    gt_boxes=xywhn_to_xyxy(rec.bboxes, rec.width, rec.height),
+                    gt_cls=rec.cls,
+                    pred=det.numpy(),
+                    gt_crowd=rec.crowd,
+                )
+        result = evaluator.compute()
+        model.train(was_training)
+        self.seconds = time.perf_counter() - t0
+        return result
