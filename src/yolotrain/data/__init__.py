@@ -1,0 +1,43 @@
+"""Data: YAML config, label scanning and caching, augmentation, dataset, loader, demo set."""
+
+from yolotrain.data.augment import letterbox, mosaic4, random_affine, random_flip_lr, random_hsv
+from yolotrain.data.config import load_data_yaml
+from yolotrain.data.dataset import DetectionDataset, SampleKey
+from yolotrain.data.demo import ensure_demo_dataset
+from yolotrain.data.image_io import read_image
+from yolotrain.data.labels import ScanReport, check_image, scan_split
+from yolotrain.data.loader import (
+    DetectionLoader,
+    EpochSampler,
+    build_dataloader,
+    collate,
+    set_loader_epoch,
+)
+from yolotrain.data.records import ImageRecord, xywhn_to_xyxy, xyxy_to_xywhn
+from yolotrain.data.sources import IMG_EXTS, img_to_label_path
+
+__all__ = [
+    "IMG_EXTS",
+    "DetectionDataset",
+    "DetectionLoader",
+    "EpochSampler",
+    "ImageRecord",
+    "SampleKey",
+    "ScanReport",
+    "build_dataloader",
+    "check_image",
+    "collate",
+    "ensure_demo_dataset",
+    "img_to_label_path",
+    "letterbox",
+    "load_data_yaml",
+    "mosaic4",
+    "random_affine",
+    "random_flip_lr",
+    "random_hsv",
+    "read_image",
+    "scan_split",
+    "set_loader_epoch",
+    "xywhn_to_xyxy",
+    "xyxy_to_xywhn",
+]

@@ -1,0 +1,274 @@
+"""Vectorized image + box augmentations (numpy / OpenCV).
+
+Conventions: images are HWC uint8 RGB arrays; ``boxes`` are (n, 4) float32 ``x1 y1 x2 y2`` in
+pixels; ``cls`` is (n,). All randomness comes from a ``numpy.random.Generator`` passed in, so a
+sample's augmentation is a pure function of its generator's seed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+PAD_VALUE = 114  # neutral grey: the network sees the same padding in training and evaluation
+PAD_COLOR = (PAD_VALUE, PAD_VALUE, PAD_VALUE)
+
+ImageLabels = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def letterbox(
+    img: np.ndarray,
+    new_shape: int | tuple[int, int] = 640,
+    color: tuple[int, int, int] = PAD_COLOR,
+    scaleup: bool = True,
+    stride: int = 32,
+    auto: bool = False,
+) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
+    """Resize keeping the aspect ratio, then pad.
+
+    Args:
+        img: HWC image.
+        new_shape: Target ``(h, w)`` or a side length for a square.
+        color: Padding colour.
+        scaleup: Allow enlarging (False only shrinks, which keeps small images sharp in eval).
+        stride: With ``auto``, pad only up to the next multiple of this.
+        auto: Minimal padding (to a multiple of ``stride``) instead of exactly ``new_shape``.
+
+    Returns:
+        ``(img, (ratio_w, ratio_h), (pad_left, pad_top))``: a point ``(x, y)`` of the input maps to
+        ``(x * ratio_w + pad_left, y * ratio_h + pad_top)``. The two ratios differ from each other
+        only by the rounding of the resized size.
+    """
+    h0, w0 = img.shape[:2]
+    if isinstance(new_shape, int):
+        nh, nw = new_shape, new_shape
+    else:
+        nh, nw = int(new_shape[0]), int(new_shape[1])
+    r = min(nh / h0, nw / w0)
+    if not scaleup:
+        r = min(r, 1.0)
+    uw = min(nw, max(1, round(w0 * r)))
+    uh = min(nh, max(1, round(h0 * r)))
+    dw, dh = nw - uw, nh - uh
+    if auto:
+        dw, dh = dw % stride, dh % stride
+    if (uw, uh) != (w0, h0):
+        interp = cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR
+        img = cv2.resize(img, (uw, uh), interpolation=interp)
+    left, top = dw // 2, dh // 2
+    if dw or dh:
+        img = cv2.copyMakeBorder(
+            img, top, dh - top, left, dw - left, cv2.BORDER_CONSTANT, value=color
+        )
+    return img, (uw / w0, uh / h0), (left, top)
+
+
+def random_hsv(
+    img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Random hue shift and saturation / value gains, in place.
+
+    Hue is shifted additively (by up to ``hgain`` of the full colour circle) so every hue moves
+    equally; saturation and value are multiplied by ``1 +- gain``. Three 256-entry lookup tables
+    make this one pass over the pixels.
+
+    Args:
+        img: HWC uint8 RGB image, modified in place.
+        hgain: Hue shift range as a fraction of the colour circle.
+        sgain: Saturation gain range.
+        vgain: Value gain range.
+        rng: Random generator.
+
+    Returns:
+        The same array.
+    """
+    dh, gs, gv = rng.uniform(-1.0, 1.0, 3) * (hgain, sgain, vgain) + (0.0, 1.0, 1.0)
+    if not (hgain or sgain or vgain):
+        return img
+    x = np.arange(256, dtype=np.float32)
+    lut_h = np.mod(np.round(x + dh * 180.0), 180).astype(np.uint8)  # OpenCV 8-bit hue is 0..179
+    lut_s = np.clip(np.round(x * gs), 0, 255).astype(np.uint8)
+    lut_v = np.clip(np.round(x * gv), 0, 255).astype(np.uint8)
+    h, s, v = cv2.split(cv2.cvtColor(img, cv2.COLOR_RGB2HSV))
+    hsv = cv2.merge((cv2.LUT(h, lut_h), cv2.LUT(s, lut_s), cv2.LUT(v, lut_v)))
+    cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=img)
+    return img
+
+
+def random_flip_lr(
+    img: np.ndarray, boxes: np.ndarray, p: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror left-right with probability ``p``.
+
+    Args:
+        img: HWC image.
+        boxes: (n, 4) xyxy pixels.
+        p: Probability.
+        rng: Random generator (one draw, always, so later draws do not depend on ``p``).
+
+    Returns:
+        ``(img, boxes)``, new arrays when flipped.
+    """
+    if rng.random() >= p:
+        return img, boxes
+    w = img.shape[1]
+    img = np.ascontiguousarray(img[:, ::-1])
+    boxes = boxes.copy()
+    boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+    return img, boxes
+
+
+def transform_boxes(boxes: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 (or 2x3) affine matrix to boxes via their 4 corners.
+
+    Args:
+        boxes: (n, 4) xyxy.
+        m: Affine matrix.
+
+    Returns:
+        (n, 4) axis-aligned xyxy boxes enclosing the transformed corners (not clipped).
+    """
+    n = len(boxes)
+    if n == 0:
+        return np.zeros((0, 4), dtype=np.float32)
+    corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n * 4, 2).astype(np.float64)
+    pts = corners @ m[:2, :2].T + m[:2, 2]
+    pts = pts.reshape(n, 4, 2)
+    return np.concatenate([pts.min(1), pts.max(1)], 1).astype(np.float32)
+
+
+def box_candidates(
+    before: np.ndarray,
+    after: np.ndarray,
+    min_wh: float = 2.0,
+    area_ratio: float = 0.1,
+    max_aspect: float = 20.0,
+) -> np.ndarray:
+    """Which transformed boxes are still worth training on.
+
+    Args:
+        before: (n, 4) boxes before the transform, already multiplied by the transform's scale so
+            that zooming alone never rejects a box.
+        after: (n, 4) boxes after transform and clipping.
+        min_wh: Minimum width and height in pixels.
+        area_ratio: Minimum visible fraction of the (scaled) original area.
+        max_aspect: Maximum aspect ratio (long / short side).
+
+    Returns:
+        (n,) bool mask.
+    """
+    w1, h1 = before[:, 2] - before[:, 0], before[:, 3] - before[:, 1]
+    w2, h2 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
+    eps = 1e-9
+    aspect = np.maximum(w2 / (h2 + eps), h2 / (w2 + eps))
+    big_enough = (w2 > min_wh) & (h2 > min_wh)
+    return big_enough & (w2 * h2 / (w1 * h1 + eps) > area_ratio) & (aspect < max_aspect)
+
+
+def random_affine(
+    img: np.ndarray,
+    boxes: np.ndarray,
+    cls: np.ndarray,
+    degrees: float = 0.0,
+    translate: float = 0.0,
+    scale: float = 0.0,
+    shear: float = 0.0,
+    out_size: tuple[int, int] | None = None,
+    border: int = 0,
+    rng: np.random.Generator | None = None,
+    color: tuple[int, int, int] = PAD_COLOR,
+) -> ImageLabels:
+    """Random rotation, scale, shear and translation as one matrix and one warp.
+
+    The image centre is moved to the origin, rotated/scaled and sheared there, then moved to a
+    random point near the centre of the output, so with ``border=-s/2`` on a ``2s x 2s`` mosaic the
+    output is a random ``s x s`` crop around the mosaic centre.
+
+    Args:
+        img: HWC image.
+        boxes: (n, 4) xyxy pixels.
+        cls: (n,) class ids, filtered together with the boxes.
+        degrees: Rotation range (+-) in degrees.
+        translate: Translation range (+-) as a fraction of the output size.
+        scale: Scale range: the factor is drawn from ``[1 - scale, 1 + scale]``.
+        shear: Shear range (+-) in degrees.
+        out_size: Output ``(h, w)``; default is the input size grown by ``border`` on each side.
+        border: Border added to (negative: removed from) each side when ``out_size`` is None.
+        rng: Random generator (required; keyword-friendly position kept for readability).
+        color: Fill colour of uncovered areas.
+
+    Returns:
+        ``(img, boxes, cls)`` with boxes clipped to the output and filtered by
+        :func:`box_candidates`.
+    """
+    if rng is None:
+        raise ValueError("random_affine needs an explicit numpy Generator (rng=...)")
+    h, w = img.shape[:2]
+    oh, ow = out_size if out_size is not None else (h + 2 * border, w + 2 * border)
+
+    center = np.eye(3)
+    center[:2, 2] = (-w / 2, -h / 2)
+    angle = rng.uniform(-degrees, degrees)
+    s = rng.uniform(1 - scale, 1 + scale)
+    rot = np.eye(3)
+    rot[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=angle, scale=s)
+    sh = np.eye(3)
+    sh[0, 1] = math.tan(math.radians(rng.uniform(-shear, shear)))
+    sh[1, 0] = math.tan(math.radians(rng.uniform(-shear, shear)))
+    move = np.eye(3)
+    move[0, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * ow
+    move[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * oh
+    m = move @ sh @ rot @ center  # right to left: centre, rotate+scale, shear, move
+
+    if (oh, ow) != (h, w) or not np.allclose(m, np.eye(3)):
+        img = cv2.warpAffine(img, m[:2], dsize=(ow, oh), flags=cv2.INTER_LINEAR, borderValue=color)
+
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    cls = np.asarray(cls)
+    if len(boxes) == 0:
+        return img, boxes, cls
+    new = transform_boxes(boxes, m)
+    new[:, [0, 2]] = new[:, [0, 2]].clip(0, ow)
+    new[:, [1, 3]] = new[:, [1, 3]].clip(0, oh)
+    keep = box_candidates(boxes * s, new)
+    return img, new[keep], cls[keep]
+
+
+def mosaic4(items: list[ImageLabels], size: int, rng: np.random.Generator) -> ImageLabels:
+    """Tile four images around a random centre of a ``2*size`` square canvas.
+
+    Args:
+        items: Four ``(img, boxes, cls)`` tuples; images are expected to have a long side of
+            ``size`` (they are placed as they are).
+        size: Target training size ``s``; the canvas is ``2s x 2s``.
+        rng: Random generator (draws the mosaic centre).
+
+    Returns:
+        ``(canvas, boxes, cls)`` with boxes in canvas pixels, clipped to the canvas, empty ones
+        removed. Crop back to ``s x s`` with ``random_affine(..., out_size=(s, s))``.
+    """
+    if len(items) != 4:
+        raise ValueError(f"mosaic4 needs 4 images, got {len(items)}")
+    s2 = 2 * size
+    canvas = np.full((s2, s2, 3), PAD_VALUE, dtype=np.uint8)
+    # The centre stays in the middle half so each quadrant's image is at least partly visible.
+    xc, yc = (int(v) for v in rng.uniform(0.5 * size, 1.5 * size, 2))
+    all_boxes, all_cls = [], []
+    for k, (img, boxes, cls) in enumerate(items):
+        h, w = img.shape[:2]
+        # Each image touches the centre with one corner: top-left, top-right, bottom-left,
+        # bottom-right quadrant in that order.
+        ox = xc - w if k in (0, 2) else xc
+        oy = yc - h if k in (0, 1) else yc
+        x1, y1, x2, y2 = max(ox, 0), max(oy, 0), min(ox + w, s2), min(oy + h, s2)
+        if x2 > x1 and y2 > y1:
+            canvas[y1:y2, x1:x2] = img[y1 - oy : y2 - oy, x1 - ox : x2 - ox]
+        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        all_boxes.append(b + np.array([ox, oy, ox, oy], dtype=np.float32))
+        all_cls.append(np.asarray(cls).reshape(-1))
+    boxes = np.concatenate(all_boxes).clip(0, s2)
+    cls = np.concatenate(all_cls)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return canvas, boxes[keep], cls[keep]

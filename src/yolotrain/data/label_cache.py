@@ -1,0 +1,140 @@
+"""A JSON cache of scanned labels, so a second run skips re-reading every image header.
+
+The cache is plain JSON (never pickle: a cache file may come from anywhere, and unpickling runs
+code). It is keyed by a hash of every image and label file's (name, size, mtime), the class count
+and a format version, and is written atomically so a crash or a concurrent writer never leaves a
+half-written file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from yolotrain.data.records import ImageRecord
+
+logger = logging.getLogger("yolotrain")
+
+CACHE_VERSION = 1
+
+
+def files_hash(im_files: list[str], label_files: list[str], nc: int) -> str:
+    """Hash that changes when any image or label file is added, removed or modified.
+
+    Args:
+        im_files: Image paths.
+        label_files: Label paths, one per image (missing files are part of the key too).
+        nc: Number of classes (changes which rows are valid).
+
+    Returns:
+        A hex digest.
+    """
+    h = hashlib.sha256(f"v{CACHE_VERSION}|nc={nc}|n={len(im_files)}".encode())
+    for f in (*im_files, *label_files):
+        try:
+            st = os.stat(f)
+            h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{f}|missing\n".encode())
+    return h.hexdigest()
+
+
+def save_cache(
+    path: Path, key: str, records: list[ImageRecord], report: dict[str, Any]
+) -> bool:
+    """Write the cache atomically; skip quietly (debug log) when the folder is not writable.
+
+    Args:
+        path: Cache file.
+        key: Value of :func:`files_hash`.
+        records: Scanned records.
+        report: JSON-able scan report of the same scan.
+
+    Returns:
+        True when the cache was written.
+    """
+    counts = [r.num_instances for r in records]
+    boxes = np.concatenate([r.bboxes for r in records]) if records else np.zeros((0, 4), np.float32)
+    cls = np.concatenate([r.cls for r in records]) if records else np.zeros(0, np.int64)
+    # Column-wise layout: much smaller and faster to load than one object per image.
+    payload = {
+        "version": CACHE_VERSION,
+        "key": key,
+        "im_files": [r.im_file for r in records],
+        "shapes": [[r.height, r.width] for r in records],
+        "counts": counts,
+        "cls": cls.tolist(),
+        "bboxes": boxes.astype(np.float32).tolist(),
+        "report": report,
+    }
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, separators=(",", ":"))
+        os.replace(tmp, path)
+        return True
+    except OSError as e:
+        logger.debug("label cache not written to %s (%s)", path, e)
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        return False
+
+
+def load_cache(path: Path, key: str) -> tuple[list[ImageRecord], dict[str, Any]] | None:
+    """Load the cache if it exists, is well-formed and matches ``key``.
+
+    Args:
+        path: Cache file.
+        key: Expected :func:`files_hash` value.
+
+    Returns:
+        ``(records, report_dict)`` or None when the cache is absent, stale or corrupt.
+    """
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+        if d.get("version") != CACHE_VERSION or d.get("key") != key:
+            logger.debug("label cache %s is stale, rescanning", path)
+            return None
+        counts = np.asarray(d["counts"], dtype=np.int64)
+        cls = np.asarray(d["cls"], dtype=np.int64).reshape(-1)
+        boxes = np.asarray(d["bboxes"], dtype=np.float32).reshape(-1, 4)
+        shapes = np.asarray(d["shapes"], dtype=np.int64).reshape(-1, 2)
+        im_files = d["im_files"]
+        report = d["report"]
+        n = len(im_files)
+        if not (len(counts) == len(shapes) == n and counts.sum() == len(cls) == len(boxes)):
+            raise ValueError("inconsistent lengths")
+        if not isinstance(report, dict):
+            raise ValueError("report is not a mapping")
+        ends = np.cumsum(counts)
+        starts = ends - counts
+        records = [
+            ImageRecord(
+                im_file=str(im_files[i]),
+                height=int(shapes[i, 0]),
+                width=int(shapes[i, 1]),
+                cls=cls[starts[i] : ends[i]],
+                bboxes=boxes[starts[i] : ends[i]],
+            )
+            for i in range(n)
+        ]
+        return records, report
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        # json.JSONDecodeError is a ValueError; any damage simply means "rebuild".
+        logger.warning("label cache %s is corrupt (%s), rebuilding it", path, type(e).__name__)
+        return None

@@ -1,0 +1,225 @@
+"""Batching: collate, an epoch-aware sampler and the DataLoader factory.
+
+Reproducibility design: the sampler runs in the main process and yields
+``SampleKey(index, epoch, mosaic)``. The epoch and the mosaic switch therefore reach the dataset
+copies inside worker processes (including persistent ones) with every index, and each sample's
+augmentation depends only on (seed, epoch, index). The shuffle order of epoch ``e`` depends only on
+(seed, e). Hence batches are identical for any number of workers and after a resume.
+
+Usage::
+
+    loader = build_dataloader(dataset, batch_size=16, workers=2, shuffle=True, seed=0)
+    for epoch in range(start_epoch, epochs):
+        set_loader_epoch(loader, epoch)
+        for batch in loader: ...
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator, Sized
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from yolotrain.data.dataset import SampleKey
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack images and concatenate labels, remembering which image each box belongs to.
+
+    Args:
+        batch: Items of :class:`~yolotrain.data.dataset.DetectionDataset`.
+
+    Returns:
+        ``img`` uint8 (B, 3, H, W); ``cls`` (N, 1); ``bboxes`` (N, 4) normalized xywh; ``batch_idx``
+        float32 (N,) image index within the batch; ``im_file``, ``ori_shape``, ``ratio_pad`` lists;
+        ``index`` int64 (B,).
+    """
+    counts = [int(b["cls"].shape[0]) for b in batch]
+    return {
+        "img": torch.stack([b["img"] for b in batch]),
+        "cls": torch.cat([b["cls"].reshape(-1, 1) for b in batch]).float(),
+        "bboxes": torch.cat([b["bboxes"].reshape(-1, 4) for b in batch]).float(),
+        "batch_idx": torch.repeat_interleave(
+            torch.arange(len(batch), dtype=torch.float32), torch.tensor(counts, dtype=torch.long)
+        ),
+        "im_file": [b["im_file"] for b in batch],
+        "ori_shape": [b["ori_shape"] for b in batch],
+        "ratio_pad": [b["ratio_pad"] for b in batch],
+        "index": torch.tensor([b["index"] for b in batch], dtype=torch.long),
+    }
+
+
+class EpochSampler(Sampler[SampleKey]):
+    """Yields ``SampleKey(index, epoch, mosaic)``; the order depends only on (seed, epoch).
+
+    Args:
+        dataset: The dataset (its ``mosaic_enabled`` attribute, if any, is read when an epoch's
+            iteration starts, in the main process).
+        shuffle: Random order per epoch.
+        seed: Base seed of the order.
+        rank: This process's rank when distributed.
+        world_size: Number of processes; above 1 each rank gets its DistributedSampler share.
+    """
+
+    def __init__(
+        self, dataset: Dataset, shuffle: bool, seed: int = 0, rank: int = -1, world_size: int = 1
+    ) -> None:
+        self.dataset = dataset
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.epoch = 0
+        self.skip = 0
+        self.dist: DistributedSampler | None = None
+        if world_size > 1:
+            self.dist = DistributedSampler(
+                dataset, num_replicas=world_size, rank=max(rank, 0), shuffle=shuffle, seed=self.seed
+            )
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select the epoch; ``skip`` drops that many leading samples (mid-epoch resume)."""
+        self.epoch = int(epoch)
+        self.skip = max(0, int(skip))
+        if self.dist is not None:
+            self.dist.set_epoch(self.epoch)
+
+    def _indices(self) -> list[int]:
+        if self.dist is not None:
+            return list(self.dist)
+        n = len(self.dataset)  # type: ignore[arg-type]
+        if not self.shuffle:
+            return list(range(n))
+        # Same seed-per-epoch rule as DistributedSampler, so one and many processes agree.
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        return torch.randperm(n, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        mosaic = bool(getattr(self.dataset, "mosaic_enabled", True))
+        epoch = self.epoch
+        return iter([SampleKey(i, epoch, mosaic) for i in self._indices()[self.skip :]])
+
+    def __len__(self) -> int:
+        n = len(self.dist) if self.dist is not None else len(self.dataset)  # type: ignore[arg-type]
+        return max(0, n - self.skip)
+
+
+class DetectionLoader(DataLoader):
+    """A DataLoader with :meth:`set_epoch` (see :func:`set_loader_epoch`)."""
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Shortcut for ``set_loader_epoch(self, epoch, skip_batches)``."""
+        set_loader_epoch(self, epoch, skip_batches)
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> None:
+    """Prepare ``loader`` for epoch ``epoch``; call before iterating it.
+
+    Args:
+        loader: A loader from :func:`build_dataloader`.
+        epoch: Epoch number (selects the shuffle order and the augmentation randomness).
+        skip_batches: Leading batches to skip, to resume exactly in the middle of an epoch. The
+            next call resets it.
+    """
+    sampler = loader.sampler
+    if isinstance(sampler, EpochSampler):
+        sampler.set_epoch(epoch, skip_batches * (loader.batch_size or 1))
+    elif hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)  # for direct dataset use in the main process
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker with base_seed + worker_id, base_seed coming from the loader's
+    # seeded generator; derive the other libraries' global RNGs from it for any code that uses them.
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+def build_dataloader(
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    shuffle: bool,
+    seed: int = 0,
+    epoch_aware: bool = True,
+    rank: int = -1,
+    world_size: int = 1,
+    pin_memory: bool = False,
+    drop_last: bool = False,
+    persistent_workers: bool = True,
+) -> DetectionLoader:
+    """Build the loader for training or evaluation.
+
+    Args:
+        dataset: Usually a :class:`~yolotrain.data.dataset.DetectionDataset`.
+        batch_size: Images per batch (per process when distributed).
+        workers: Worker processes; clamped to ``min(workers, cpu count, batch_size)``.
+        shuffle: Shuffle every epoch.
+        seed: Seed of the shuffle order and of the worker RNGs.
+        epoch_aware: Use :class:`EpochSampler` (SampleKey indices). False hands plain int indices to
+            the dataset, for datasets that do not understand SampleKey.
+        rank: This process's rank (-1 when not distributed).
+        world_size: Number of processes.
+        pin_memory: Pin batches in page-locked memory (useful with CUDA).
+        drop_last: Drop the last incomplete batch.
+        persistent_workers: Keep workers alive between epochs (only when workers > 0).
+
+    Returns:
+        The loader; call :func:`set_loader_epoch` before each epoch.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    workers = max(0, min(int(workers), os.cpu_count() or 1, batch_size))
+    sampler: Sampler[Any]
+    if epoch_aware:
+        sampler = EpochSampler(dataset, shuffle, seed, rank, world_size)
+    elif world_size > 1:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=max(rank, 0), shuffle=shuffle, seed=seed
+        )
+    else:
+        sampler = _PlainSampler(dataset, shuffle, seed)
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    extra: dict[str, Any] = {}
+    if workers > 0:
+        extra = {"persistent_workers": persistent_workers, "worker_init_fn": _seed_worker}
+    return DetectionLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        generator=generator,
+        **extra,
+    )
+
+
+class _PlainSampler(Sampler[int]):
+    """Int indices with the same (seed, epoch) -> order rule as :class:`EpochSampler`."""
+
+    def __init__(self, data: Sized, shuffle: bool, seed: int) -> None:
+        self.data, self.shuffle, self.seed, self.epoch = data, shuffle, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.data)
+        if not self.shuffle:
+            return iter(range(n))
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return len(self.data)

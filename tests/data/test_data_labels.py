@@ -1,0 +1,260 @@
+"""Label validation, split scanning, corrupt images and the label cache."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+from data_helpers import make_split, write_image
+from PIL import Image
+
+from yolotrain.data import label_cache
+from yolotrain.data.label_parse import parse_label_file, validate_rows
+from yolotrain.data.labels import scan_split
+from yolotrain.data.sources import cache_path_for, img_to_label_path
+from yolotrain.errors import DataError
+
+
+# ------------------------------------------------------------------------------ one label file
+def test_valid_rows_and_polygon(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("0 0.5 0.5 0.2 0.4\n\n2 0.1 0.2 0.3 0.2 0.3 0.4 0.1 0.4\n")
+    res = parse_label_file(str(f), nc=3)
+    assert res.status == "ok" and not res.messages
+    np.testing.assert_array_equal(res.cls, [0, 2])
+    np.testing.assert_allclose(res.bboxes[0], [0.5, 0.5, 0.2, 0.4], atol=1e-6)
+    # polygon (0.1,0.2) (0.3,0.2) (0.3,0.4) (0.1,0.4) -> its bounding box
+    np.testing.assert_allclose(res.bboxes[1], [0.2, 0.3, 0.2, 0.2], atol=1e-6)
+    assert res.bboxes.dtype == np.float32 and res.cls.dtype == np.int64
+
+
+def test_each_row_problem_is_counted(tmp_path):
+    f = tmp_path / "b.txt"
+    f.write_text(
+        "0 0.5 0.5 0.2 0.2\n"
+        "0 0.5 0.5 0.2 0.2\n"  # duplicate
+        "5 0.5 0.5 0.2 0.2\n"  # class out of range (nc=3)
+        "-1 0.5 0.5 0.2 0.2\n"  # class out of range
+        "1.5 0.5 0.5 0.2 0.2\n"  # class not an integer
+        "1 nan 0.5 0.2 0.2\n"  # non-finite
+        "1 0.5 0.5 0.0 0.2\n"  # zero width
+        "1 1.2 0.5 0.1 0.1\n"  # entirely outside -> zero size after clipping
+        "2 0.104 0.5 0.2 0.2\n"  # x1 = 0.004 -> fine
+        "2 0.095 0.5 0.2 0.2\n"  # x1 = -0.005 -> small overshoot, silently clipped
+        "1 0.9 0.5 0.4 0.2\n"  # x2 = 1.1 -> out of range, clipped and reported
+    )
+    res = parse_label_file(str(f), nc=3)
+    assert res.status == "ok"
+    assert res.duplicates == 1
+    assert res.dropped == {"class_out_of_range": 2, "class_not_integer": 1, "non_finite": 1, "zero_size": 2}
+    assert res.clipped == 1 and res.out_of_range == 1
+    np.testing.assert_array_equal(res.cls, [0, 2, 2, 1])
+    # clipped boxes stay inside [0, 1]
+    x1 = res.bboxes[:, 0] - res.bboxes[:, 2] / 2
+    x2 = res.bboxes[:, 0] + res.bboxes[:, 2] / 2
+    assert x1.min() >= 0 and x2.max() <= 1 + 1e-6
+    np.testing.assert_allclose(res.bboxes[3], [0.85, 0.5, 0.3, 0.2], atol=1e-6)
+    assert all(str(f) in m for m in res.messages)
+    assert any("outside the image" in m for m in res.messages)
+
+
+@pytest.mark.parametrize("text", ["0 0.5 0.5 0.2 abc\n", "0 0.5 0.5 0.2\n", "0 1 2 3 4 5\n"])
+def test_malformed_files(tmp_path, text):
+    f = tmp_path / "c.txt"
+    f.write_text("1 0.5 0.5 0.1 0.1\n" + text)
+    res = parse_label_file(str(f), nc=3)
+    assert res.status == "malformed"
+    assert len(res.messages) == 1 and str(f) in res.messages[0] and "line 2" in res.messages[0]
+
+
+def test_missing_and_empty(tmp_path):
+    assert parse_label_file(str(tmp_path / "none.txt"), 3).status == "missing"
+    (tmp_path / "e.txt").write_text("  \n\n")
+    res = parse_label_file(str(tmp_path / "e.txt"), 3)
+    assert res.status == "empty" and len(res.cls) == 0 and res.bboxes.shape == (0, 4)
+
+
+def test_validate_rows_keeps_first_duplicate_order():
+    arr = np.array([[1, 0.3, 0.3, 0.1, 0.1], [0, 0.5, 0.5, 0.1, 0.1], [1, 0.3, 0.3, 0.1, 0.1]])
+    res = validate_rows(arr, nc=2)
+    np.testing.assert_array_equal(res.cls, [1, 0])
+    assert res.duplicates == 1
+
+
+def test_label_path_mapping():
+    assert img_to_label_path("/d/images/train/a.jpg") == "/d/labels/train/a.txt"
+    # only the last "images" folder is swapped
+    assert img_to_label_path("/images/x/images/train/a.b.PNG") == "/images/x/labels/train/a.b.txt"
+    assert img_to_label_path("/d/pics/a.jpg") == "/d/pics/a.txt"
+    assert img_to_label_path("/d/images.jpg") == "/d/images.txt"
+
+
+# ------------------------------------------------------------------------------ a whole split
+def test_scan_counts_every_problem(tmp_path, caplog):
+    img_dir = make_split(
+        tmp_path,
+        "train",
+        {
+            "a_ok": "0 0.5 0.5 0.5 0.5\n1 0.2 0.2 0.1 0.1\n",
+            "b_missing": None,
+            "c_empty": "",
+            "d_malformed": "0 0.5 x 0.1 0.1\n",
+            "e_badrows": "7 0.5 0.5 0.1 0.1\n0 0.5 0.5 0.1 0.1\n0 0.5 0.5 0.1 0.1\n",
+        },
+    )
+    (img_dir / "f_corrupt.jpg").write_bytes(b"this is not a jpeg")
+    (img_dir / "notes.md").write_text("ignored: not an image")
+    sub = img_dir / "nested"
+    write_image(sub / "g_nested.PNG")  # recursive + case-insensitive extension
+    (tmp_path / "labels/train/nested").mkdir(parents=True)
+    (tmp_path / "labels/train/nested/g_nested.txt").write_text("2 0.5 0.5 0.3 0.3\n")
+
+    with caplog.at_level(logging.WARNING, logger="yolotrain"):
+        records, rep = scan_split([str(img_dir)], nc=3, split="train", use_cache=False)
+    assert rep.images_found == 7
+    assert rep.corrupt_images == 1
+    assert rep.malformed_label_files == 1
+    assert rep.images_ok == 5  # a, b, c, e, g
+    assert rep.missing_labels == 1 and rep.empty_labels == 1
+    assert rep.dropped_rows == {"class_out_of_range": 1}
+    assert rep.duplicate_rows == 1
+    assert rep.instances == 2 + 1 + 1
+    assert [os.path.basename(r.im_file) for r in records] == [
+        "a_ok.png", "b_missing.png", "c_empty.png", "e_badrows.png", "g_nested.PNG",
+    ]  # fmt: skip
+    assert records[0].height == 48 and records[0].width == 64
+    text = caplog.text
+    for name in ("f_corrupt.jpg", "d_malformed.txt", "b_missing.txt", "e_badrows.txt"):
+        assert name in text
+    summary = rep.summary()
+    assert "5/7 images usable" in summary and "1 corrupt" in summary and "\n" not in summary
+
+
+def test_warnings_are_capped_but_counts_exact(tmp_path, caplog):
+    img_dir = make_split(tmp_path, "train", {f"m{i:02d}": None for i in range(25)})
+    with caplog.at_level(logging.WARNING, logger="yolotrain"):
+        _, rep = scan_split([str(img_dir)], nc=1, use_cache=False)
+    assert rep.missing_labels == 25 and len(rep.messages) == 25
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 21
+    assert "and 5 more" in warnings[-1].getMessage()
+
+
+def test_split_without_usable_image_raises(tmp_path):
+    img_dir = tmp_path / "images" / "val"
+    img_dir.mkdir(parents=True)
+    (img_dir / "x.jpg").write_bytes(b"\x00" * 10)
+    with pytest.raises(DataError) as e:
+        scan_split([str(img_dir)], nc=1, split="val", use_cache=False)
+    assert "val" in str(e.value) and str(img_dir) in str(e.value) and "\n" not in str(e.value)
+    empty = tmp_path / "images" / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="empty"):
+        scan_split([str(empty)], nc=1, split="val")
+
+
+def test_missing_source_raises(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        scan_split([str(tmp_path / "nope")], nc=1)
+
+
+def test_exif_rotation_swaps_recorded_size(tmp_path):
+    img_dir = tmp_path / "images" / "train"
+    img_dir.mkdir(parents=True)
+    im = Image.new("RGB", (60, 20), (200, 10, 10))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    im.save(img_dir / "r.jpg", exif=exif)
+    Image.new("RGB", (60, 20)).save(img_dir / "plain.jpg")
+    records, _ = scan_split([str(img_dir)], nc=1, use_cache=False)
+    sizes = {os.path.basename(r.im_file): (r.height, r.width) for r in records}
+    assert sizes == {"r.jpg": (60, 20), "plain.jpg": (20, 60)}
+
+
+def test_txt_list_source(tmp_path):
+    make_split(tmp_path, "train", {"a": "0 0.5 0.5 0.2 0.2\n", "b": "0 0.5 0.5 0.2 0.2\n"})
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    # "./" prefix relative to the txt folder, and a line only valid against the dataset root.
+    write_image(lists / "images" / "c.png")
+    (lists / "labels").mkdir()
+    (lists / "labels" / "c.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    txt = lists / "train.txt"
+    txt.write_text(f"./images/c.png\nimages/train/a.png\n{tmp_path}/images/train/b.png\nmissing.png\n")
+    records, rep = scan_split([str(txt)], nc=1, root=str(tmp_path))
+    assert sorted(os.path.basename(r.im_file) for r in records) == ["a.png", "b.png", "c.png"]
+    assert rep.corrupt_images == 1  # the listed file that does not exist is counted, not ignored
+    assert (lists / "train.cache.json").is_file()
+
+
+# ------------------------------------------------------------------------------ cache
+def test_cache_created_reused_and_invalidated(tmp_path, monkeypatch):
+    img_dir = make_split(tmp_path, "train", {"a": "0 0.5 0.5 0.2 0.2\n", "b": "1 0.3 0.3 0.2 0.2\n"})
+    cache = cache_path_for(img_dir)
+    assert cache == tmp_path / "labels" / "train.cache.json"
+
+    rec1, rep1 = scan_split([str(img_dir)], nc=2)
+    assert not rep1.from_cache and cache.is_file()
+    payload = json.loads(cache.read_text())  # plain JSON, no pickle
+    assert payload["version"] == label_cache.CACHE_VERSION
+
+    # Second scan must not look at any image: make image checks explode to prove it.
+    import yolotrain.data.labels as labels_mod
+
+    def boom(*a, **k):
+        raise AssertionError("image re-checked despite a valid cache")
+
+    monkeypatch.setattr(labels_mod, "check_image", boom)
+    rec2, rep2 = scan_split([str(img_dir)], nc=2)
+    assert rep2.from_cache and rep2.instances == rep1.instances == 2
+    assert [r.im_file for r in rec2] == [r.im_file for r in rec1]
+    for a, b in zip(rec1, rec2):
+        np.testing.assert_array_equal(a.bboxes, b.bboxes)
+        np.testing.assert_array_equal(a.cls, b.cls)
+        assert (a.height, a.width) == (b.height, b.width)
+    monkeypatch.undo()
+
+    # A changed label file invalidates the cache.
+    lab = tmp_path / "labels" / "train" / "b.txt"
+    lab.write_text("1 0.3 0.3 0.2 0.2\n0 0.7 0.7 0.1 0.1\n")
+    st = os.stat(lab)
+    os.utime(lab, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    _, rep3 = scan_split([str(img_dir)], nc=2)
+    assert not rep3.from_cache and rep3.instances == 3
+    # So does a different class count.
+    _, rep4 = scan_split([str(img_dir)], nc=1)
+    assert not rep4.from_cache and rep4.dropped_rows == {"class_out_of_range": 1}
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path):
+    img_dir = make_split(tmp_path, "train", {"a": "0 0.5 0.5 0.2 0.2\n"})
+    cache = cache_path_for(img_dir)
+    scan_split([str(img_dir)], nc=1)
+    for garbage in ('{"version": 1, "key"', json.dumps({"version": 1, "key": "x"}), "[1, 2]"):
+        cache.write_text(garbage)
+        recs, rep = scan_split([str(img_dir)], nc=1)
+        assert not rep.from_cache and len(recs) == 1
+    # Right key but damaged body -> rebuilt, not trusted.
+    good = json.loads(cache.read_text())
+    good["counts"] = [5]
+    cache.write_text(json.dumps(good))
+    recs, rep = scan_split([str(img_dir)], nc=1)
+    assert not rep.from_cache and rep.instances == 1
+
+
+def test_unwritable_cache_folder_is_skipped(tmp_path, monkeypatch, caplog):
+    img_dir = make_split(tmp_path, "train", {"a": "0 0.5 0.5 0.2 0.2\n"})
+
+    def deny(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(label_cache.tempfile, "mkstemp", deny)
+    with caplog.at_level(logging.DEBUG, logger="yolotrain"):
+        recs, _ = scan_split([str(img_dir)], nc=1)
+    assert len(recs) == 1
+    assert not cache_path_for(img_dir).exists()
+    assert "label cache not written" in caplog.text
+    assert not list((tmp_path / "labels").glob("*.tmp"))
