@@ -1,0 +1,202 @@
+"""Detection loss: CIoU box loss + BCE classification loss + distribution focal loss."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from yolotrain.loss.assigner import TaskAlignedAssigner
+from yolotrain.loss.boxes import bbox2dist, bbox_iou, dist2bbox, make_anchors, xywh2xyxy
+
+__all__ = ["DetectionLoss"]
+
+
+class DetectionLoss:
+    """Loss for raw ``Detector`` outputs.
+
+    ``loss = (box * L_box + cls * L_cls + dfl * L_dfl) * batch_size`` where every term is a sum over
+    the batch divided by ``max(sum of target scores, 1)``. The learning-rate defaults assume this
+    scaling (per-image sum, not mean), so keep it.
+
+    Args:
+        nc: Number of classes.
+        reg_max: DFL bins per box side.
+        strides: Stride of each output level.
+        box: Gain of the CIoU box loss.
+        cls: Gain of the classification loss.
+        dfl: Gain of the distribution focal loss.
+        tal_topk: Positives per gt in the assigner.
+    """
+
+    def __init__(
+        self,
+        nc: int,
+        reg_max: int = 16,
+        strides: Sequence[float] = (8, 16, 32),
+        box: float = 7.5,
+        cls: float = 0.5,
+        dfl: float = 1.5,
+        tal_topk: int = 10,
+    ) -> None:
+        self.nc = nc
+        self.reg_max = reg_max
+        self.strides = tuple(float(s) for s in strides)
+        self.gains = (box, cls, dfl)
+        self.assigner = TaskAlignedAssigner(topk=tal_topk, num_classes=nc, alpha=0.5, beta=6.0)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, hyp: Any = None, tal_topk: int = 10) -> DetectionLoss:
+        """Build the loss matching a model's classes, bins and strides.
+
+        Args:
+            model: A ``Detector`` (a DDP wrapper is looked through, read-only).
+            hyp: Object or mapping with ``box``, ``cls`` and ``dfl`` gains; missing ones use defaults.
+            tal_topk: Positives per gt in the assigner.
+
+        Returns:
+            The loss.
+        """
+        model = getattr(model, "module", model)
+
+        def gain(name: str, default: float) -> float:
+            if hyp is None:
+                return default
+            value = hyp.get(name, default) if isinstance(hyp, Mapping) else getattr(hyp, name, default)
+            return float(value)
+
+        return cls(
+            nc=model.nc,
+            reg_max=model.reg_max,
+            strides=model.stride.tolist(),
+            box=gain("box", 7.5),
+            cls=gain("cls", 0.5),
+            dfl=gain("dfl", 1.5),
+            tal_topk=tal_topk,
+        )
+
+    def __call__(
+        self, preds: Sequence[torch.Tensor], batch: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compute the loss.
+
+        Args:
+            preds: Raw head outputs, one (B, 4*reg_max + nc, H_i, W_i) tensor per stride.
+            batch: ``batch_idx`` (N,) image index of each label, ``cls`` (N, 1) class ids and
+                ``bboxes`` (N, 4) normalised xywh relative to the network input.
+
+        Returns:
+            ``loss`` (scalar, multiplied by batch size, for ``backward``) and ``loss_items`` (3,)
+            detached gain-weighted [box, cls, dfl] per image, for logging.
+        """
+        device_type = preds[0].device.type
+        # Assignment compares tiny metrics (IoU^6) and sums many BCE terms; bf16/fp16 would corrupt
+        # both, so the whole loss runs in float32 even when called inside an autocast region.
+        with torch.autocast(device_type=device_type, enabled=False):
+            return self._loss([p.float() for p in preds], batch)
+
+    def _loss(
+        self, preds: list[torch.Tensor], batch: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b = preds[0].shape[0]
+        device = preds[0].device
+        flat = torch.cat([p.flatten(2) for p in preds], dim=2).transpose(1, 2)  # (B, A, no)
+        pred_dist, pred_logits = flat.split((4 * self.reg_max, self.nc), dim=-1)
+        anchor_points, stride_tensor = make_anchors(preds, self.strides, 0.5)
+        img_h = preds[0].shape[2] * self.strides[0]
+        img_w = preds[0].shape[3] * self.strides[0]
+
+        gt_labels, gt_bboxes, mask_gt = self._targets(batch, b, img_w, img_h, device)
+        pred_bboxes = self._decode(anchor_points, pred_dist)  # grid units
+
+        _, target_bboxes, target_scores, fg_mask, _ = self.assigner(
+            pred_logits.detach().sigmoid(),
+            pred_bboxes.detach() * stride_tensor,
+            anchor_points * stride_tensor,
+            gt_labels,
+            gt_bboxes,
+            mask_gt,
+        )
+        target_scores_sum = target_scores.sum().clamp(min=1)
+
+        loss_cls = F.binary_cross_entropy_with_logits(pred_logits, target_scores, reduction="sum") / target_scores_sum
+
+        if fg_mask.any():
+            target_bboxes = target_bboxes / stride_tensor  # pixels -> grid units of each anchor's level
+            weight = target_scores.sum(-1)[fg_mask]  # (F,)
+            iou = bbox_iou(pred_bboxes[fg_mask], target_bboxes[fg_mask], CIoU=True)
+            loss_box = ((1.0 - iou) * weight).sum() / target_scores_sum
+            target_ltrb = bbox2dist(anchor_points, target_bboxes, self.reg_max)
+            dfl = self._dfl(pred_dist[fg_mask].view(-1, 4, self.reg_max), target_ltrb[fg_mask])
+            loss_dfl = (dfl * weight).sum() / target_scores_sum
+        else:
+            # Exactly zero, but still connected to the box branch so every parameter gets a
+            # (zero) gradient: DDP without find_unused_parameters requires that.
+            loss_box = pred_dist.sum() * 0.0
+            loss_dfl = pred_dist.sum() * 0.0
+
+        box_gain, cls_gain, dfl_gain = self.gains
+        items = torch.stack((loss_box * box_gain, loss_cls * cls_gain, loss_dfl * dfl_gain))
+        return items.sum() * b, items.detach()
+
+    def _decode(self, anchor_points: torch.Tensor, pred_dist: torch.Tensor) -> torch.Tensor:
+        """Expected distances from DFL logits, then xyxy boxes in grid units (B, A, 4)."""
+        b, a, _ = pred_dist.shape
+        proj = torch.arange(self.reg_max, dtype=pred_dist.dtype, device=pred_dist.device)
+        dist = pred_dist.view(b, a, 4, self.reg_max).softmax(-1) @ proj
+        return dist2bbox(dist, anchor_points)
+
+    @staticmethod
+    def _dfl(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Distribution focal loss (Li et al. 2020), averaged over the four sides.
+
+        A continuous target t between bins l = floor(t) and l + 1 is encoded as the two-bin
+        distribution (l + 1 - t, t - l); the loss is that distribution's cross-entropy.
+
+        Args:
+            pred: (F, 4, reg_max) logits.
+            target: (F, 4) distances in [0, reg_max - 1).
+
+        Returns:
+            (F,) loss per positive anchor.
+        """
+        left = target.long()
+        w_left = (left + 1).to(target.dtype) - target
+        logp = pred.log_softmax(-1)
+        lp_left = logp.gather(-1, left.unsqueeze(-1)).squeeze(-1)
+        lp_right = logp.gather(-1, (left + 1).unsqueeze(-1)).squeeze(-1)
+        return -(lp_left * w_left + lp_right * (1.0 - w_left)).mean(-1)
+
+    @staticmethod
+    def _targets(
+        batch: Mapping[str, torch.Tensor], b: int, img_w: float, img_h: float, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pack flat labels into padded (B, M, ...) tensors, boxes as xyxy pixels.
+
+        Returns:
+            ``gt_labels`` (B, M, 1), ``gt_bboxes`` (B, M, 4) and ``mask_gt`` (B, M, 1) bool, where M
+            is the largest label count of any image (0 when the batch has no labels).
+        """
+        batch_idx = batch["batch_idx"].to(device).view(-1).long()
+        cls = batch["cls"].to(device).view(-1).float()
+        bboxes = batch["bboxes"].to(device).view(-1, 4).float()
+        n = batch_idx.numel()
+        counts = torch.bincount(batch_idx, minlength=b) if n else torch.zeros(b, dtype=torch.long, device=device)
+        m = int(counts.max()) if n else 0
+        gt_labels = torch.zeros(b, m, 1, device=device)
+        gt_bboxes = torch.zeros(b, m, 4, device=device)
+        mask_gt = torch.zeros(b, m, 1, dtype=torch.bool, device=device)
+        if n:
+            # Slot of each label within its image: rank among labels of the same image.
+            order = torch.argsort(batch_idx, stable=True)
+            sorted_idx = batch_idx[order]
+            starts = torch.cumsum(counts, 0) - counts
+            slot = torch.arange(n, device=device) - starts[sorted_idx]
+            scale = torch.tensor([img_w, img_h, img_w, img_h], device=device)
+            gt_labels[sorted_idx, slot, 0] = cls[order]
+            gt_bboxes[sorted_idx, slot] = xywh2xyxy(bboxes[order]) * scale
+            mask_gt[sorted_idx, slot, 0] = True
+        return gt_labels, gt_bboxes, mask_gt

@@ -1,0 +1,152 @@
+"""Post-processing: decode raw head outputs, non-maximum suppression, undo the letterbox."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torchvision.ops import batched_nms
+
+from yolotrain.loss.boxes import dist2bbox, make_anchors
+from yolotrain.models.blocks import DFL
+
+__all__ = ["decode", "non_max_suppression", "Postprocessor", "scale_boxes"]
+
+
+def decode(preds: Sequence[torch.Tensor], strides: torch.Tensor | Sequence[float], reg_max: int) -> torch.Tensor:
+    """Turn raw head outputs into boxes and class probabilities.
+
+    Args:
+        preds: Raw outputs, one (B, 4*reg_max + nc, H_i, W_i) tensor per level.
+        strides: Stride of each level (e.g. ``model.stride``).
+        reg_max: DFL bins per box side.
+
+    Returns:
+        (B, A, 4 + nc): xyxy boxes in input-image pixels followed by sigmoid class scores.
+    """
+    if isinstance(strides, torch.Tensor):
+        strides = strides.tolist()
+    flat = torch.cat([p.flatten(2) for p in preds], dim=2)  # (B, no, A)
+    box_logits, cls_logits = flat.split((4 * reg_max, flat.shape[1] - 4 * reg_max), dim=1)
+    anchor_points, stride_tensor = make_anchors(preds, strides, 0.5)
+    dist = DFL(reg_max).to(device=flat.device, dtype=flat.dtype)(box_logits)  # (B, 4, A)
+    boxes = dist2bbox(dist.transpose(1, 2), anchor_points) * stride_tensor  # (B, A, 4)
+    return torch.cat((boxes, cls_logits.sigmoid().transpose(1, 2)), dim=-1)
+
+
+def non_max_suppression(
+    decoded: torch.Tensor,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    max_det: int = 300,
+    agnostic: bool = False,
+    classes: Sequence[int] | None = None,
+    max_nms: int = 30000,
+) -> list[torch.Tensor]:
+    """Single-label, class-aware NMS per image.
+
+    Each anchor keeps only its best class. Candidates above ``conf`` (and in ``classes``, if given)
+    are cut to the ``max_nms`` highest before NMS, so a badly calibrated early model cannot make NMS
+    quadratic in the number of anchors.
+
+    Args:
+        decoded: (B, A, 4 + nc) output of ``decode``.
+        conf: Minimum class score.
+        iou: IoU above which the lower-scoring box of the same class is suppressed.
+        max_det: Maximum detections kept per image.
+        agnostic: Suppress across classes too.
+        classes: Keep only these class ids.
+        max_nms: Maximum candidates passed to NMS per image.
+
+    Returns:
+        Per image a (n, 6) tensor [x1, y1, x2, y2, score, cls], sorted by decreasing score.
+    """
+    scores, labels = decoded[..., 4:].max(-1)  # (B, A)
+    keep_mask = scores > conf
+    if classes is not None:
+        allowed = torch.as_tensor(list(classes), device=decoded.device)
+        keep_mask &= torch.isin(labels, allowed)
+    out = []
+    for i in range(decoded.shape[0]):
+        idx = keep_mask[i].nonzero().squeeze(1)
+        if idx.numel() > max_nms:
+            idx = idx[scores[i, idx].topk(max_nms).indices]
+        boxes, s, c = decoded[i, idx, :4], scores[i, idx], labels[i, idx]
+        # batched_nms runs in float32 on boxes; half precision would misjudge overlaps.
+        kept = batched_nms(boxes.float(), s.float(), torch.zeros_like(c) if agnostic else c, iou)[:max_det]
+        out.append(torch.cat((boxes[kept], s[kept, None], c[kept, None].to(boxes.dtype)), dim=1))
+    return out
+
+
+class Postprocessor:
+    """``decode`` followed by ``non_max_suppression`` with fixed thresholds.
+
+    Args:
+        conf: Minimum class score.
+        iou: NMS IoU threshold.
+        max_det: Maximum detections per image.
+        agnostic: Class-agnostic NMS.
+        classes: Keep only these class ids.
+        max_nms: Maximum candidates passed to NMS per image.
+    """
+
+    def __init__(
+        self,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        max_det: int = 300,
+        agnostic: bool = False,
+        classes: Sequence[int] | None = None,
+        max_nms: int = 30000,
+    ) -> None:
+        self.conf = conf
+        self.iou = iou
+        self.max_det = max_det
+        self.agnostic = agnostic
+        self.classes = classes
+        self.max_nms = max_nms
+
+    @torch.no_grad()
+    def __call__(
+        self, preds: Sequence[torch.Tensor], strides: torch.Tensor | Sequence[float], reg_max: int = 16
+    ) -> list[torch.Tensor]:
+        """Return per image a (n, 6) tensor [x1, y1, x2, y2, score, cls] in input pixels."""
+        return non_max_suppression(
+            decode(preds, strides, reg_max),
+            conf=self.conf,
+            iou=self.iou,
+            max_det=self.max_det,
+            agnostic=self.agnostic,
+            classes=self.classes,
+            max_nms=self.max_nms,
+        )
+
+
+def scale_boxes(
+    boxes: torch.Tensor | np.ndarray,
+    ratio_pad: tuple[tuple[float, float], tuple[float, float]],
+    ori_shape: tuple[int, int],
+) -> torch.Tensor | np.ndarray:
+    """Map xyxy boxes from the letterboxed network input back to original-image pixels.
+
+    The letterbox resized the original by (rw, rh) and then padded (padw, padh) on the left/top, so
+    the inverse subtracts the padding, divides by the ratio, and clips to the original image.
+
+    Args:
+        boxes: (n, >=4) boxes whose first four columns are xyxy in network-input pixels; extra
+            columns (score, class) are passed through.
+        ratio_pad: ``((rw, rh), (padw, padh))``.
+        ori_shape: Original image (height, width).
+
+    Returns:
+        A new array/tensor of the same type and shape with the first four columns mapped.
+    """
+    (rw, rh), (padw, padh) = ratio_pad
+    h, w = ori_shape[:2]
+    out = boxes.clone() if isinstance(boxes, torch.Tensor) else np.array(boxes, copy=True)
+    out[:, [0, 2]] = (out[:, [0, 2]] - padw) / rw
+    out[:, [1, 3]] = (out[:, [1, 3]] - padh) / rh
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
+    return out
