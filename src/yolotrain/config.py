@@ -93,7 +93,9 @@ SETTINGS: dict[str, Setting] = {
     "ema_decay": S(0.9999, "float", "EMA decay once ramped up", lo=0.0, hi=1.0),
     "ema_tau": S(2000.0, "float", "EMA ramp length in updates", lo=1.0),
     "max_nonfinite": S(10, "int", "consecutive non-finite losses before training stops", lo=1),
-    "amp": S("off", "str", "mixed precision", choices=("off", "bf16", "fp16")),
+    "amp": S("off", "str", "mixed precision: auto (fp16 on CUDA, bf16 on CPUs with native bf16), bf16, fp16, off",
+             choices=("auto", "off", "bf16", "fp16")),
+    "channels_last": S(True, "bool", "NHWC memory layout (faster convolutions on CPU and tensor cores)"),
     # loss
     "box": S(7.5, "float", "box (CIoU) loss gain", lo=0.0),
     "cls": S(0.5, "float", "classification loss gain", lo=0.0),

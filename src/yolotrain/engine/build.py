@@ -38,11 +38,11 @@ def check_imgsz(imgsz: int, stride: int = MAX_STRIDE) -> int:
 
 
 def build_records(data: dict[str, Any], split: str):
-    """Scan one split, log its summary, and return its records."""
+    """Scan one split (problems are logged as warnings), log its summary, and return its records."""
     sources = data.get(split) or []
     if not sources:
         raise DataError(f"data '{data['yaml_file']}' has no '{split}' split")
-    records, report = scan_split(sources, data["nc"], split=split)
+    records, report = scan_split(sources, data["nc"], split=split, root=data["path"])
     LOGGER.info(f"{split}: {report.summary()}")
     return records
 

@@ -20,9 +20,37 @@ from ..utils.files import atomic_write
 FORMAT = "yolotrain-ckpt-1"
 
 
+def to_plain(obj: Any) -> Any:
+    """Recursively turn ``obj`` into tensors, plain containers and primitives.
+
+    numpy scalars/arrays and subclasses of str/int/float (such as ``torch.__version__``) would otherwise
+    be pickled as objects that ``weights_only`` loading refuses.
+    """
+    import numpy as np
+
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict):
+        return {to_plain(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v) for v in obj) if type(obj) in (list, tuple) else [to_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, bool) or obj is None:
+        return obj
+    for t in (int, float, str):
+        if isinstance(obj, t):
+            return t(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint (tensors and plain data only)")
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Serialise ``state`` and write it atomically to ``path``."""
-    state = {"format": FORMAT, **state}
+    """Serialise ``state`` (as plain data) and write it atomically to ``path``."""
+    state = to_plain({"format": FORMAT, **state})
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write(path, lambda f: f.write(buf.getbuffer()))

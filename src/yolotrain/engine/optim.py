@@ -68,7 +68,7 @@ def build_optimizer(model: nn.Module, name: str, lr0: float, momentum: float, we
             # Fewer classes tolerate a larger step; cap at 2e-3 which is stable for these heads.
             name, lr = "AdamW", round(min(0.002, max(2e-4, 0.01 / (4 + nc))), 6)
         LOGGER.info(f"optimizer: auto chose {name}(lr={lr:g}, momentum={momentum:g}) for {total_iters} "
-                    f"iterations")
+                    f"optimizer steps")
     else:
         lr = lr0
     g_decay, g_norm, g_bias = param_groups(model)

@@ -3,11 +3,42 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 
+LOGGER = logging.getLogger("yolotrain")
 _DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def choose_amp(requested: str, device: torch.device) -> tuple[str, str]:
+    """Resolve ``amp=auto`` for ``device``.
+
+    Returns:
+        The precision (``off``, ``bf16`` or ``fp16``) and why it was chosen.
+    """
+    if requested != "auto":
+        return requested, "as requested"
+    if device.type == "cuda":
+        return "fp16", "CUDA device"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16", "CPU with native bf16 (avx512_bf16/amx)"
+    if device.type == "mps":
+        return "off", "MPS: autocast support varies, staying in fp32"
+    return "off", "CPU without native bf16: emulated bf16 would be slower than fp32"
 
 
 class Precision:
@@ -18,13 +49,13 @@ class Precision:
 
     Args:
         device: Where the model runs.
-        amp: ``off``, ``bf16`` or ``fp16``.
+        amp: ``auto``, ``off``, ``bf16`` or ``fp16``.
     """
 
     def __init__(self, device: torch.device, amp: str = "off"):
         self.device_type = device.type
-        self.amp = amp
-        self.dtype = _DTYPES[amp]
+        self.amp, self.reason = choose_amp(amp, device)
+        self.dtype = _DTYPES[self.amp]
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype is torch.float16)
 
     @property

@@ -75,7 +75,8 @@ class Trainer:
         train_records = build_records(self.data, "train")
         val_records = build_records(self.data, "val") if cfg.val else None
 
-        self.model = build_train_model(cfg, self.data["nc"]).to(self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = build_train_model(cfg, self.data["nc"]).to(self.device, memory_format=self.memory_format)
         self.model.names = self.names
         info = model_info(self.model, imgsz=self.imgsz)
         LOGGER.info(f"model: scale {self.model.scale}, {info['params']:,} parameters, {info['layers']} layers, "
@@ -109,7 +110,8 @@ class Trainer:
             cfg.dump(self.save_dir / "args.yaml")
         LOGGER.info(f"train: {len(train_records)} images, batch {self.batch}, accumulate {self.accumulate} "
                     f"(nominal batch {cfg.nbs}), weight decay {wd:g}, {self.nb} iterations/epoch, "
-                    f"warmup {warmup} iterations, device {self.device}, precision {self.precision.amp}")
+                    f"warmup {warmup} iterations, device {self.device}")
+        LOGGER.info(f"precision: {self.precision.amp} ({self.precision.reason})")
 
     # ----------------------------------------------------------------------------------------- loop
     def fit(self) -> EvalResult | None:
@@ -176,6 +178,7 @@ class Trainer:
             The detached loss items (box, cls, dfl) of this batch.
         """
         imgs = batch["img"].to(self.device, non_blocking=True).float().div_(255)
+        imgs = imgs.contiguous(memory_format=self.memory_format)
         with self.precision.autocast():
             preds = self.train_model(imgs)
         # The loss (and target assignment) runs in fp32 outside autocast.

@@ -50,6 +50,7 @@ class Validator:
         bar = tqdm(self.loader, desc="val", leave=False, disable=not self.progress, dynamic_ncols=True)
         for batch in bar:
             imgs = batch["img"].to(self.device, non_blocking=True).float().div_(255)
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
             with self.precision.autocast():
                 preds = model(imgs)
             dets = self.post([p.float() for p in preds], model.stride, model.reg_max)

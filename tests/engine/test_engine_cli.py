@@ -1,0 +1,93 @@
+"""The public surface: `yolotrain train/val/predict/info` end to end on a tiny generated set."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import torch
+
+from yolotrain.cli import main
+
+
+def test_train_writes_run_folder(trained_run):
+    assert (trained_run / "args.yaml").is_file()
+    rows = list(csv.DictReader((trained_run / "results.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for col in ("seconds", "train/box_loss", "train/cls_loss", "train/dfl_loss", "lr/pg0", "metrics/precision",
+                "metrics/recall", "metrics/mAP50", "metrics/mAP50-95"):
+        assert col in rows[0] and rows[-1][col] != ""
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(trained_run / "weights" / name, weights_only=True)  # plain data only
+        assert state["model_cfg"]["nc"] == 4 and state["ema"] and state["names"][0] == "circle"
+        assert state["epoch"] == (1 if name == "last.pt" else state["epoch"])
+    args = (trained_run / "args.yaml").read_text()
+    assert "epochs: 2" in args and "imgsz: 64" in args
+
+
+def test_run_folder_increments(tiny_data, tmp_path):
+    args = ["train", f"data={tiny_data}", "epochs=1", "imgsz=64", "batch=8", "workers=0", f"project={tmp_path}",
+            "verbose=false", "val=false"]
+    assert main(args) == 0 and main(args) == 0
+    assert (tmp_path / "exp" / "weights" / "last.pt").is_file()
+    assert (tmp_path / "exp2" / "weights" / "last.pt").is_file()
+    # without validation there is no best fitness, but the last epoch still gives a best.pt
+    assert (tmp_path / "exp" / "weights" / "best.pt").is_file()
+
+
+def test_val_json_last_line(trained_run, tiny_data, capsys):
+    code = main(["val", f"model={trained_run / 'weights' / 'best.pt'}", f"data={tiny_data}", "imgsz=64",
+                 "json=true", "workers=0"])
+    assert code == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    out = json.loads(last)
+    for key in ("mAP50", "mAP50-95", "precision", "recall", "images", "instances", "seconds"):
+        assert key in out
+    assert out["images"] == 8 and out["instances"] > 0
+    assert 0.0 <= out["mAP50"] <= 1.0
+
+
+def test_val_prints_per_class_table(trained_run, capsys):
+    # data comes from the checkpoint when not given
+    assert main(["val", f"model={trained_run / 'weights' / 'last.pt'}", "workers=0"]) == 0
+    out = capsys.readouterr().out
+    assert "all" in out and "circle" in out and "mAP50-95" in out
+
+
+def test_predict_saves_images_and_labels(trained_run, tiny_data, tmp_path, capsys):
+    src = tiny_data.parent / "images" / "val"
+    code = main(["predict", f"model={trained_run / 'weights' / 'best.pt'}", f"source={src}", "conf=0.0",
+                 f"project={tmp_path}", "name=pred", "max_det=5"])
+    assert code == 0
+    out_dir = tmp_path / "pred"
+    images = sorted(p.name for p in src.iterdir())
+    assert sorted(p.name for p in out_dir.iterdir() if p.is_file()) == images
+    labels = sorted((out_dir / "labels").iterdir())
+    assert len(labels) == len(images)
+    rows = [ln.split() for ln in labels[0].read_text().splitlines()]
+    assert rows and all(len(r) == 6 for r in rows) and len(rows) <= 5
+    assert all(0 <= float(v) <= 1 for r in rows for v in r[1:5])
+
+
+def test_info_reports_params_and_gflops(capsys):
+    assert main(["info", "model=n", "json=true"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 3.0e6 < info["params"] < 3.4e6 and info["imgsz"] == 640
+    assert 7.5 < info["gflops"] < 10.0 and info["layers"] > 100
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    def run(*args):
+        p = subprocess.run([sys.executable, "-m", "yolotrain", *args], capture_output=True, text=True)
+        return p.returncode, p.stderr.strip()
+
+    code, err = run("train", "epoch=3")
+    assert code == 2 and err == "error: unknown setting 'epoch'; did you mean 'epochs'?"
+    code, err = run("train", "imgsz=abc")
+    assert code == 2 and "'imgsz'" in err and len(err.splitlines()) == 1
+    code, err = run("train", f"data={tmp_path / 'nope.yaml'}", "epochs=1")
+    assert code == 2 and "nope.yaml" in err and len(err.splitlines()) == 1
+    code, err = run("fly")
+    assert code == 2 and "unknown command" in err
+    code, _ = run("help")
+    assert code == 0
