@@ -72,8 +72,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
         raise CheckpointError(f"checkpoint '{p}' was refused: it holds objects other than tensors and plain "
                               f"data ({first[:160]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint '{p}' is truncated or corrupt: {str(e).splitlines()[0][:160]}") from None
+    except Exception as e:  # a damaged file can fail anywhere inside the zip reader or unpickler
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(f"checkpoint '{p}' is truncated or corrupt: {detail}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint '{p}' is not a yolotrain checkpoint (no '{FORMAT}' format tag)")
     return state

@@ -39,9 +39,13 @@ class ModelEMA:
         self.updates += 1
         d = self.current_decay()
         msd = model.state_dict()
-        for k, v in self.ema.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach().float(), alpha=1 - d)
+        keys = [k for k, v in self.ema.state_dict().items() if v.dtype.is_floating_point]
+        esd = self.ema.state_dict()
+        ema_t = [esd[k] for k in keys]
+        model_t = [msd[k].detach().float() for k in keys]
+        # One fused lerp over all tensors: ema += (1 - d) * (model - ema). A per-tensor Python loop
+        # cost ~10% of a CPU training step when the optimizer steps every batch.
+        torch._foreach_lerp_(ema_t, model_t, 1.0 - d)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.ema.state_dict(), "updates": self.updates}

@@ -62,6 +62,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.nonfinite_streak = 0
         self.skipped_steps = 0
+        self.window_has_grad = False  # whether a finite loss was back-propagated since the last step
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -129,9 +130,10 @@ class Trainer:
                 losses = self.train_one_epoch(epoch)
                 self.callbacks.run("on_train_epoch_end", self)
                 last = epoch + 1 == self.cfg.epochs
+                result = None
                 if self.validator is not None and (last or (epoch + 1) % self.cfg.val_period == 0):
-                    self.metrics = self.validate()
-                self.end_epoch(epoch, losses, time.perf_counter() - t_epoch)
+                    result = self.metrics = self.validate()
+                self.end_epoch(epoch, losses, result, time.perf_counter() - t_epoch)
                 self.callbacks.run("on_fit_epoch_end", self)
             self.train_seconds = time.perf_counter() - t0
             self.callbacks.run("on_train_end", self)
@@ -186,6 +188,7 @@ class Trainer:
         if torch.isfinite(loss):
             self.nonfinite_streak = 0
             self.precision.scaler.scale(loss).backward()
+            self.window_has_grad = True
         else:
             self.nonfinite_streak += 1
             LOGGER.warning(f"non-finite loss {loss.item()} at iteration {ni}; batch skipped")
@@ -198,6 +201,11 @@ class Trainer:
 
     def optimizer_step(self) -> None:
         """Unscale, clip, step (skipped on non-finite gradients), update the scaler and the EMA."""
+        if not self.window_has_grad:  # every loss in the window was non-finite: nothing to apply
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        self.window_has_grad = False
         scaler = self.precision.scaler
         scaler.unscale_(self.optimizer)
         self.callbacks.run("on_before_optimizer_step", self)
@@ -230,9 +238,11 @@ class Trainer:
         return self.ema.ema if self.ema is not None else self.model
 
     # ----------------------------------------------------------------------------------------- outputs
-    def end_epoch(self, epoch: int, losses: dict[str, float], seconds: float) -> None:
-        """Record the epoch in results.csv and save last.pt / best.pt (rank 0 only)."""
-        m = self.metrics if (self.metrics is not None) else None
+    def end_epoch(self, epoch: int, losses: dict[str, float], m: EvalResult | None, seconds: float) -> None:
+        """Record the epoch in results.csv and save last.pt / best.pt (rank 0 only).
+
+        ``m`` is this epoch's validation result, None when the epoch was not validated.
+        """
         row = {"epoch": epoch + 1, "seconds": round(seconds, 2)}
         row.update({f"train/{k}": round(v, 5) for k, v in losses.items()})
         row.update({f"lr/pg{j}": g["lr"] for j, g in enumerate(self.optimizer.param_groups)})

@@ -9,6 +9,21 @@ import sys
 LOGGER = logging.getLogger("yolotrain")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (it may be redirected later)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = True) -> logging.Logger:
     """Attach a stderr handler once; ranks other than 0 only log warnings and errors.
 
@@ -18,7 +33,7 @@ def setup_logging(verbose: bool = True) -> logging.Logger:
     level = logging.INFO if (verbose and rank == 0) else logging.WARNING
     LOGGER.setLevel(level)
     if not any(getattr(h, "_yolotrain", False) for h in LOGGER.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._yolotrain = True  # type: ignore[attr-defined]
         LOGGER.addHandler(handler)
