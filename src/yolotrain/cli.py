@@ -1,4 +1,4 @@
-"""Command line: ``yolotrain {train,val,predict,info,help} key=value ...``.
+"""Command line: ``yolotrain {train,val,predict,info,export,help} key=value ...``.
 
 Examples::
 
@@ -6,6 +6,9 @@ Examples::
     yolotrain val model=runs/train/exp/weights/best.pt data=path/data.yaml json=true
     yolotrain predict model=runs/train/exp/weights/best.pt source=images/
     yolotrain info model=n
+    yolotrain export model=runs/train/exp/weights/best.pt format=onnx opset=17
+    yolotrain data check data=path/data.yaml
+    yolotrain data convert src=path/data.yaml to=yolo out=converted/
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from typing import Any
 
 from .config import Config, help_text, parse_cli_args, resolve
 from .errors import ConfigError, YoloTrainError
-from .utils.logging import setup_logging
+from .utils.logging import LOGGER, setup_logging
 
-COMMANDS = ("train", "val", "predict", "info", "help")
-USAGE = ("usage: yolotrain {train,val,predict,info,help} [key=value ...]\n"
+COMMANDS = ("train", "val", "predict", "info", "export", "data", "help")
+USAGE = ("usage: yolotrain {train,val,predict,info,export,data,help} [key=value ...]\n"
          "  e.g. yolotrain train data=data.yaml model=n epochs=50 imgsz=640 batch=16")
 
 
@@ -51,7 +54,19 @@ def _load_for_inference(cfg: Config):
         state = load_checkpoint(cfg.model)
         model = model_from_checkpoint(state)
         model.names = state.get("names") or [str(i) for i in range(model.nc)]
-    return model.to(device), device, Precision(device, cfg.amp), state
+    model = model.to(device)
+    precision = Precision(device, cfg.amp)
+    if cfg.half:
+        from .engine.precision import inference_dtype
+
+        dtype = inference_dtype(device)
+        if dtype is None:
+            LOGGER.warning(f"half=true: {device.type} has no fast fp16/bf16 here; running in fp32")
+        else:
+            model = model.to(dtype)
+            precision = Precision(device, "off")  # the weights themselves are reduced; no autocast
+            LOGGER.info(f"half=true: running the model in {str(dtype).replace('torch.', '')}")
+    return model, device, precision, state
 
 
 def run_val(cfg: Config):
@@ -130,6 +145,13 @@ def cmd_info(cfg: Config) -> int:
     return 0
 
 
+def cmd_export(cfg: Config) -> int:
+    from .export import export_from_config
+
+    print(f"exported to {export_from_config(cfg)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``yolotrain`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -141,9 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command '{command}'; commands are {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
+        if command == "data":  # check/convert take their own keys (src, to, out...), not settings
+            from .data.commands import run_data_command
+
+            setup_logging(True)
+            return run_data_command(rest)
         cfg = resolve(parse_cli_args(rest))
         setup_logging(cfg.verbose or command != "train")
-        return {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "info": cmd_info}[command](cfg)
+        return {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "info": cmd_info,
+                "export": cmd_export}[command](cfg)
     except YoloTrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

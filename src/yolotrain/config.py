@@ -31,6 +31,7 @@ class Setting:
         choices: Allowed values for strings.
         nullable: Whether ``None`` (``null``/``none`` on the command line) is allowed.
         check: Extra validation returning an error text or ``None``.
+        aliases: (alias, value) pairs accepted for a choice, e.g. ``true`` -> ``auto``.
     """
 
     default: Any
@@ -41,6 +42,7 @@ class Setting:
     choices: tuple[str, ...] | None = None
     nullable: bool = False
     check: Callable[[Any], str | None] | None = None
+    aliases: tuple[tuple[str, str], ...] = ()
 
 
 def _device_check(v: Any) -> str | None:
@@ -93,8 +95,11 @@ SETTINGS: dict[str, Setting] = {
     "ema_decay": S(0.9999, "float", "EMA decay once ramped up", lo=0.0, hi=1.0),
     "ema_tau": S(2000.0, "float", "EMA ramp length in updates", lo=1.0),
     "max_nonfinite": S(10, "int", "consecutive non-finite losses before training stops", lo=1),
-    "amp": S("off", "str", "mixed precision: auto (fp16 on CUDA, bf16 on CPUs with native bf16), bf16, fp16, off",
-             choices=("auto", "off", "bf16", "fp16")),
+    "amp": S("auto", "str", "mixed precision: auto (fp16 on CUDA, bf16 on CPUs with native bf16), bf16, fp16, "
+             "off; true/false mean auto/off", choices=("auto", "off", "bf16", "fp16"),
+             aliases=(("true", "auto"), ("false", "off"))),
+    "amp_check": S(True, "bool", "check the chosen precision on the model before training, falling back if it fails"),
+    "half": S(False, "bool", "val/predict: run the model in fp16 (CUDA/MPS) or bf16 (CPU with native bf16)"),
     "channels_last": S(True, "bool", "NHWC memory layout (faster convolutions on CPU and tensor cores)"),
     # loss
     "box": S(7.5, "float", "box (CIoU) loss gain", lo=0.0),
@@ -123,13 +128,20 @@ SETTINGS: dict[str, Setting] = {
     "json": S(False, "bool", "print one JSON object as the last stdout line"),
     "source": S(None, "str", "image, folder or glob for predict", nullable=True),
     "save_txt": S(True, "bool", "predict: write YOLO-format prediction files"),
+    # export (yolotrain export; half=true exports fp16 weights)
+    "format": S("onnx", "str", "export: file format", choices=("onnx",)),
+    "opset": S(17, "int", "export: ONNX opset (21-23 need onnxscript; older opsets cannot express the model)",
+               lo=11, hi=23),
+    "dynamic": S(True, "bool", "export: dynamic height/width too (the batch axis is always dynamic)"),
+    "out": S(None, "str", "export: output file (default: the checkpoint's path with the format's suffix)",
+             nullable=True),
 }
 
 BOOL_TRUE = {"true", "yes", "on", "1"}
 BOOL_FALSE = {"false", "no", "off", "0"}
 
 # Defaults for the built-in demo set, used only for keys the user did not set. Small images of simple
-# shapes, an optimizer step every batch (nbs=batch) and bf16 where the CPU has it train to mAP50 > 0.8
+# shapes, an optimizer step every batch (nbs=batch) and bf16 (amp=auto) where the CPU has it reach mAP50 > 0.8
 # in about 3 CPU minutes (measured: README, "Measured figures").
 DEMO_DEFAULTS: dict[str, Any] = {
     "epochs": 12,
@@ -137,7 +149,6 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "batch": 16,
     "nbs": 16,
     "close_mosaic": 4,
-    "amp": "auto",
     "name": "demo",
 }
 
@@ -220,7 +231,7 @@ def coerce(key: str, value: Any) -> Any:
         if not math.isfinite(out) or (s.lo is not None and out < s.lo) or (s.hi is not None and out > s.hi):
             raise ConfigError(f"setting '{key}'={value!r} is out of range ({_allowed(s)})")
     if s.choices is not None:
-        match = {c.lower(): c for c in s.choices}.get(str(out).lower())
+        match = {**{c.lower(): c for c in s.choices}, **dict(s.aliases)}.get(str(out).lower())
         if match is None:
             raise ConfigError(f"setting '{key}'={value!r} is not allowed ({_allowed(s)})")
         out = match

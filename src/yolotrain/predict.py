@@ -99,7 +99,7 @@ def predict_images(model: nn.Module, files: list[Path], imgsz: int, device: torc
             metas.append(((ratio, ratio) if np.isscalar(ratio) else ratio, pad))
         if not chunk:
             continue
-        x = torch.stack(imgs).to(device).float().div_(255)
+        x = torch.stack(imgs).to(device).float().div_(255).to(next(model.parameters()).dtype)
         with (autocast() if autocast else contextlib.nullcontext()):
             preds = model(x)
         dets = post([p.float() for p in preds], model.stride, model.reg_max)

@@ -48,3 +48,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 def barrier() -> None:
     if is_initialized():
         torch.distributed.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` from rank ``src`` on every rank (returned unchanged in one process)."""
+    if not is_initialized():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]

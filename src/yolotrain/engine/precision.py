@@ -24,6 +24,15 @@ def cpu_has_native_bf16() -> bool:
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether autocast to bf16 is usable (and not merely emulated) on ``device``."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    return False
+
+
 def choose_amp(requested: str, device: torch.device) -> tuple[str, str]:
     """Resolve ``amp=auto`` for ``device``.
 
@@ -52,11 +61,13 @@ class Precision:
         amp: ``auto``, ``off``, ``bf16`` or ``fp16``.
     """
 
-    def __init__(self, device: torch.device, amp: str = "off"):
+    def __init__(self, device: torch.device, amp: str = "off", growth_interval: int = 2000,
+                 init_scale: float = 2.0**16):
         self.device_type = device.type
         self.amp, self.reason = choose_amp(amp, device)
         self.dtype = _DTYPES[self.amp]
-        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype is torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype is torch.float16,
+                                           growth_interval=growth_interval, init_scale=init_scale)
 
     @property
     def enabled(self) -> bool:
@@ -72,5 +83,19 @@ class Precision:
         return {"amp": self.amp, "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("scaler"):
+        if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
+
+    @property
+    def scale(self) -> float | None:
+        """The current loss scale (fp16), else None."""
+        return self.scaler.get_scale() if self.scaler.is_enabled() else None
+
+
+def inference_dtype(device: torch.device) -> torch.dtype | None:
+    """The reduced precision ``half=true`` uses on ``device``, or None where only fp32 is sensible."""
+    if device.type in ("cuda", "mps"):
+        return torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None

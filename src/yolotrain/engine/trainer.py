@@ -63,6 +63,7 @@ class Trainer:
         self.nonfinite_streak = 0
         self.skipped_steps = 0
         self.window_has_grad = False  # whether a finite loss was back-propagated since the last step
+        self.epoch_skipped = 0
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -84,7 +85,7 @@ class Trainer:
                     f"{info['gflops']:.1f} GFLOPs at {self.imgsz}")
         self.train_model = dist.wrap(self.model, self.device)
         self.criterion = DetectionLoss.from_model(self.model, cfg)
-        self.precision = Precision(self.device, cfg.amp)
+        self.precision = self.setup_precision()
 
         pin = self.device.type == "cuda"
         self.batch = cfg.batch
@@ -112,7 +113,20 @@ class Trainer:
         LOGGER.info(f"train: {len(train_records)} images, batch {self.batch}, accumulate {self.accumulate} "
                     f"(nominal batch {cfg.nbs}), weight decay {wd:g}, {self.nb} iterations/epoch, "
                     f"warmup {warmup} iterations, device {self.device}")
-        LOGGER.info(f"precision: {self.precision.amp} ({self.precision.reason})")
+
+    def setup_precision(self) -> Precision:
+        """Resolve ``amp`` for the device, check it on this model (rank 0, broadcast), log the choice."""
+        wanted = Precision(self.device, self.cfg.amp)
+        amp, reason = wanted.amp, wanted.reason
+        if self.cfg.amp_check and amp != "off":
+            from .amp_check import choose_checked_precision
+
+            checked = choose_checked_precision(self.model, self.criterion, self.device, amp, self.imgsz)
+            if checked != amp:
+                amp, reason = checked, f"{amp} failed the AMP check"
+        precision = Precision(self.device, amp)
+        LOGGER.info(f"precision: {'fp32' if amp == 'off' else amp} (amp={self.cfg.amp}: {reason})")
+        return precision
 
     # ----------------------------------------------------------------------------------------- loop
     def fit(self) -> EvalResult | None:
@@ -152,6 +166,7 @@ class Trainer:
             self.train_loader.dataset.mosaic_enabled = False
         set_loader_epoch(self.train_loader, epoch)
         self.train_model.train()
+        self.epoch_skipped = 0
         mean = torch.zeros(3)
         seen = 0
         t0 = time.perf_counter()
@@ -167,6 +182,7 @@ class Trainer:
             bar.set_postfix_str(
                 " ".join(f"{n.split('_')[0]} {v:.3f}" for n, v in zip(LOSS_NAMES, mean.tolist()))
                 + f" inst {batch['cls'].shape[0]} size {batch['img'].shape[-1]}"
+                + (f" skipped {self.epoch_skipped}" if self.epoch_skipped else "")
                 + f" {seen / (time.perf_counter() - t0):.1f} img/s")
         self.images_per_s = seen / max(time.perf_counter() - t0, 1e-9)
         return dict(zip(LOSS_NAMES, mean.tolist()))
@@ -202,7 +218,7 @@ class Trainer:
     def optimizer_step(self) -> None:
         """Unscale, clip, step (skipped on non-finite gradients), update the scaler and the EMA."""
         if not self.window_has_grad:  # every loss in the window was non-finite: nothing to apply
-            self.skipped_steps += 1
+            self.count_skipped()
             self.optimizer.zero_grad(set_to_none=True)
             return
         self.window_has_grad = False
@@ -221,10 +237,15 @@ class Trainer:
             if stepped:
                 self.optimizer.step()
         if not stepped:
-            self.skipped_steps += 1
+            self.count_skipped()
         self.optimizer.zero_grad(set_to_none=True)
         if stepped and self.ema is not None:
             self.ema.update(self.model)
+
+    def count_skipped(self) -> None:
+        """Count an optimizer step that did not happen (non-finite loss or gradients)."""
+        self.skipped_steps += 1
+        self.epoch_skipped += 1
 
     def validate(self) -> EvalResult:
         """Score the EMA (or the raw model) on the validation split."""
@@ -249,7 +270,8 @@ class Trainer:
         for key, name in (("precision", "precision"), ("recall", "recall"), ("map50", "mAP50"),
                           ("map50_95", "mAP50-95")):
             row[f"metrics/{name}"] = round(float(getattr(m, key)), 5) if m is not None else ""
-        row["skipped_steps"] = self.skipped_steps
+        row["skipped_steps"] = self.epoch_skipped
+        row["amp_scale"] = self.precision.scale if self.precision.scale is not None else ""
         row["images_per_s"] = round(self.images_per_s, 2)
         self.history.append(row)
         fitness = float(m.map50_95) if m is not None else -math.inf

@@ -47,10 +47,11 @@ class Validator:
         was_training = model.training
         model.eval()
         evaluator = DetectionEvaluator(self.names)
+        dtype = next(model.parameters()).dtype  # fp32, or fp16/bf16 for half=true
         bar = tqdm(self.loader, desc="val", leave=False, disable=not self.progress, dynamic_ncols=True)
         for batch in bar:
             imgs = batch["img"].to(self.device, non_blocking=True).float().div_(255)
-            imgs = imgs.contiguous(memory_format=torch.channels_last)
+            imgs = imgs.to(dtype).contiguous(memory_format=torch.channels_last)
             with self.precision.autocast():
                 preds = model(imgs)
             dets = self.post([p.float() for p in preds], model.stride, model.reg_max)
