@@ -1,9 +1,13 @@
-"""Data: YAML config, label scanning and caching, augmentation, dataset, loader, demo set."""
+"""Data: YAML config, formats (YOLO/COCO/VOC), label scanning and caching, augmentation, dataset,
+loader, demo set, and the ``data check`` / ``data convert`` tools."""
 
 from yolotrain.data.augment import letterbox, mosaic4, random_affine, random_flip_lr, random_hsv
+from yolotrain.data.check import check_dataset
 from yolotrain.data.config import load_data_yaml
+from yolotrain.data.convert import convert_dataset
 from yolotrain.data.dataset import DetectionDataset, SampleKey
 from yolotrain.data.demo import ensure_demo_dataset
+from yolotrain.data.formats import SplitSource, detect_format
 from yolotrain.data.image_io import read_image
 from yolotrain.data.labels import ScanReport, check_image, scan_split
 from yolotrain.data.loader import (
@@ -24,9 +28,13 @@ __all__ = [
     "ImageRecord",
     "SampleKey",
     "ScanReport",
+    "SplitSource",
     "build_dataloader",
+    "check_dataset",
     "check_image",
     "collate",
+    "convert_dataset",
+    "detect_format",
     "ensure_demo_dataset",
     "img_to_label_path",
     "letterbox",

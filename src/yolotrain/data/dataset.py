@@ -42,7 +42,7 @@ class DetectionDataset(Dataset):
     """YOLO detection samples from :class:`ImageRecord` lists.
 
     Each item is a dict: ``img`` uint8 (3, H, W) RGB; ``cls`` float32 (n, 1); ``bboxes`` float32
-    (n, 4) normalized xywh of the output image; ``im_file``; ``ori_shape`` (h, w); ``ratio_pad``
+    (n, 4) normalized xywh of the output image (crowd boxes excluded); ``im_file``; ``ori_shape`` (h, w); ``ratio_pad``
     ``((rw, rh), (pad_left, pad_top))`` mapping original pixels to output pixels (exact in eval,
     informative only when augmenting); ``index``.
 
@@ -150,13 +150,23 @@ class DetectionDataset(Dataset):
         return self._load_from_disk(i)
 
     def _pixel_labels(self, i: int, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Record ``i``'s boxes in the pixels of the (resized) image."""
+        """Record ``i``'s training targets in the pixels of the (resized) image.
+
+        Crowd boxes (COCO ``iscrowd``, VOC ``difficult``) are left out: one box around a crowd or
+        an unrecognisable object is not an example of the class to learn. They stay in
+        ``records``, where the evaluator uses them as ignore regions.
+        """
         rec = self.records[i]
         h, w = img.shape[:2]
+        if rec.crowd is not None and rec.crowd.any():
+            keep = ~rec.crowd
+            return xywhn_to_xyxy(rec.bboxes[keep], w, h), rec.cls[keep]
         return xywhn_to_xyxy(rec.bboxes, w, h), rec.cls.copy()
 
     def labels_for_eval(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Ground truth of image ``i`` in original pixel coordinates.
+        """Ground truth of image ``i`` in original pixel coordinates, crowd boxes included.
+
+        ``records[i].crowd`` (when not None) tells which boxes are crowd.
 
         Args:
             i: Record index.

@@ -1,8 +1,9 @@
 """A JSON cache of scanned labels, so a second run skips re-reading every image header.
 
 The cache is plain JSON (never pickle: a cache file may come from anywhere, and unpickling runs
-code). It is keyed by a hash of every image and label file's (name, size, mtime), the class count
-and a format version, and is written atomically so a crash or a concurrent writer never leaves a
+code). It is keyed by a hash of every image and label file's (name, size, mtime), the class count,
+a format version and whatever else changes the result (for COCO/VOC: the class names, the image
+folder), and is written atomically so a crash or a concurrent writer never leaves a
 half-written file behind.
 """
 
@@ -22,21 +23,23 @@ from yolotrain.data.records import ImageRecord
 
 logger = logging.getLogger("yolotrain")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: optional per-box crowd flags
 
 
-def files_hash(im_files: list[str], label_files: list[str], nc: int) -> str:
+def files_hash(im_files: list[str], label_files: list[str], nc: int, extra: str = "") -> str:
     """Hash that changes when any image or label file is added, removed or modified.
 
     Args:
         im_files: Image paths.
-        label_files: Label paths, one per image (missing files are part of the key too).
+        label_files: Label paths, one per image (missing files are part of the key too); for
+            COCO/VOC the annotation files.
         nc: Number of classes (changes which rows are valid).
+        extra: Anything else the scan result depends on.
 
     Returns:
         A hex digest.
     """
-    h = hashlib.sha256(f"v{CACHE_VERSION}|nc={nc}|n={len(im_files)}".encode())
+    h = hashlib.sha256(f"v{CACHE_VERSION}|nc={nc}|n={len(im_files)}|{extra}".encode())
     for f in (*im_files, *label_files):
         try:
             st = os.stat(f)
@@ -63,6 +66,13 @@ def save_cache(
     counts = [r.num_instances for r in records]
     boxes = np.concatenate([r.bboxes for r in records]) if records else np.zeros((0, 4), np.float32)
     cls = np.concatenate([r.cls for r in records]) if records else np.zeros(0, np.int64)
+    # Crowd flags only exist for COCO/VOC records; a YOLO cache stores null.
+    has_crowd = any(r.crowd is not None for r in records)
+    crowd = (
+        np.concatenate([r.crowd if r.crowd is not None else np.zeros(r.num_instances, bool) for r in records])
+        if has_crowd
+        else None
+    )
     # Column-wise layout: much smaller and faster to load than one object per image.
     payload = {
         "version": CACHE_VERSION,
@@ -72,6 +82,7 @@ def save_cache(
         "counts": counts,
         "cls": cls.tolist(),
         "bboxes": boxes.astype(np.float32).tolist(),
+        "crowd": None if crowd is None else crowd.astype(int).tolist(),
         "report": report,
     }
     tmp = None
@@ -114,11 +125,14 @@ def load_cache(path: Path, key: str) -> tuple[list[ImageRecord], dict[str, Any]]
         cls = np.asarray(d["cls"], dtype=np.int64).reshape(-1)
         boxes = np.asarray(d["bboxes"], dtype=np.float32).reshape(-1, 4)
         shapes = np.asarray(d["shapes"], dtype=np.int64).reshape(-1, 2)
+        crowd = None if d.get("crowd") is None else np.asarray(d["crowd"], dtype=bool).reshape(-1)
         im_files = d["im_files"]
         report = d["report"]
         n = len(im_files)
         if not (len(counts) == len(shapes) == n and counts.sum() == len(cls) == len(boxes)):
             raise ValueError("inconsistent lengths")
+        if crowd is not None and len(crowd) != len(cls):
+            raise ValueError("inconsistent crowd flags")
         if not isinstance(report, dict):
             raise ValueError("report is not a mapping")
         ends = np.cumsum(counts)
@@ -130,6 +144,7 @@ def load_cache(path: Path, key: str) -> tuple[list[ImageRecord], dict[str, Any]]
                 width=int(shapes[i, 1]),
                 cls=cls[starts[i] : ends[i]],
                 bboxes=boxes[starts[i] : ends[i]],
+                crowd=None if crowd is None else crowd[starts[i] : ends[i]],
             )
             for i in range(n)
         ]

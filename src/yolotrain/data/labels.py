@@ -5,6 +5,9 @@ Usage::
     cfg = load_data_yaml("data.yaml")
     records, report = scan_split(cfg["train"], cfg["nc"], "train", root=cfg["path"])
     logger.info(f"train: {report.summary()}")
+
+YOLO sources are scanned here; COCO and VOC sources are handed to :mod:`yolotrain.data.formats`,
+which produce the same records and the same report.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from PIL import Image
@@ -40,11 +43,15 @@ class ScanReport:
         missing_labels: Usable images without a label file (kept, with no boxes).
         empty_labels: Usable images with an empty label file (kept as background).
         malformed_label_files: Label files that could not be parsed (their image is skipped).
-        dropped_rows: Dropped label rows by reason.
+        missing_images: Images named by an annotation file (COCO/VOC) but absent on disk, skipped.
+        duplicate_images: Repeated entries for the same image file (COCO/VOC), skipped.
+        size_mismatches: Images whose size on disk differs from the size in their annotation file.
+        dropped_rows: Dropped label rows (or annotations) by reason.
         duplicate_rows: Exact duplicate label rows removed.
         clipped_rows: Boxes clipped by a negligible amount (<= 0.01 normalized), not warned about.
         out_of_range_rows: Boxes clipped by more than that.
-        instances: Boxes kept in total.
+        instances: Boxes kept in total, crowd boxes included.
+        crowd_instances: Kept boxes flagged crowd (COCO ``iscrowd``, VOC ``difficult``).
         messages: One line per problem, naming the file and the reason.
         split: Split name used in messages.
         from_cache: True when every source was read from its label cache.
@@ -56,23 +63,24 @@ class ScanReport:
     missing_labels: int = 0
     empty_labels: int = 0
     malformed_label_files: int = 0
+    missing_images: int = 0
+    duplicate_images: int = 0
+    size_mismatches: int = 0
     dropped_rows: dict[str, int] = field(default_factory=dict)
     duplicate_rows: int = 0
     clipped_rows: int = 0
     out_of_range_rows: int = 0
     instances: int = 0
+    crowd_instances: int = 0
     messages: list[str] = field(default_factory=list)
     split: str = ""
     from_cache: bool = False
 
     def merge(self, other: ScanReport) -> None:
         """Add another report's counts and messages into this one."""
-        for name in (
-            "images_found", "images_ok", "corrupt_images", "missing_labels", "empty_labels",
-            "malformed_label_files", "duplicate_rows", "clipped_rows", "out_of_range_rows",
-            "instances",
-        ):  # fmt: skip
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for f in fields(self):
+            if f.type in ("int", int):  # every count; not the flags, lists and dicts
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         for k, v in other.dropped_rows.items():
             self.dropped_rows[k] = self.dropped_rows.get(k, 0) + v
         self.messages.extend(other.messages)
@@ -92,7 +100,15 @@ class ScanReport:
     def summary(self) -> str:
         """One line for the log before training (without the split name; the caller adds it)."""
         head = f"{self.images_ok}/{self.images_found} images usable, {self.instances} boxes"
+        if self.crowd_instances:
+            head += f" ({self.crowd_instances} crowd/difficult, not trained on)"
         problems = []
+        if self.missing_images:
+            problems.append(f"{self.missing_images} missing images skipped")
+        if self.duplicate_images:
+            problems.append(f"{self.duplicate_images} duplicate image entries skipped")
+        if self.size_mismatches:
+            problems.append(f"{self.size_mismatches} images differ in size from their annotation")
         if self.corrupt_images:
             problems.append(f"{self.corrupt_images} corrupt images skipped")
         if self.malformed_label_files:
@@ -194,6 +210,43 @@ def _scan_files(im_files: list[str], nc: int, workers: int) -> tuple[list[ImageR
     return records, rep
 
 
+def check_images(im_files: list[str], workers: int) -> list[tuple[int, int] | str]:
+    """:func:`check_image` over many files on a thread pool, in input order.
+
+    Args:
+        im_files: Image paths.
+        workers: Threads.
+
+    Returns:
+        Per file, ``(height, width)`` or the error message.
+    """
+    # Threads overlap the file reads, which dominate on cold disks and network filesystems
+    # (with everything in the page cache, PIL's header parsing holds the GIL and one thread does
+    # about 3k images/s). Processes would add pickling for no gain there.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(check_image, im_files))
+
+
+def _scan_yolo_source(
+    source: str, nc: int, split: str, root: str | None, use_cache: bool, workers: int
+) -> tuple[list[ImageRecord], ScanReport, bool]:
+    """One YOLO folder or image list -> ``(records, report, read_from_cache)``."""
+    im_files = list_images(source, root)
+    label_files = [img_to_label_path(f) for f in im_files]
+    cache_file = cache_path_for(source)
+    key = files_hash(im_files, label_files, nc) if use_cache else ""
+    cached = load_cache(cache_file, key) if use_cache else None
+    if cached is not None:
+        logger.debug("labels for %s read from cache %s", source, cache_file)
+        return cached[0], ScanReport.from_json(cached[1]), True
+    if im_files:
+        logger.info("%s: scanning %d images in %s", split, len(im_files), source)
+    recs, rep = _scan_files(im_files, nc, workers)
+    if use_cache and im_files:
+        save_cache(cache_file, key, recs, rep.to_json())
+    return recs, rep, False
+
+
 def scan_split(
     sources: list[str],
     nc: int,
@@ -202,58 +255,55 @@ def scan_split(
     root: str | None = None,
     use_cache: bool = True,
     workers: int | None = None,
+    log_problems: bool = True,
 ) -> tuple[list[ImageRecord], ScanReport]:
     """Scan every source of a split into records, using and refreshing the label caches.
 
     Args:
-        sources: Folders of images and/or ``.txt`` image lists (absolute, as from
-            :func:`~yolotrain.data.config.load_data_yaml`).
+        sources: Split entries as from :func:`~yolotrain.data.config.load_data_yaml`: folders of
+            images and/or ``.txt`` image lists (YOLO), COCO ``.json`` files, or VOC
+            ``ImageSets/Main/*.txt`` lists. Plain path strings work too; the format then follows
+            from the path (:func:`~yolotrain.data.formats.detect_format`).
         nc: Number of classes.
         split: Split name, used in messages.
-        root: Dataset root, a fallback for relative lines in ``.txt`` lists.
+        root: Dataset root, a fallback for relative lines in YOLO ``.txt`` lists.
         use_cache: Read and write ``*.cache.json`` label caches.
         workers: Threads for the image checks (default: a few per CPU).
+        log_problems: Log the problems as warnings (capped); ``data check`` prints them itself.
 
     Returns:
-        ``(records, report)``; problems are logged as warnings (capped) before returning, the
-        summary is left to the caller (``logger.info(f"{split}: {report.summary()}")``).
+        ``(records, report)``; the summary is left to the caller
+        (``logger.info(f"{split}: {report.summary()}")``).
 
     Raises:
-        DataError: A source is missing, or the split has no usable image.
+        DataError: A source is missing or unreadable as a whole, or the split has no usable image.
     """
+    from yolotrain.data.formats import FORMAT_YOLO, detect_format, scan_annotated_source
+
     if isinstance(sources, (str, os.PathLike)):
-        sources = [str(sources)]
+        sources = [sources]  # type: ignore[list-item]
     if not sources:
         raise DataError(f"{split}: no image sources given")
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
     records: list[ImageRecord] = []
     report = ScanReport(split=split, from_cache=use_cache)
     for source in sources:
-        im_files = list_images(source, root)
-        label_files = [img_to_label_path(f) for f in im_files]
-        cache_file = cache_path_for(source)
-        key = files_hash(im_files, label_files, nc) if use_cache else ""
-        cached = load_cache(cache_file, key) if use_cache else None
-        if cached is not None:
-            recs, rep = cached[0], ScanReport.from_json(cached[1])
-            logger.debug("labels for %s read from cache %s", source, cache_file)
+        if detect_format(source) == FORMAT_YOLO:
+            recs, rep, hit = _scan_yolo_source(str(source), nc, split, root, use_cache, workers)
         else:
-            report.from_cache = False
-            if im_files:
-                logger.info("%s: scanning %d images in %s", split, len(im_files), source)
-            recs, rep = _scan_files(im_files, nc, workers)
-            if use_cache and im_files:
-                save_cache(cache_file, key, recs, rep.to_json())
+            recs, rep, hit = scan_annotated_source(source, nc, split, use_cache, workers)
+        report.from_cache &= hit
         records.extend(recs)
         report.merge(rep)
 
-    report.log_problems()
+    if log_problems:
+        report.log_problems()
     if not records:
         raise DataError(
             f"{split}: no usable images in {', '.join(map(str, sources))} "
             f"({report.images_found} found, {report.corrupt_images} corrupt, "
+            f"{report.missing_images} missing, "
             f"{report.malformed_label_files} with malformed labels)"
         )
     logger.debug("%s: %s", split, report.summary())
     return records, report
-
