@@ -51,3 +51,9 @@ class Detector:
 
         preds, _ = run_predict_cfg(resolve({"model": self.model, "source": source, **settings}))
         return preds
+
+    def export(self, format: str = "onnx", **settings: Any) -> Path:
+        """Export the current weights (``opset``, ``imgsz``, ``dynamic``, ``half``, ``out``); returns the file."""
+        from .export import export_from_config
+
+        return export_from_config(resolve({"model": self.model, "format": format, **settings}), nc=self.nc)

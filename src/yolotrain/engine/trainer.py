@@ -30,6 +30,7 @@ from .build import (build_loader, build_records, build_train_model, check_imgsz,
 from .callbacks import Callbacks
 from .checkpoint import save_checkpoint
 from .ema import ModelEMA
+from .loggers import register_default_loggers
 from .optim import Schedule, accumulation, build_optimizer, scaled_weight_decay
 from .precision import Precision
 from .validator import Validator
@@ -54,6 +55,7 @@ class Trainer:
     def __init__(self, cfg: Config, callbacks: Callbacks | None = None):
         self.cfg = cfg
         self.callbacks = callbacks or Callbacks()
+        register_default_loggers(self.callbacks)  # TensorBoard, plots; MLflow/W&B when installed
         self.device = select_device(cfg.device)
         self.epoch = 0
         self.best_fitness = -math.inf
@@ -64,6 +66,7 @@ class Trainer:
         self.skipped_steps = 0
         self.window_has_grad = False  # whether a finite loss was back-propagated since the last step
         self.epoch_skipped = 0
+        self.stop = False  # a callback may set this to end training after the current iteration
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -149,6 +152,8 @@ class Trainer:
                     result = self.metrics = self.validate()
                 self.end_epoch(epoch, losses, result, time.perf_counter() - t_epoch)
                 self.callbacks.run("on_fit_epoch_end", self)
+                if self.stop:
+                    break
             self.train_seconds = time.perf_counter() - t0
             self.callbacks.run("on_train_end", self)
             self.final_report()
@@ -176,9 +181,12 @@ class Trainer:
             self.callbacks.run("on_train_batch_start", self)
             self.schedule.apply(self.optimizer, epoch, i)
             items = self.train_step(batch, epoch * self.nb + i)
+            self.current_batch, self.loss_items = batch, items  # for loggers at on_train_batch_end
             mean = (mean * i + items) / (i + 1)
             seen += batch["img"].shape[0]
             self.callbacks.run("on_train_batch_end", self)
+            if self.stop:
+                break
             bar.set_postfix_str(
                 " ".join(f"{n.split('_')[0]} {v:.3f}" for n, v in zip(LOSS_NAMES, mean.tolist()))
                 + f" inst {batch['cls'].shape[0]} size {batch['img'].shape[-1]}"

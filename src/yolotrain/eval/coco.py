@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from yolotrain.errors import DataError
+from yolotrain.eval.curves import RECALL_POINTS, Curves, confusion_matrix, pr_curves
 from yolotrain.eval.metrics import best_f1_precision_recall, match_detections
 from yolotrain.eval.result import EvalResult
 
@@ -63,12 +64,15 @@ class DetectionEvaluator:
 
     Args:
         names: Class names; class index ``i`` becomes COCO category id ``i + 1``.
+        confusion_conf: Confidence threshold of the confusion matrix in ``result.curves``; None uses the
+            best-F1 threshold, so the matrix shows the operating point that P and R describe.
     """
 
-    def __init__(self, names: Sequence[str]) -> None:
+    def __init__(self, names: Sequence[str], confusion_conf: float | None = None) -> None:
         if len(names) == 0:
             raise ValueError("DetectionEvaluator needs at least one class name")
         self.names = [str(n) for n in names]
+        self.confusion_conf = confusion_conf
         self.reset()
 
     def reset(self) -> None:
@@ -197,6 +201,15 @@ class DetectionEvaluator:
             preds[:, :4], preds[:, 4], preds[:, 5], det_img, gt_boxes, gt_cls, gt_img, gt_crowd, iou_thr=0.5
         )
         conf, precision, recall = best_f1_precision_recall(preds[:, 4], preds[:, 5], status, n_gt)
+        cm_conf = conf if self.confusion_conf is None else float(self.confusion_conf)
+        curves = Curves(
+            recall=RECALL_POINTS.copy(),
+            precision=pr_curves(preds[:, 4], preds[:, 5], status, n_gt),
+            present=n_gt > 0,
+            confusion=confusion_matrix(preds[:, :4], preds[:, 4], preds[:, 5], det_img, gt_boxes, gt_cls, gt_img,
+                                       n_cls, gt_crowd, conf=cm_conf, iou_thr=0.5),
+            conf=cm_conf,
+        )
 
         present = np.flatnonzero(n_gt > 0)
         per_class = [
@@ -221,6 +234,7 @@ class DetectionEvaluator:
             images=n_images,
             instances=instances,
             per_class=per_class,
+            curves=curves,
         )
         LOGGER.info(
             "evaluation: %d images, %d instances, P %.4f R %.4f mAP50 %.4f mAP50-95 %.4f (conf %.3f)",

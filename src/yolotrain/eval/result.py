@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from yolotrain.eval.curves import Curves
+
 
 @dataclass
 class EvalResult:
@@ -21,6 +23,8 @@ class EvalResult:
         instances: Non-crowd ground-truth boxes.
         per_class: One dict per class with instances: ``class_id``, ``name``, ``images``,
             ``instances``, ``precision``, ``recall``, ``map50``, ``map50_95``.
+        curves: PR curves and confusion matrix for plots (None when there was no ground truth); left
+            out of :meth:`to_dict`, so checkpoints and JSON output stay small.
     """
 
     map50: float = 0.0
@@ -31,6 +35,7 @@ class EvalResult:
     images: int = 0
     instances: int = 0
     per_class: list[dict[str, Any]] = field(default_factory=list)
+    curves: Curves | None = field(default=None, repr=False, compare=False)
 
     @property
     def fitness(self) -> float:

@@ -9,7 +9,6 @@ import torch
 from torchvision.ops import batched_nms
 
 from yolotrain.loss.boxes import dist2bbox, make_anchors
-from yolotrain.models.blocks import DFL
 
 __all__ = ["decode", "non_max_suppression", "Postprocessor", "scale_boxes"]
 
@@ -30,7 +29,12 @@ def decode(preds: Sequence[torch.Tensor], strides: torch.Tensor | Sequence[float
     flat = torch.cat([p.flatten(2) for p in preds], dim=2)  # (B, no, A)
     box_logits, cls_logits = flat.split((4 * reg_max, flat.shape[1] - 4 * reg_max), dim=1)
     anchor_points, stride_tensor = make_anchors(preds, strides, 0.5)
-    dist = DFL(reg_max).to(device=flat.device, dtype=flat.dtype)(box_logits)  # (B, 4, A)
+    # The DFL expectation written out (softmax over bins, then a dot product with the bin values) rather
+    # than a DFL module built here: a module created inside forward breaks ONNX export and torch.export.
+    b, _, a = box_logits.shape
+    probs = box_logits.reshape(b, 4, reg_max, a).softmax(2)
+    bins = torch.arange(reg_max, device=flat.device, dtype=flat.dtype)
+    dist = torch.matmul(bins, probs)  # (R,) @ (B, 4, R, A) -> (B, 4, A)
     boxes = dist2bbox(dist.transpose(1, 2), anchor_points) * stride_tensor  # (B, A, 4)
     return torch.cat((boxes, cls_logits.sigmoid().transpose(1, 2)), dim=-1)
 
