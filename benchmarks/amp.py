@@ -33,22 +33,35 @@ PRECISIONS = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}
 
 
 class BatchTimer:
-    """Times ``iters`` training iterations after the first ``warmup``, then stops the trainer."""
+    """Times training iterations and stops the trainer after ``warmup + iters`` of them.
 
-    def __init__(self, warmup: int, iters: int) -> None:
-        self.warmup, self.iters, self.i, self.images, self.t0, self.t1 = warmup, iters, 0, 0, 0.0, 0.0
+    Iterations are timed from the end of one to the end of the next, the first ``warmup`` left out. A
+    precision that is very slow on this device (fp16 on a CPU without fp16 arithmetic runs its backward
+    pass in a slow fallback) is cut short after ``max_seconds``, with at least two timed iterations.
+    """
+
+    def __init__(self, warmup: int, iters: int, max_seconds: float) -> None:
+        self.warmup, self.iters, self.max_seconds = warmup, iters, max_seconds
+        self.times: list[float] = []
+        self.last = 0.0
+        self.start = time.perf_counter()
+
+    def begin(self, trainer) -> None:
+        if not self.times and not self.last:
+            self.last = time.perf_counter()
 
     def end(self, trainer) -> None:
-        self.i += 1
-        if self.i == self.warmup:
-            self.t0 = time.perf_counter()
-        elif self.i > self.warmup:
-            self.images += trainer.batch
-            self.t1 = time.perf_counter()
-            trainer.stop = self.i >= self.warmup + self.iters
+        now = time.perf_counter()
+        self.times.append(now - self.last)
+        self.last = now
+        slow = now - self.start > self.max_seconds and len(self.times) >= 3
+        trainer.stop = len(self.times) >= self.warmup + self.iters or slow
+        self.batch = trainer.batch
 
     def images_per_s(self) -> float:
-        return self.images / max(self.t1 - self.t0, 1e-9)
+        skip = min(self.warmup, max(len(self.times) - 2, 1))
+        timed = self.times[skip:]
+        return self.batch * len(timed) / sum(timed)
 
 
 def peak_mem_mb(device) -> float:
@@ -75,11 +88,13 @@ def run_one(a: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         common = dict(data=data, model=a.scale, batch=a.batch, workers=a.workers, device=a.device, amp=amp,
                       amp_check=False, project=tmp, verbose=False, seed=0)
-        timer = BatchTimer(a.warmup, a.iters)
+        timer = BatchTimer(a.warmup, a.iters, a.max_seconds)
         t = Trainer(resolve(dict(common, imgsz=a.imgsz, epochs=1, val=False)))
+        t.callbacks.add("on_train_batch_start", timer.begin)
         t.callbacks.add("on_train_batch_end", timer.end)
         t.fit()
         out["images_per_s"] = round(timer.images_per_s(), 2)
+        out["iterations_timed"] = len(timer.times) - min(a.warmup, max(len(timer.times) - 2, 1))
         out["peak_mem_mb"] = round(peak_mem_mb(t.device), 1)
         too_slow = a.fp32_speed and out["images_per_s"] < a.fp32_speed / 3
         if too_slow:
@@ -105,6 +120,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--warmup", type=int, default=3, help="iterations not timed")
     p.add_argument("--iters", type=int, default=20, help="iterations timed")
+    p.add_argument("--max-seconds", type=float, default=90, help="cut a very slow precision's timing short")
     p.add_argument("--fp32-speed", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--acc-epochs", type=int, default=12)
     p.add_argument("--acc-imgsz", type=int, default=160)

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, help_text, parse_cli_args, resolve
-from .errors import ConfigError, YoloTrainError
+from .errors import ConfigError, Preempted, YoloTrainError
 from .utils.logging import LOGGER, setup_logging
 
-COMMANDS = ("train", "val", "predict", "info", "export", "data", "help")
-USAGE = ("usage: yolotrain {train,val,predict,info,export,data,help} [key=value ...]\n"
+COMMANDS = ("train", "val", "predict", "info", "export", "data", "ckpt", "help")
+USAGE = ("usage: yolotrain {train,val,predict,info,export,data,ckpt,help} [key=value ...]\n"
          "  e.g. yolotrain train data=data.yaml model=n epochs=50 imgsz=640 batch=16")
 
 
@@ -33,8 +33,9 @@ def cmd_train(cfg: Config) -> int:
     trainer = Trainer(cfg)
     best = trainer.fit()
     print(f"run folder: {trainer.save_dir}")
-    if best is not None:
-        print(f"mAP50 {best.map50:.4f}  mAP50-95 {best.map50_95:.4f}  (best epoch, val split)")
+    best = trainer.best_metrics
+    if best:
+        print(f"mAP50 {best['mAP50']:.4f}  mAP50-95 {best['mAP50-95']:.4f}  (best epoch, val split)")
     return 0
 
 
@@ -163,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command '{command}'; commands are {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
+        if command == "ckpt":  # positional paths: ckpt info PATH | strip PATH OUT | diff A B
+            from .engine.ckpt_tools import run_ckpt_command
+
+            setup_logging(True)
+            return run_ckpt_command(rest)
         if command == "data":  # check/convert take their own keys (src, to, out...), not settings
             from .data.commands import run_data_command
 
@@ -172,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(cfg.verbose or command != "train")
         return {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "info": cmd_info,
                 "export": cmd_export}[command](cfg)
+    except Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr)
+        return Preempted.exit_code
     except YoloTrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

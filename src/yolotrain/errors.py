@@ -23,3 +23,9 @@ class CheckpointError(YoloTrainError):
 
 class TrainingError(YoloTrainError):
     """Training cannot go on (for example repeated non-finite losses)."""
+
+
+class Preempted(YoloTrainError):
+    """Training stopped on SIGTERM/SIGINT after saving a resumable checkpoint."""
+
+    exit_code = 75  # EX_TEMPFAIL: "try again later", distinct from success (0) and errors (1, 2)

@@ -61,26 +61,33 @@ def is_scale(model: str) -> bool:
 
 
 def build_train_model(cfg: Config, nc: int) -> nn.Module:
-    """A fresh model of the configured scale, or one initialised from a checkpoint's weights.
+    """A fresh model, optionally initialised from a checkpoint's weights (fine-tuning, not resuming).
 
-    Loading a checkpoint here is fine-tuning: tensors whose names and shapes match are copied (so the
-    number of classes may change) and the counts are logged.
+    ``model=n pretrained=w.pt`` builds scale n; ``model=w.pt`` builds the checkpoint's scale. Tensors
+    whose names and shapes match are copied (so the number of classes may change); ``load=backbone``
+    copies only the backbone. The counts are logged.
     """
     spec = str(cfg.model)
+    source = cfg.pretrained
     if is_scale(spec):
-        return build_model(scale=spec, nc=nc)
-    if not spec.endswith(".pt"):
+        model = build_model(scale=spec, nc=nc)
+    elif spec.endswith(".pt"):
+        source = source or spec
+        mcfg = dict(load_checkpoint(spec)["model_cfg"])
+        model = build_model(**{**mcfg, "nc": nc})
+    else:
         raise ConfigError(f"setting 'model'={spec} is neither a scale ({', '.join(available_scales())}) "
                           f"nor a .pt checkpoint")
-    state = load_checkpoint(spec)
-    mcfg = dict(state["model_cfg"])
-    mcfg["nc"] = nc
-    model = build_model(**mcfg)
-    weights = state.get("ema") or state["model"]
-    counts = transfer_weights(model, weights)
-    LOGGER.info(f"model: initialised from {spec}: {counts['matched']} tensors matched, "
-                f"{counts['missing']} missing, {counts['unexpected']} unexpected, "
-                f"{counts['mismatched']} shape-mismatched")
+    if source:
+        state = load_checkpoint(source)
+        weights = state.get("ema") or state.get("model") or {}
+        if cfg.load == "backbone":
+            weights = {k: v for k, v in weights.items() if k.startswith("backbone.")}
+        counts = transfer_weights(model, weights)
+        LOGGER.info(f"model: loaded {cfg.load} weights from {source}: {counts['matched']} tensors matched, "
+                    f"{counts['missing']} missing, {counts['unexpected']} unexpected, "
+                    f"{counts['mismatched']} shape-mismatched")
+        model.load_counts = counts
     return model
 
 

@@ -48,9 +48,40 @@ def to_plain(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint (tensors and plain data only)")
 
 
+def digest(obj: Any) -> str:
+    """SHA-256 over every tensor's bytes, dtype and shape and every plain value, in key order."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def walk(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            h.update(b"{")
+            for k in sorted(o, key=str):
+                h.update(repr(k).encode())
+                walk(o[k])
+            h.update(b"}")
+        elif isinstance(o, (list, tuple)):
+            h.update(b"[")
+            for v in o:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(o).encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Serialise ``state`` (as plain data) and write it atomically to ``path``."""
+    """Serialise ``state`` (as plain data) with its digest and write it atomically to ``path``."""
     state = to_plain({"format": FORMAT, **state})
+    state["integrity"] = {"sha256": digest(state)}
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write(path, lambda f: f.write(buf.getbuffer()))
@@ -77,6 +108,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint '{p}' is truncated or corrupt: {detail}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint '{p}' is not a yolotrain checkpoint (no '{FORMAT}' format tag)")
+    recorded = (state.pop("integrity", None) or {}).get("sha256")
+    if recorded is not None and digest(state) != recorded:
+        raise CheckpointError(f"checkpoint '{p}' is corrupt: its content does not match the recorded SHA-256")
     return state
 
 

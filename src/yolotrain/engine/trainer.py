@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,10 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..config import Config
-from ..errors import TrainingError
+from ..errors import CheckpointError, Preempted, TrainingError
 from ..eval import EvalResult, format_table
 from ..loss import DetectionLoss
-from ..models import model_info
+from ..models import build_model, model_info
 from ..utils.torch_utils import configure_backend, init_seeds, memory_mb, select_device
 from . import distributed as dist
 from .build import (build_loader, build_records, build_train_model, check_imgsz, resolve_data, run_dir,
@@ -33,6 +34,7 @@ from .ema import ModelEMA
 from .loggers import register_default_loggers
 from .optim import Schedule, accumulation, build_optimizer, scaled_weight_decay
 from .precision import Precision
+from .resume import prepare_resume, rng_state, set_rng_state
 from .validator import Validator
 
 LOGGER = logging.getLogger("yolotrain")
@@ -67,10 +69,18 @@ class Trainer:
         self.window_has_grad = False  # whether a finite loss was back-propagated since the last step
         self.epoch_skipped = 0
         self.stop = False  # a callback may set this to end training after the current iteration
+        self.signal_received = 0  # SIGTERM/SIGINT number: save at the next optimizer step, then exit
+        self.start_epoch, self.start_iter = 0, 0  # where training (re)starts
+        self.best_metrics: dict | None = None
+        self.last_save_iter, self.last_save_time = 0, time.monotonic()
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        """Build data, model, loss, optimizer, schedule and the run folder."""
+        """Build data, model, loss, optimizer, schedule and the run folder (restoring a resumed run)."""
+        state = None
+        if self.cfg.resume:
+            self.cfg, state, ckpt = prepare_resume(self.cfg)
+            LOGGER.info(f"resume: continuing {ckpt} (epochs={self.cfg.epochs})")
         cfg = self.cfg
         init_seeds(cfg.seed, cfg.deterministic)
         configure_backend(self.device, cfg.deterministic)
@@ -81,14 +91,18 @@ class Trainer:
         val_records = build_records(self.data, "val") if cfg.val else None
 
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model = build_train_model(cfg, self.data["nc"]).to(self.device, memory_format=self.memory_format)
+        model = build_model(**state["model_cfg"]) if state else build_train_model(cfg, self.data["nc"])
+        if model.nc != self.data["nc"]:
+            raise CheckpointError(f"cannot resume: the checkpoint's model has {model.nc} classes, the data "
+                                  f"{self.data['nc']}")
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.model.names = self.names
         info = model_info(self.model, imgsz=self.imgsz)
         LOGGER.info(f"model: scale {self.model.scale}, {info['params']:,} parameters, {info['layers']} layers, "
                     f"{info['gflops']:.1f} GFLOPs at {self.imgsz}")
         self.train_model = dist.wrap(self.model, self.device)
         self.criterion = DetectionLoss.from_model(self.model, cfg)
-        self.precision = self.setup_precision()
+        self.precision = self.setup_precision() if state is None else Precision(self.device, state["precision"]["amp"])
 
         pin = self.device.type == "cuda"
         self.batch = cfg.batch
@@ -99,8 +113,10 @@ class Trainer:
         self.accumulate = accumulation(self.batch, cfg.nbs)
         wd = scaled_weight_decay(cfg.weight_decay, self.batch, self.accumulate, cfg.nbs)
         total_iters = math.ceil(len(train_records) / max(self.batch, cfg.nbs)) * cfg.epochs
+        # on resume, the optimizer optimizer=auto chose then (extending epochs could change its choice)
+        name, lr0 = (state["optimizer_name"], state["base_lr"]) if state else (cfg.optimizer, cfg.lr0)
         self.optimizer, self.optimizer_name, self.lr = build_optimizer(
-            self.model, cfg.optimizer, cfg.lr0, cfg.momentum, wd, total_iters, self.data["nc"])
+            self.model, name, lr0, cfg.momentum, wd, total_iters, self.data["nc"])
         warmup = max(round(cfg.warmup_epochs * self.nb), cfg.warmup_min_iters) if cfg.warmup_epochs > 0 else 0
         self.schedule = Schedule(cfg.epochs, self.nb, cfg.lrf, cfg.cos_lr, warmup, cfg.warmup_bias_lr,
                                  cfg.warmup_momentum, cfg.momentum)
@@ -110,12 +126,47 @@ class Trainer:
                                     max_det=cfg.max_det, progress=cfg.verbose and dist.is_main())
                           if self.val_loader else None)
         if dist.is_main():
-            self.save_dir = run_dir(cfg)
+            self.save_dir = ckpt.parent.parent if state else run_dir(cfg)
             self.wdir = self.save_dir / "weights"
+            self.wdir.mkdir(parents=True, exist_ok=True)
             cfg.dump(self.save_dir / "args.yaml")
+        if state:
+            self.restore(state)
         LOGGER.info(f"train: {len(train_records)} images, batch {self.batch}, accumulate {self.accumulate} "
                     f"(nominal batch {cfg.nbs}), weight decay {wd:g}, {self.nb} iterations/epoch, "
                     f"warmup {warmup} iterations, device {self.device}")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Put the whole training state of a checkpoint back, and the position to continue from."""
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.ema.load_state_dict(state["ema"])
+            self.ema.updates = int(state["ema_updates"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.precision.load_state_dict(state["precision"])
+        self.best_fitness = state["best_fitness"] if state.get("best_fitness") is not None else -math.inf
+        self.best_metrics = state.get("best_metrics")
+        self.history = list(state.get("history") or [])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        pos = state["position"]
+        if pos["iters_per_epoch"] != self.nb:
+            raise CheckpointError(f"cannot resume: the run had {pos['iters_per_epoch']} iterations per epoch, the "
+                                  f"data now gives {self.nb} (images were added or removed)")
+        self.start_epoch, self.start_iter = ((pos["epoch"] + 1, 0) if pos["complete"]
+                                             else (pos["epoch"], pos["iteration"]))
+        set_rng_state(state["rng"])
+        if dist.is_main():  # the checkpoint's history is authoritative: drop rows written after it
+            path = self.save_dir / "results.csv"
+            path.unlink(missing_ok=True)
+            for row in self.history:
+                self.write_csv(row)
+        LOGGER.info(f"resume: at epoch {self.start_epoch + 1}, iteration {self.start_iter} of {self.nb}")
+
+    def _on_signal(self, signum, _frame) -> None:
+        if self.signal_received and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal_received = signum
+        LOGGER.warning(f"{signal.Signals(signum).name} received: saving at the next optimizer step, then exiting")
 
     def setup_precision(self) -> Precision:
         """Resolve ``amp`` for the device, check it on this model (rank 0, broadcast), log the choice."""
@@ -140,20 +191,32 @@ class Trainer:
             self.callbacks.run("on_pretrain_routine_end", self)
             self.callbacks.run("on_train_start", self)
             t0 = time.perf_counter()
-            for epoch in range(self.epoch, self.cfg.epochs):
-                self.epoch = epoch
-                self.callbacks.run("on_train_epoch_start", self)
-                t_epoch = time.perf_counter()
-                losses = self.train_one_epoch(epoch)
-                self.callbacks.run("on_train_epoch_end", self)
-                last = epoch + 1 == self.cfg.epochs
-                result = None
-                if self.validator is not None and (last or (epoch + 1) % self.cfg.val_period == 0):
-                    result = self.metrics = self.validate()
-                self.end_epoch(epoch, losses, result, time.perf_counter() - t_epoch)
-                self.callbacks.run("on_fit_epoch_end", self)
-                if self.stop:
-                    break
+            if self.start_epoch >= self.cfg.epochs:
+                LOGGER.info(f"resume: this run already finished its {self.cfg.epochs} epochs; raise epochs= to "
+                            f"train longer")
+                self.train_seconds = 0.0
+                return self.best
+            old_handlers = self.install_signal_handlers()
+            try:
+                for epoch in range(self.start_epoch, self.cfg.epochs):
+                    self.epoch = epoch
+                    self.callbacks.run("on_train_epoch_start", self)
+                    t_epoch = time.perf_counter()
+                    losses = self.train_one_epoch(epoch, self.start_iter if epoch == self.start_epoch else 0)
+                    self.callbacks.run("on_train_epoch_end", self)
+                    last = epoch + 1 == self.cfg.epochs
+                    result = None
+                    if self.validator is not None and (last or (epoch + 1) % self.cfg.val_period == 0):
+                        result = self.metrics = self.validate()
+                    self.end_epoch(epoch, losses, result, time.perf_counter() - t_epoch)
+                    self.callbacks.run("on_fit_epoch_end", self)
+                    if self.signal_received:
+                        raise Preempted(f"stopped by {signal.Signals(self.signal_received).name} after epoch "
+                                        f"{epoch + 1}; continue with resume={self.wdir / 'last.pt'}")
+                    if self.stop:
+                        break
+            finally:
+                self.restore_signal_handlers(old_handlers)
             self.train_seconds = time.perf_counter() - t0
             self.callbacks.run("on_train_end", self)
             self.final_report()
@@ -162,29 +225,34 @@ class Trainer:
             self.callbacks.run("on_exception", self)
             raise
 
-    def train_one_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training loader; returns the epoch's mean losses."""
+    def train_one_epoch(self, epoch: int, start: int = 0) -> dict[str, float]:
+        """One pass over the training loader from batch ``start``; returns the epoch's mean losses."""
         from ..data import set_loader_epoch
 
         cfg = self.cfg
         if cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic:
             self.train_loader.dataset.mosaic_enabled = False
-        set_loader_epoch(self.train_loader, epoch)
+        set_loader_epoch(self.train_loader, epoch, skip_batches=start)
         self.train_model.train()
         self.epoch_skipped = 0
         mean = torch.zeros(3)
         seen = 0
         t0 = time.perf_counter()
-        bar = tqdm(enumerate(self.train_loader), total=self.nb, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not (cfg.verbose and dist.is_main()), dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(enumerate(self.train_loader, start=start), total=self.nb, initial=start,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.verbose and dist.is_main()),
+                   dynamic_ncols=True, mininterval=1.0)
         for i, batch in bar:
             self.callbacks.run("on_train_batch_start", self)
             self.schedule.apply(self.optimizer, epoch, i)
-            items = self.train_step(batch, epoch * self.nb + i)
+            ni = epoch * self.nb + i
+            items = self.train_step(batch, ni)
             self.current_batch, self.loss_items = batch, items  # for loggers at on_train_batch_end
-            mean = (mean * i + items) / (i + 1)
+            n = i - start
+            mean = (mean * n + items) / (n + 1)
             seen += batch["img"].shape[0]
             self.callbacks.run("on_train_batch_end", self)
+            if self.is_step_boundary(ni) and i + 1 < self.nb:
+                self.save_within_epoch(epoch, i + 1)
             if self.stop:
                 break
             bar.set_postfix_str(
@@ -194,6 +262,46 @@ class Trainer:
                 + f" {seen / (time.perf_counter() - t0):.1f} img/s")
         self.images_per_s = seen / max(time.perf_counter() - t0, 1e-9)
         return dict(zip(LOSS_NAMES, mean.tolist()))
+
+    def is_step_boundary(self, ni: int) -> bool:
+        """Whether the optimizer stepped after global iteration ``ni`` (no gradient is pending)."""
+        return (ni + 1) % self.accumulate == 0 or (ni + 1) == self.nb * self.cfg.epochs
+
+    def save_within_epoch(self, epoch: int, done: int) -> None:
+        """Write last.pt mid-epoch when ``save_period``/``save_minutes`` is due or a signal arrived.
+
+        Called only right after an optimizer step, so the saved state has no half-accumulated gradient
+        and a resumed run continues exactly.
+        """
+        cfg = self.cfg
+        now = time.monotonic()
+        due = (cfg.save_period > 0 and done - self.last_save_iter >= cfg.save_period) or (
+            cfg.save_minutes > 0 and now - self.last_save_time >= cfg.save_minutes * 60)
+        if not (due or self.signal_received):
+            return
+        self.last_save_iter, self.last_save_time = done, now
+        if dist.is_main():
+            save_checkpoint(self.checkpoint_state(epoch, done, complete=False), self.wdir / "last.pt")
+            self.callbacks.run("on_model_save", self)
+        if self.signal_received:
+            raise Preempted(f"stopped by {signal.Signals(self.signal_received).name} at epoch {epoch + 1}, "
+                            f"iteration {done}/{self.nb}; continue with resume={self.wdir / 'last.pt'}")
+
+    def install_signal_handlers(self) -> dict:
+        """Turn SIGTERM/SIGINT into a save-then-exit (main thread only; signals cannot be set elsewhere)."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old[sig] = signal.signal(sig, self._on_signal)
+        return old
+
+    @staticmethod
+    def restore_signal_handlers(old: dict) -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
     def train_step(self, batch: dict[str, Any], ni: int) -> torch.Tensor:
         """Forward, loss, backward; an optimizer step every ``accumulate`` iterations.
@@ -285,7 +393,7 @@ class Trainer:
         fitness = float(m.map50_95) if m is not None else -math.inf
         improved = m is not None and fitness > self.best_fitness
         if improved:
-            self.best_fitness, self.best = fitness, m
+            self.best_fitness, self.best, self.best_metrics = fitness, m, m.to_dict()
         if m is not None:
             LOGGER.info(f"epoch {epoch + 1}: P {m.precision:.3f} R {m.recall:.3f} mAP50 {m.map50:.3f} "
                         f"mAP50-95 {m.map50_95:.3f} ({seconds:.1f}s, val {self.validator.seconds:.1f}s, "
@@ -293,11 +401,12 @@ class Trainer:
         if not dist.is_main():
             return
         self.write_csv(row)
-        state = self.checkpoint_state(epoch)
+        state = self.checkpoint_state(epoch, self.nb, complete=True)
         save_checkpoint(state, self.wdir / "last.pt")
+        self.last_save_iter, self.last_save_time = 0, time.monotonic()
         if improved or (self.best is None and epoch + 1 == self.cfg.epochs):
             save_checkpoint(state, self.wdir / "best.pt")
-        if self.cfg.save_period > 0 and (epoch + 1) % self.cfg.save_period == 0:
+        if self.cfg.save_epochs > 0 and (epoch + 1) % self.cfg.save_epochs == 0:
             save_checkpoint(state, self.wdir / f"epoch{epoch + 1}.pt")
         self.callbacks.run("on_model_save", self)
 
@@ -310,10 +419,15 @@ class Trainer:
                 w.writeheader()
             w.writerow(row)
 
-    def checkpoint_state(self, epoch: int) -> dict[str, Any]:
-        """The training state as tensors and plain data (loadable with ``weights_only=True``)."""
+    def checkpoint_state(self, epoch: int, iteration: int, complete: bool) -> dict[str, Any]:
+        """The whole training state as tensors and plain data (loadable with ``weights_only=True``).
+
+        ``iteration`` batches of ``epoch`` are done; ``complete`` marks the end of the epoch (including
+        validation), so a resume starts the next epoch.
+        """
         return {
             "epoch": epoch,
+            "position": {"epoch": epoch, "iteration": iteration, "complete": complete, "iters_per_epoch": self.nb},
             "best_fitness": self.best_fitness if math.isfinite(self.best_fitness) else None,
             "model_cfg": self.model.config(),
             "names": list(self.names),
@@ -326,6 +440,11 @@ class Trainer:
             "data_yaml": self.data["yaml_file"],
             "history": self.history,
             "metrics": self.metrics.to_dict() if self.metrics is not None else None,
+            "optimizer_name": self.optimizer_name,
+            "base_lr": self.lr,
+            "best_metrics": self.best_metrics,
+            "skipped_steps": self.skipped_steps,
+            "rng": rng_state(),
             "versions": {"yolotrain": __version__, "torch": torch.__version__},
         }
 
@@ -334,10 +453,10 @@ class Trainer:
             return
         if self.best is not None and self.cfg.verbose:
             LOGGER.info("best epoch, per class:\n" + format_table(self.best, self.names))
-        b = self.best
+        b = self.best_metrics
         summary = (f"done: {self.cfg.epochs} epochs in {self.train_seconds / 60:.1f} min; "
                    f"results in {self.save_dir}")
-        if b is not None:
-            summary += f"; best mAP50 {b.map50:.3f} mAP50-95 {b.map50_95:.3f}"
+        if b:
+            summary += f"; best mAP50 {b['mAP50']:.3f} mAP50-95 {b['mAP50-95']:.3f}"
         LOGGER.info(summary)
         self.summary = summary

@@ -1,0 +1,71 @@
+"""`yolotrain ckpt info/strip/diff` and fine-tuning from a checkpoint (model=*.pt, pretrained=, load=)."""
+
+import json
+
+import torch
+
+from yolotrain.cli import main
+from yolotrain.engine.checkpoint import load_checkpoint
+
+
+def test_info_json_and_text(trained_run, capsys):
+    last = trained_run / "weights" / "last.pt"
+    assert main(["ckpt", "info", str(last), "json=true"]) == 0
+    d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert d["resumable"] and d["position"]["epoch"] == 1 and d["position"]["complete"]
+    assert d["model"] == {"scale": "n", "nc": 4} and d["config"]["epochs"] == 2
+    assert d["tensors"]["model"]["tensors"] > 100 and d["versions"]["torch"] == torch.__version__
+    assert main(["ckpt", "info", str(last)]) == 0
+    out = capsys.readouterr().out
+    assert "position: epoch 2" in out and "model: scale n, 4 classes" in out
+
+
+def test_strip_keeps_fp16_ema_and_still_predicts(trained_run, tmp_path, capsys):
+    src = trained_run / "weights" / "best.pt"
+    out = tmp_path / "slim.pt"
+    assert main(["ckpt", "strip", str(src), str(out)]) == 0
+    slim = load_checkpoint(out)
+    full = load_checkpoint(src)
+    assert "optimizer" not in slim and "position" not in slim
+    assert all(v.dtype == torch.float16 for v in slim["model"].values() if v.is_floating_point())
+    k = "head.cls.0.0.conv.weight" if "head.cls.0.0.conv.weight" in full["ema"] else next(iter(full["ema"]))
+    assert torch.allclose(slim["model"][k].float(), full["ema"][k], atol=1e-2, rtol=1e-3)
+    assert out.stat().st_size < src.stat().st_size / 3
+    # a stripped file cannot be resumed, but validates
+    assert main(["train", f"resume={out}"]) == 2
+    assert "no training state" in capsys.readouterr().err
+    assert main(["val", f"model={out}", "workers=0", "verbose=false"]) == 0
+
+
+def test_diff_exit_codes(trained_run, tmp_path, capsys):
+    last = trained_run / "weights" / "last.pt"
+    assert main(["ckpt", "diff", str(last), str(last)]) == 0
+    assert capsys.readouterr().out.strip().endswith("identical")
+    state = torch.load(last, weights_only=True)
+    state.pop("integrity")
+    first = next(iter(state["model"]))
+    state["model"][first] = state["model"][first] + 0.5
+    from yolotrain.engine.checkpoint import save_checkpoint
+
+    other = tmp_path / "other.pt"
+    save_checkpoint({k: v for k, v in state.items() if k != "format"}, other)
+    assert main(["ckpt", "diff", str(last), str(other)]) == 1
+    out = capsys.readouterr().out
+    assert "max |A-B| = 0.5" in out and out.strip().endswith("different")
+    assert main(["ckpt", "bogus"]) == 2
+
+
+def test_finetune_with_other_class_count_reports_counts(trained_run, tiny_data, tmp_path, capsys):
+    # a 1-class dataset from the same images: the head's class branch no longer fits
+    yaml = tmp_path / "one.yaml"
+    root = tiny_data.parent
+    yaml.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames: [thing]\n")
+    lbl = tmp_path  # labels with class ids >= 1 are dropped and counted; class 0 rows remain
+    assert main(["train", f"data={yaml}", f"model={trained_run / 'weights' / 'best.pt'}", "epochs=1",
+                 "imgsz=64", "batch=8", "workers=0", f"project={lbl}", "verbose=true"]) == 0
+    err = capsys.readouterr().err
+    assert "shape-mismatched" in err and "tensors matched" in err
+    assert main(["train", f"data={tiny_data}", "model=n", f"pretrained={trained_run / 'weights' / 'best.pt'}",
+                 "load=backbone", "epochs=1", "imgsz=64", "batch=8", "workers=0", f"project={lbl}"]) == 0
+    err = capsys.readouterr().err
+    assert "loaded backbone weights" in err and "0 shape-mismatched" in err

@@ -1,0 +1,143 @@
+"""Resume: killed runs continue bit-exactly, SIGTERM saves and exits 75, settings are checked."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from yolotrain.cli import main
+from yolotrain.engine.checkpoint import load_checkpoint
+
+ARGS = ["model=n", "epochs=3", "imgsz=64", "batch=4", "nbs=8", "workers=0", "save_period=1", "verbose=false",
+        "seed=3", "close_mosaic=1"]  # accumulate 2: saves happen only at optimizer-step boundaries
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from yolotrain.config import parse_cli_args, resolve
+    from yolotrain.engine.trainer import Trainer
+    from yolotrain.errors import Preempted
+    from yolotrain.utils.logging import setup_logging
+    setup_logging(False)
+    event, at, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
+    t = Trainer(resolve(parse_cli_args(sys.argv[4:])))
+    count = [0]
+    def hook(tr):
+        count[0] += 1
+        if count[0] == at:
+            os.kill(os.getpid(), sig)
+    t.callbacks.add(event, hook)
+    try:
+        t.fit()
+    except Preempted:
+        sys.exit(75)
+""")
+
+
+def run_killed(tiny_data, project, event, at, sig="SIGKILL"):
+    cmd = [sys.executable, "-c", KILLER, event, str(at), sig, f"data={tiny_data}", f"project={project}", *ARGS]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def flat(state):
+    out = {}
+
+    def walk(prefix, o):
+        if isinstance(o, torch.Tensor):
+            out[prefix] = o
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                walk(f"{prefix}/{k}", v)
+        elif isinstance(o, (list, tuple)):
+            for i, v in enumerate(o):
+                walk(f"{prefix}/{i}", v)
+
+    for key in ("model", "ema", "optimizer", "precision"):
+        walk(key, state[key])
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data, tmp_path_factory):
+    project = tmp_path_factory.mktemp("ref")
+    assert main(["train", f"data={tiny_data}", f"project={project}", *ARGS]) == 0
+    return load_checkpoint(project / "exp" / "weights" / "last.pt")
+
+
+def assert_identical(a, b):
+    fa, fb = flat(a), flat(b)
+    assert fa.keys() == fb.keys()
+    diff = [k for k in fa if not torch.equal(fa[k], fb[k])]
+    assert not diff, f"{len(diff)} tensors differ, e.g. {diff[:3]}"
+    assert a["ema_updates"] == b["ema_updates"] and a["history"][-1]["metrics/mAP50"] == b["history"][-1]["metrics/mAP50"]
+
+
+@pytest.mark.parametrize("event,at", [
+    ("on_train_batch_end", random.Random(0).randint(8, 12)),   # mid-epoch, in epoch 2 of 3
+    ("on_fit_epoch_end", 1),                                   # right after the epoch-1 checkpoint
+    ("on_train_epoch_end", 2),                                 # before epoch 2's validation and save
+])
+def test_sigkill_then_resume_is_bit_identical(tiny_data, tmp_path, reference, event, at):
+    proc = run_killed(tiny_data, tmp_path, event, at)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    last = tmp_path / "exp" / "weights" / "last.pt"
+    assert last.is_file()
+    assert main(["train", f"resume={last}"]) == 0
+    assert_identical(load_checkpoint(last), reference)
+
+
+def test_sigterm_saves_and_exits_75_then_resume_true(tiny_data, tmp_path, reference, monkeypatch):
+    proc = run_killed(tiny_data, tmp_path, "on_train_batch_end", 9, "SIGTERM")
+    assert proc.returncode == 75, proc.stderr[-2000:]
+    assert "SIGTERM received" in proc.stderr
+    state = load_checkpoint(tmp_path / "exp" / "weights" / "last.pt")
+    assert state["position"]["complete"] is False
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "resume=true", f"project={tmp_path}"]) == 0
+    assert_identical(load_checkpoint(tmp_path / "exp" / "weights" / "last.pt"), reference)
+
+
+def test_finished_run_and_extension(tiny_data, tmp_path, capsys):
+    base = ["train", f"data={tiny_data}", f"project={tmp_path}", "model=n", "epochs=1", "imgsz=64", "batch=8",
+            "workers=0", "verbose=false"]
+    assert main(base) == 0
+    last = tmp_path / "exp" / "weights" / "last.pt"
+    assert main(["train", f"resume={last}"]) == 0
+    assert "already finished" in capsys.readouterr().err
+    assert main(["train", f"resume={last}", "epochs=2"]) == 0
+    state = load_checkpoint(last)
+    assert state["position"]["epoch"] == 1 and len(state["history"]) == 2
+    rows = (tmp_path / "exp" / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 3  # header + one row per epoch, no duplicates
+    assert not (tmp_path / "exp2").exists()  # the resumed run continues in its own folder
+
+
+def test_incompatible_changes_are_refused(tiny_data, tmp_path, capsys):
+    assert main(["train", f"data={tiny_data}", f"project={tmp_path}", "epochs=1", "imgsz=64", "batch=8",
+                 "workers=0", "verbose=false"]) == 0
+    last = tmp_path / "exp" / "weights" / "last.pt"
+    capsys.readouterr()
+    assert main(["train", f"resume={last}", "imgsz=128"]) == 2
+    assert "imgsz=128" in capsys.readouterr().err
+    assert main(["train", f"resume={last}", "data=other.yaml"]) == 2
+    assert "data=" in capsys.readouterr().err
+    assert main(["train", f"resume={last}", "epochs=0"]) == 2  # out of range
+    assert main(["train", f"resume={tmp_path / 'nope.pt'}"]) == 2
+    assert main(["train", "resume=true", f"project={tmp_path / 'empty'}"]) == 2
+
+
+def test_tampered_checkpoint_is_refused(tiny_data, tmp_path):
+    from yolotrain.engine.checkpoint import save_checkpoint
+    from yolotrain.errors import CheckpointError
+
+    path = tmp_path / "c.pt"
+    save_checkpoint({"w": torch.ones(3)}, path)
+    state = torch.load(path, weights_only=True)
+    state["w"][0] = 2.0  # changed content, old digest
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(path)
