@@ -179,3 +179,22 @@ def test_decision_is_broadcast_to_all_ranks(tmp_path):
     mp.spawn(_ddp_worker, args=(2, port, tmp_path), nprocs=2, join=True)
     assert (tmp_path / "rank0.txt").read_text() == "fp16"
     assert (tmp_path / "rank1.txt").read_text() == "fp16"
+
+
+def test_half_inference_matches_fp32(trained_run, tiny_data, capsys, monkeypatch):
+    import json
+
+    from yolotrain.cli import main
+    from yolotrain.engine import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)  # bf16 weights on any CPU
+    best = trained_run / "weights" / "best.pt"
+    args = ["val", f"model={best}", f"data={tiny_data}", "imgsz=64", "workers=0", "json=true", "amp=off"]
+    assert main(args) == 0
+    fp32 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(args + ["half=true"]) == 0
+    captured = capsys.readouterr()
+    half = json.loads(captured.out.strip().splitlines()[-1])
+    assert "running the model in bfloat16" in captured.err
+    assert half["images"] == fp32["images"]
+    assert abs(half["mAP50"] - fp32["mAP50"]) < 0.1
