@@ -117,12 +117,13 @@ def run_predict_cfg(cfg: Config):
 
     if not cfg.source:
         raise ConfigError("setting 'source' is required for predict (an image, folder or glob)")
-    model, device, _, state = _load_for_inference(cfg)
+    model, device, precision, state = _load_for_inference(cfg)
     imgsz = check_imgsz(cfg.imgsz if "imgsz" in cfg.explicit or not state else state["config"]["imgsz"])
     project = cfg.project if "project" in cfg.explicit else "runs/predict"
     save_dir = increment_path(Path(project) / cfg.name, exist_ok=cfg.exist_ok)
     preds = run_predict(model, cfg.source, save_dir, imgsz, device, conf=cfg.conf if cfg.conf is not None else 0.25,
-                        iou=cfg.iou, max_det=cfg.max_det, agnostic=cfg.agnostic_nms, save_txt=cfg.save_txt)
+                        iou=cfg.iou, max_det=cfg.max_det, agnostic=cfg.agnostic_nms, save_txt=cfg.save_txt,
+                        batch=min(cfg.batch, 32), autocast=precision.autocast)
     return preds, save_dir
 
 

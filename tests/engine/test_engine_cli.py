@@ -61,11 +61,13 @@ def test_predict_saves_images_and_labels(trained_run, tiny_data, tmp_path, capsy
     assert code == 0
     out_dir = tmp_path / "pred"
     images = sorted(p.name for p in src.iterdir())
-    assert sorted(p.name for p in out_dir.iterdir() if p.is_file()) == images
+    assert sorted(p.name for p in out_dir.iterdir() if p.is_file()) == sorted(images + ["predictions.json"])
     labels = sorted((out_dir / "labels").iterdir())
     assert len(labels) == len(images)
     rows = [ln.split() for ln in labels[0].read_text().splitlines()]
     assert rows and all(len(r) == 6 for r in rows) and len(rows) <= 5
+    dets = json.loads((out_dir / "predictions.json").read_text())
+    assert {d["file_name"] for d in dets} <= set(images) and all(d["frame"] == -1 for d in dets)
     assert all(0 <= float(v) <= 1 for r in rows for v in r[1:5])
 
 
@@ -91,3 +93,27 @@ def test_cli_errors_are_one_line(tmp_path):
     assert code == 2 and "unknown command" in err
     code, _ = run("help")
     assert code == 0
+
+
+def test_predict_video_glob_and_predictions_json(trained_run, tiny_data, tmp_path):
+    import cv2
+
+    src = sorted((tiny_data.parent / "images" / "val").iterdir())
+    video = tmp_path / "clip.mp4"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 64))
+    for p in src[:5]:
+        w.write(cv2.imread(str(p)))
+    w.release()
+    code = main(["predict", f"model={trained_run / 'weights' / 'best.pt'}", f"source={tmp_path / '*.mp4'}",
+                 "conf=0.0", "max_det=2", f"project={tmp_path}", "name=vid", "batch=2"])
+    assert code == 0
+    out = tmp_path / "vid"
+    assert (out / "clip.mp4").stat().st_size > 0
+    cap = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    cap.release()
+    assert sorted(p.name for p in (out / "labels").iterdir()) == [f"clip_{i}.txt" for i in range(5)]
+    dets = json.loads((out / "predictions.json").read_text())
+    assert len(dets) == 10 and {d["frame"] for d in dets} == set(range(5))
+    assert all(len(d["bbox"]) == 4 and 0 <= d["score"] <= 1 and d["category"] in
+               ("circle", "rectangle", "triangle", "cross") for d in dets)
