@@ -7,6 +7,7 @@ Writes annotated images (and one annotated .mp4 per video), YOLO-format predicti
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import json

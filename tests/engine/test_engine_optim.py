@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 import torch.nn as nn
 
 from yolotrain.engine.optim import Schedule, accumulation, build_optimizer, param_groups, scaled_weight_decay

@@ -1,6 +1,5 @@
 """Resume: killed runs continue bit-exactly, SIGTERM saves and exits 75, settings are checked."""
 
-import os
 import random
 import signal
 import subprocess

@@ -1,7 +1,6 @@
 """EMA, checkpoint safety, precision objects and the non-finite-loss guard."""
 
 import os
-import pickle
 
 import pytest
 import torch

@@ -6,19 +6,16 @@ Run it with ``yolotrain train data=path/data.yaml model=n epochs=50`` or, from P
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .. import __version__
 from ..config import Config
 from ..errors import CheckpointError, Preempted, TrainingError
 from ..eval import EvalResult, format_table
@@ -30,18 +27,19 @@ from .build import (build_loader, build_records, build_train_model, check_imgsz,
                     to_device_batch)
 from .callbacks import Callbacks
 from .checkpoint import save_checkpoint
+from .persistence import CheckpointMixin
 from .ema import ModelEMA
 from .loggers import register_default_loggers
 from .optim import Schedule, accumulation, build_optimizer, scaled_weight_decay
 from .precision import Precision
-from .resume import prepare_resume, rng_state, set_rng_state
+from .resume import prepare_resume
 from .validator import Validator
 
 LOGGER = logging.getLogger("yolotrain")
 LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
 
 
-class Trainer:
+class Trainer(CheckpointMixin):
     """Trains a detector as the config says and writes the run folder.
 
     Args:
@@ -135,38 +133,6 @@ class Trainer:
         LOGGER.info(f"train: {len(train_records)} images, batch {self.batch}, accumulate {self.accumulate} "
                     f"(nominal batch {cfg.nbs}), weight decay {wd:g}, {self.nb} iterations/epoch, "
                     f"warmup {warmup} iterations, device {self.device}")
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Put the whole training state of a checkpoint back, and the position to continue from."""
-        self.model.load_state_dict(state["model"])
-        if self.ema is not None and state.get("ema"):
-            self.ema.ema.load_state_dict(state["ema"])
-            self.ema.updates = int(state["ema_updates"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.precision.load_state_dict(state["precision"])
-        self.best_fitness = state["best_fitness"] if state.get("best_fitness") is not None else -math.inf
-        self.best_metrics = state.get("best_metrics")
-        self.history = list(state.get("history") or [])
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        pos = state["position"]
-        if pos["iters_per_epoch"] != self.nb:
-            raise CheckpointError(f"cannot resume: the run had {pos['iters_per_epoch']} iterations per epoch, the "
-                                  f"data now gives {self.nb} (images were added or removed)")
-        self.start_epoch, self.start_iter = ((pos["epoch"] + 1, 0) if pos["complete"]
-                                             else (pos["epoch"], pos["iteration"]))
-        set_rng_state(state["rng"])
-        if dist.is_main():  # the checkpoint's history is authoritative: drop rows written after it
-            path = self.save_dir / "results.csv"
-            path.unlink(missing_ok=True)
-            for row in self.history:
-                self.write_csv(row)
-        LOGGER.info(f"resume: at epoch {self.start_epoch + 1}, iteration {self.start_iter} of {self.nb}")
-
-    def _on_signal(self, signum, _frame) -> None:
-        if self.signal_received and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C stops at once
-        self.signal_received = signum
-        LOGGER.warning(f"{signal.Signals(signum).name} received: saving at the next optimizer step, then exiting")
 
     def setup_precision(self) -> Precision:
         """Resolve ``amp`` for the device, check it on this model (rank 0, broadcast), log the choice."""
@@ -266,42 +232,6 @@ class Trainer:
     def is_step_boundary(self, ni: int) -> bool:
         """Whether the optimizer stepped after global iteration ``ni`` (no gradient is pending)."""
         return (ni + 1) % self.accumulate == 0 or (ni + 1) == self.nb * self.cfg.epochs
-
-    def save_within_epoch(self, epoch: int, done: int) -> None:
-        """Write last.pt mid-epoch when ``save_period``/``save_minutes`` is due or a signal arrived.
-
-        Called only right after an optimizer step, so the saved state has no half-accumulated gradient
-        and a resumed run continues exactly.
-        """
-        cfg = self.cfg
-        now = time.monotonic()
-        due = (cfg.save_period > 0 and done - self.last_save_iter >= cfg.save_period) or (
-            cfg.save_minutes > 0 and now - self.last_save_time >= cfg.save_minutes * 60)
-        if not (due or self.signal_received):
-            return
-        self.last_save_iter, self.last_save_time = done, now
-        if dist.is_main():
-            save_checkpoint(self.checkpoint_state(epoch, done, complete=False), self.wdir / "last.pt")
-            self.callbacks.run("on_model_save", self)
-        if self.signal_received:
-            raise Preempted(f"stopped by {signal.Signals(self.signal_received).name} at epoch {epoch + 1}, "
-                            f"iteration {done}/{self.nb}; continue with resume={self.wdir / 'last.pt'}")
-
-    def install_signal_handlers(self) -> dict:
-        """Turn SIGTERM/SIGINT into a save-then-exit (main thread only; signals cannot be set elsewhere)."""
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        old = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            old[sig] = signal.signal(sig, self._on_signal)
-        return old
-
-    @staticmethod
-    def restore_signal_handlers(old: dict) -> None:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
     def train_step(self, batch: dict[str, Any], ni: int) -> torch.Tensor:
         """Forward, loss, backward; an optimizer step every ``accumulate`` iterations.
@@ -409,44 +339,6 @@ class Trainer:
         if self.cfg.save_epochs > 0 and (epoch + 1) % self.cfg.save_epochs == 0:
             save_checkpoint(state, self.wdir / f"epoch{epoch + 1}.pt")
         self.callbacks.run("on_model_save", self)
-
-    def write_csv(self, row: dict[str, Any]) -> None:
-        path = self.save_dir / "results.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
-
-    def checkpoint_state(self, epoch: int, iteration: int, complete: bool) -> dict[str, Any]:
-        """The whole training state as tensors and plain data (loadable with ``weights_only=True``).
-
-        ``iteration`` batches of ``epoch`` are done; ``complete`` marks the end of the epoch (including
-        validation), so a resume starts the next epoch.
-        """
-        return {
-            "epoch": epoch,
-            "position": {"epoch": epoch, "iteration": iteration, "complete": complete, "iters_per_epoch": self.nb},
-            "best_fitness": self.best_fitness if math.isfinite(self.best_fitness) else None,
-            "model_cfg": self.model.config(),
-            "names": list(self.names),
-            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            "ema": self.ema.state_dict()["model"] if self.ema is not None else None,
-            "ema_updates": self.ema.updates if self.ema is not None else 0,
-            "optimizer": self.optimizer.state_dict(),
-            "precision": self.precision.state_dict(),
-            "config": self.cfg.to_dict(),
-            "data_yaml": self.data["yaml_file"],
-            "history": self.history,
-            "metrics": self.metrics.to_dict() if self.metrics is not None else None,
-            "optimizer_name": self.optimizer_name,
-            "base_lr": self.lr,
-            "best_metrics": self.best_metrics,
-            "skipped_steps": self.skipped_steps,
-            "rng": rng_state(),
-            "versions": {"yolotrain": __version__, "torch": torch.__version__},
-        }
 
     def final_report(self) -> None:
         if not dist.is_main():
