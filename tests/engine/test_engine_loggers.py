@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import logging
 import sys
@@ -17,6 +16,7 @@ import torch
 from yolotrain.config import resolve
 from yolotrain.data import ImageRecord
 from yolotrain.engine.callbacks import Callbacks
+from yolotrain.utils.files import append_csv_row
 from yolotrain.engine.loggers import (
     MLflowLogger,
     PlotsLogger,
@@ -75,13 +75,7 @@ def run_training(trainer: SimpleNamespace, callbacks: Callbacks, epochs: int = 2
                "metrics/precision": 0.5 if validated else "", "metrics/mAP50": 0.4 if validated else "",
                "skipped_steps": 0, "images_per_s": 12.5}
         trainer.history.append(row)
-        path = trainer.save_dir / "results.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        append_csv_row(trainer.save_dir / "results.csv", row)
         callbacks.run("on_fit_epoch_end", trainer)
     trainer.best = trainer.metrics
     callbacks.run("on_train_end", trainer)

@@ -15,7 +15,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -153,3 +153,31 @@ def load_cache(path: Path, key: str) -> tuple[list[ImageRecord], dict[str, Any]]
         # json.JSONDecodeError is a ValueError; any damage simply means "rebuild".
         logger.warning("label cache %s is corrupt (%s), rebuilding it", path, type(e).__name__)
         return None
+
+
+def cached_scan(
+    cache_file: Path,
+    key: str,
+    use_cache: bool,
+    scan: Callable[[], tuple[list[ImageRecord], Any]],
+    report_from_json: Callable[[dict[str, Any]], Any],
+    message: str | None,
+) -> tuple[list[ImageRecord], Any, bool]:
+    """Records from the cache when its key matches, else from ``scan()`` (then cached).
+
+    Shared by every label format, so they all get the same invalidation and the same safe format.
+    ``message`` is logged before a scan; None means there are no files (nothing is scanned or cached).
+
+    Returns:
+        ``(records, report, read_from_cache)``.
+    """
+    cached = load_cache(cache_file, key) if use_cache else None
+    if cached is not None:
+        logger.debug("labels read from cache %s", cache_file)
+        return cached[0], report_from_json(cached[1]), True
+    if message:
+        logger.info(message)
+    records, report = scan()
+    if use_cache and message:
+        save_cache(cache_file, key, records, report.to_json())
+    return records, report, False

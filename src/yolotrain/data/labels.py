@@ -21,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from yolotrain.data import label_parse as lp
-from yolotrain.data.label_cache import files_hash, load_cache, save_cache
+from yolotrain.data.label_cache import cached_scan, files_hash
 from yolotrain.data.records import ImageRecord
 from yolotrain.data.sources import cache_path_for, img_to_label_path, is_image_file, list_images
 from yolotrain.errors import DataError
@@ -233,18 +233,9 @@ def _scan_yolo_source(
     """One YOLO folder or image list -> ``(records, report, read_from_cache)``."""
     im_files = list_images(source, root)
     label_files = [img_to_label_path(f) for f in im_files]
-    cache_file = cache_path_for(source)
     key = files_hash(im_files, label_files, nc) if use_cache else ""
-    cached = load_cache(cache_file, key) if use_cache else None
-    if cached is not None:
-        logger.debug("labels for %s read from cache %s", source, cache_file)
-        return cached[0], ScanReport.from_json(cached[1]), True
-    if im_files:
-        logger.info("%s: scanning %d images in %s", split, len(im_files), source)
-    recs, rep = _scan_files(im_files, nc, workers)
-    if use_cache and im_files:
-        save_cache(cache_file, key, recs, rep.to_json())
-    return recs, rep, False
+    return cached_scan(cache_path_for(source), key, use_cache, lambda: _scan_files(im_files, nc, workers),
+                       ScanReport.from_json, f"{split}: scanning {len(im_files)} images in {source}" if im_files else None)
 
 
 def scan_split(

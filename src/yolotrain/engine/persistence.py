@@ -5,7 +5,6 @@ Kept apart from the loop in ``trainer.py``; :class:`Trainer` inherits these meth
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import signal
@@ -19,6 +18,7 @@ from ..errors import CheckpointError, Preempted
 from . import distributed as dist
 from .checkpoint import save_checkpoint
 from .resume import rng_state, set_rng_state
+from ..utils.files import append_csv_row
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -95,13 +95,7 @@ class CheckpointMixin:
             signal.signal(sig, handler)
 
     def write_csv(self, row: dict[str, Any]) -> None:
-        path = self.save_dir / "results.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        append_csv_row(self.save_dir / "results.csv", row)
 
     def checkpoint_state(self, epoch: int, iteration: int, complete: bool) -> dict[str, Any]:
         """The whole training state as tensors and plain data (loadable with ``weights_only=True``).

@@ -45,3 +45,16 @@ def atomic_write(path: str | Path, write: Callable[[object], None], mode: str = 
             os.close(dfd)
     except OSError:
         pass
+
+
+def append_csv_row(path: str | Path, row: dict) -> None:
+    """Append ``row`` to a CSV file, writing the header first when the file is new."""
+    import csv
+
+    path = Path(path)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)

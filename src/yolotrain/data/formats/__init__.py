@@ -21,7 +21,7 @@ from yolotrain.data.formats.source import (
     is_voc_list,
 )
 from yolotrain.data.formats.voc import records_from_voc, voc_files, voc_names
-from yolotrain.data.label_cache import files_hash, load_cache, save_cache
+from yolotrain.data.label_cache import cached_scan, files_hash
 from yolotrain.data.labels import ScanReport
 from yolotrain.data.records import ImageRecord
 from yolotrain.data.sources import cache_path_for
@@ -96,15 +96,6 @@ def scan_annotated_source(
     else:
         raise DataError(f"{source}: not a COCO or VOC split entry")
 
-    cache_file = cache_path_for(source)
     key = files_hash(im_files, key_files, nc, extra) if use_cache else ""
-    cached = load_cache(cache_file, key) if use_cache else None
-    if cached is not None:
-        logger.debug("labels for %s read from cache %s", source, cache_file)
-        return cached[0], ScanReport.from_json(cached[1]), True
-    if im_files:
-        logger.info("%s: scanning %d images of %s", split, len(im_files), source)
-    records, report = scan()
-    if use_cache and im_files:
-        save_cache(cache_file, key, records, report.to_json())
-    return records, report, False
+    return cached_scan(cache_path_for(source), key, use_cache, scan, ScanReport.from_json,
+                       f"{split}: scanning {len(im_files)} images of {source}" if im_files else None)
