@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from .config import Config, help_text, parse_cli_args, resolve
 from .errors import ConfigError, Preempted, YoloTrainError
@@ -41,20 +40,12 @@ def cmd_train(cfg: Config) -> int:
 
 def _load_for_inference(cfg: Config):
     """Model, device and precision for val/predict from ``model=`` (a checkpoint or a fresh scale)."""
-    from .engine.build import is_scale
-    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from .engine.build import load_model_spec
     from .engine.precision import Precision
-    from .models import build_model
     from .utils.torch_utils import select_device
 
     device = select_device(cfg.device)
-    state: dict[str, Any] = {}
-    if is_scale(cfg.model):
-        model = build_model(scale=cfg.model, nc=80)
-    else:
-        state = load_checkpoint(cfg.model)
-        model = model_from_checkpoint(state)
-        model.names = state.get("names") or [str(i) for i in range(model.nc)]
+    model, state = load_model_spec(cfg.model)
     model = model.to(device)
     precision = Precision(device, cfg.amp)
     if cfg.half:
@@ -73,7 +64,7 @@ def _load_for_inference(cfg: Config):
 def run_val(cfg: Config):
     """Validate ``cfg.model`` on ``cfg.split``; returns the EvalResult (with ``seconds`` set)."""
     from .data import load_data_yaml
-    from .engine.build import build_loader, build_records, check_imgsz, resolve_data
+    from .engine.build import build_loader, build_records, check_imgsz, inference_imgsz, resolve_data
     from .engine.validator import Validator
 
     model, device, precision, state = _load_for_inference(cfg)
@@ -85,7 +76,7 @@ def run_val(cfg: Config):
         data = resolve_data(cfg)
     if data["nc"] != model.nc:
         raise ConfigError(f"data '{data['yaml_file']}' has {data['nc']} classes but the model has {model.nc}")
-    imgsz = check_imgsz(cfg.imgsz if "imgsz" in cfg.explicit or not state else state["config"]["imgsz"])
+    imgsz = check_imgsz(inference_imgsz(cfg, state, default=cfg.imgsz))
     records = build_records(data, cfg.split)
     loader = build_loader(records, cfg, imgsz, cfg.batch, train=False)
     validator = Validator(loader, data["names"], device, precision,
@@ -111,14 +102,14 @@ def cmd_val(cfg: Config) -> int:
 
 def run_predict_cfg(cfg: Config):
     """Predict as ``cfg`` says; returns the list of Prediction and sets ``save_dir`` on the list."""
-    from .engine.build import check_imgsz
+    from .engine.build import check_imgsz, inference_imgsz
     from .predict import run_predict
     from .utils.files import increment_path
 
     if not cfg.source:
         raise ConfigError("setting 'source' is required for predict (an image, folder or glob)")
     model, device, precision, state = _load_for_inference(cfg)
-    imgsz = check_imgsz(cfg.imgsz if "imgsz" in cfg.explicit or not state else state["config"]["imgsz"])
+    imgsz = check_imgsz(inference_imgsz(cfg, state, default=cfg.imgsz))
     project = cfg.project if "project" in cfg.explicit else "runs/predict"
     save_dir = increment_path(Path(project) / cfg.name, exist_ok=cfg.exist_ok)
     preds = run_predict(model, cfg.source, save_dir, imgsz, device, conf=cfg.conf if cfg.conf is not None else 0.25,

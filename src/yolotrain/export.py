@@ -239,21 +239,14 @@ def export_from_config(cfg, nc: int | None = None) -> Path:
     Returns:
         The path written.
     """
-    from .engine.build import is_scale
-    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from .models import build_model
+    from .engine.build import inference_imgsz, is_scale, load_model_spec
 
     if cfg.format not in FORMATS:  # config validation already refuses it; kept for direct callers
         raise ConfigError(f"setting 'format'={cfg.format!r} is not supported (one of {', '.join(FORMATS)})")
-    state: dict[str, Any] = {}
+    model, state = load_model_spec(cfg.model, nc=nc or 80)
     if is_scale(cfg.model):
-        model = build_model(scale=cfg.model, nc=nc or 80)
         LOGGER.warning(f"export: model={cfg.model} is a fresh, untrained scale (pass a .pt checkpoint)")
-    else:
-        state = load_checkpoint(cfg.model)
-        model = model_from_checkpoint(state)
-        model.names = state.get("names") or [str(i) for i in range(model.nc)]
-    imgsz = cfg.imgsz if "imgsz" in cfg.explicit else state["config"]["imgsz"] if state else 640
+    imgsz = inference_imgsz(cfg, state)
     out = Path(cfg.out) if cfg.out else default_export_path(cfg.model, cfg.format)
     return export_onnx(model, out, imgsz=imgsz, opset=cfg.opset, dynamic=cfg.dynamic, half=cfg.half)
 

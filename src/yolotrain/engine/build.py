@@ -106,3 +106,25 @@ def to_device_batch(batch: dict[str, Any], device: torch.device) -> dict[str, An
     for k in ("cls", "bboxes", "batch_idx"):
         out[k] = batch[k].to(device, non_blocking=True)
     return out
+
+
+def load_model_spec(spec: str, nc: int = 80) -> tuple[nn.Module, dict[str, Any]]:
+    """The model ``model=`` names for val/predict/export/info, and its checkpoint state (empty for a scale).
+
+    A scale gives a fresh model with ``nc`` classes; a checkpoint gives its (EMA) weights and names.
+    """
+    from .checkpoint import model_from_checkpoint
+
+    if is_scale(spec):
+        return build_model(scale=str(spec), nc=nc), {}
+    state = load_checkpoint(spec)
+    model = model_from_checkpoint(state)
+    model.names = state.get("names") or [str(i) for i in range(model.nc)]
+    return model, state
+
+
+def inference_imgsz(cfg: Config, state: dict[str, Any], default: int = 640) -> int:
+    """``imgsz`` when the user gave it, else the checkpoint's training size, else ``default``."""
+    if "imgsz" in cfg.explicit or not state:
+        return cfg.imgsz if "imgsz" in cfg.explicit else default
+    return state["config"]["imgsz"]

@@ -29,6 +29,11 @@ class ModelEMA:
         self.decay = decay
         self.tau = tau
         self.updates = updates
+        # state_dict tensors share storage with the EMA's parameters and buffers, and loading a state
+        # copies into them in place, so this list stays valid for the EMA's lifetime.
+        esd = self.ema.state_dict()
+        self._float_keys = [k for k, v in esd.items() if v.dtype.is_floating_point]
+        self._float_tensors = [esd[k] for k in self._float_keys]
 
     def current_decay(self) -> float:
         return self.decay * (1 - math.exp(-self.updates / self.tau))
@@ -39,13 +44,10 @@ class ModelEMA:
         self.updates += 1
         d = self.current_decay()
         msd = model.state_dict()
-        keys = [k for k, v in self.ema.state_dict().items() if v.dtype.is_floating_point]
-        esd = self.ema.state_dict()
-        ema_t = [esd[k] for k in keys]
-        model_t = [msd[k].detach().float() for k in keys]
+        model_t = [msd[k].detach().float() for k in self._float_keys]
         # One fused lerp over all tensors: ema += (1 - d) * (model - ema). A per-tensor Python loop
         # cost ~10% of a CPU training step when the optimizer steps every batch.
-        torch._foreach_lerp_(ema_t, model_t, 1.0 - d)
+        torch._foreach_lerp_(self._float_tensors, model_t, 1.0 - d)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.ema.state_dict(), "updates": self.updates}

@@ -31,7 +31,7 @@ from .persistence import CheckpointMixin
 from .ema import ModelEMA
 from .loggers import register_default_loggers
 from .optim import Schedule, accumulation, build_optimizer, scaled_weight_decay
-from .precision import Precision
+from .precision import Precision, choose_amp
 from .resume import prepare_resume
 from .validator import Validator
 
@@ -136,8 +136,7 @@ class Trainer(CheckpointMixin):
 
     def setup_precision(self) -> Precision:
         """Resolve ``amp`` for the device, check it on this model (rank 0, broadcast), log the choice."""
-        wanted = Precision(self.device, self.cfg.amp)
-        amp, reason = wanted.amp, wanted.reason
+        amp, reason = choose_amp(self.cfg.amp, self.device)
         if self.cfg.amp_check and amp != "off":
             from .amp_check import choose_checked_precision
 
