@@ -31,12 +31,20 @@ class Detector:
 
     def train(self, **settings: Any):
         """Train with the given settings; returns the best epoch's EvalResult (None without val)."""
+        from .engine.launch import launch, processes_wanted
         from .engine.trainer import Trainer
 
         cfg = resolve({"model": self.model, **settings})
-        self.trainer = Trainer(cfg, callbacks=self.callbacks)
-        best = self.trainer.fit()
-        self.model = str(self.trainer.wdir / ("best.pt" if (self.trainer.wdir / "best.pt").exists() else "last.pt"))
+        n = processes_wanted(cfg)
+        if n > 1:
+            # torchrun workers re-import the callbacks by name; ones that cannot be are refused up front
+            wdir = launch(cfg, n, self.callbacks.items()) / "weights"
+            best = _best_result(wdir)
+        else:
+            self.trainer = Trainer(cfg, callbacks=self.callbacks)
+            best = self.trainer.fit()
+            wdir = self.trainer.wdir
+        self.model = str(wdir / ("best.pt" if (wdir / "best.pt").exists() else "last.pt"))
         return best
 
     def val(self, **settings: Any):
@@ -57,3 +65,13 @@ class Detector:
         from .export import export_from_config
 
         return export_from_config(resolve({"model": self.model, "format": format, **settings}), nc=self.nc)
+
+
+def _best_result(wdir: Path):
+    """The best epoch's EvalResult recorded in ``wdir``'s checkpoint (after a multi-process run)."""
+    from .engine.checkpoint import load_checkpoint
+    from .eval import EvalResult
+
+    last = wdir / "last.pt"
+    best = load_checkpoint(last).get("best_metrics") if last.is_file() else None
+    return EvalResult.from_dict(best) if best else None

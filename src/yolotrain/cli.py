@@ -27,10 +27,17 @@ USAGE = ("usage: yolotrain {train,val,predict,info,export,data,ckpt,help} [key=v
 
 
 def cmd_train(cfg: Config) -> int:
+    from .engine.launch import launch, processes_wanted
     from .engine.trainer import Trainer
 
+    n = processes_wanted(cfg)
+    if n > 1:  # nproc=N or device=0,1: torchrun starts the workers, which come back here with WORLD_SIZE set
+        launch(cfg, n)  # rank 0 prints the summary
+        return 0
     trainer = Trainer(cfg)
-    best = trainer.fit()
+    trainer.fit()
+    if not trainer.is_main:
+        return 0
     print(f"run folder: {trainer.save_dir}")
     best = trainer.best_metrics
     if best:
@@ -171,14 +178,20 @@ def main(argv: list[str] | None = None) -> int:
         return {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "info": cmd_info,
                 "export": cmd_export}[command](cfg)
     except Preempted as e:
-        print(f"preempted: {e}", file=sys.stderr)
+        print(f"preempted: {_rank_prefix()}{e}", file=sys.stderr)
         return Preempted.exit_code
     except YoloTrainError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_rank_prefix()}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _rank_prefix() -> str:
+    import os
+
+    return f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ class Setting:
 
     Attributes:
         default: Value when nothing sets the key.
-        kind: One of ``bool``, ``int``, ``float``, ``str``, ``any`` (validated by ``check``).
+        kind: One of ``bool``, ``int``, ``float``, ``str``, ``list``, ``batch`` (an int, or a float
+            fraction), ``any`` (validated by ``check``).
         help: One line for ``yolotrain train help=true`` and the README.
         lo: Inclusive lower bound for numbers.
         hi: Inclusive upper bound for numbers.
@@ -52,6 +53,32 @@ def _device_check(v: Any) -> str | None:
     return "expected cpu, mps, cuda, a GPU index like 0 or a list like 0,1"
 
 
+def _batch_check(v: Any) -> str | None:
+    if v == -1 or (isinstance(v, int) and 1 <= v <= 65536) or (isinstance(v, float) and 0 < v < 1):
+        return None
+    return "expected an image count >= 1, -1 (AutoBatch) or a memory fraction in (0, 1)"
+
+
+def _callbacks_check(v: Any) -> str | None:
+    for entry in v:
+        ref = entry.split("=", 1)[-1]
+        if ":" not in ref or not ref.split(":", 1)[1]:
+            return f"'{entry}' is not of the form [event=]module:function or [event=]file.py:function"
+    return None
+
+
+def _freeze_check(v: Any) -> str | None:
+    if v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or isinstance(v, (str, list)):
+        return None
+    return "expected backbone, a number of layers, or a list of module names"
+
+
+def _sizes_check(v: Any) -> str | None:
+    if all(isinstance(x, int) and not isinstance(x, bool) and x >= 32 for x in v):
+        return None
+    return "expected a list of integer sizes >= 32, e.g. [480,512,544]"
+
+
 def _model_check(v: Any) -> str | None:
     return None if str(v).strip() else "expected a scale name (n/s/m/l/x) or a .pt path"
 
@@ -62,7 +89,8 @@ SETTINGS: dict[str, Setting] = {
     "data": S(None, "str", "data YAML; empty trains on the built-in demo set", nullable=True),
     "model": S("n", "str", "model scale (n/s/m/l/x) or a checkpoint .pt", check=_model_check),
     "epochs": S(100, "int", "number of training epochs", lo=1, hi=100000),
-    "batch": S(16, "int", "global batch size", lo=1, hi=65536),
+    "batch": S(16, "batch", "global batch size over all processes; -1: AutoBatch to 60% of device memory; "
+               "0<batch<1: AutoBatch to that fraction", check=_batch_check),
     "imgsz": S(640, "int", "training/validation image size (pixels, square)", lo=32, hi=8192),
     "device": S("", "str", "cpu, mps, 0, 0,1 ... (empty: the first GPU if there is one, else cpu)",
                 check=_device_check),
@@ -70,6 +98,17 @@ SETTINGS: dict[str, Setting] = {
     "seed": S(0, "int", "random seed for reproducible runs", lo=0, hi=2**32 - 1),
     "deterministic": S(True, "bool", "prefer deterministic algorithms"),
     "cache": S("off", "str", "keep decoded images in memory", choices=("off", "ram")),
+    # several processes (torchrun); see README "Distributed training"
+    "nproc": S(0, "int", "start this many processes with torch.distributed.run (0: one per device listed in "
+               "device=, else 1)", lo=0, hi=1024),
+    "sync_bn": S(False, "bool", "BatchNorm statistics over the global batch under DDP (SyncBatchNorm)"),
+    "dist_timeout": S(30.0, "float", "minutes a collective may wait for the other ranks before failing",
+                      lo=0.1, hi=1440.0),
+    "max_restarts": S(0, "int", "with nproc/device lists: worker restarts torchrun may do (each resumes from "
+                      "last.pt)", lo=0, hi=100),
+    "callbacks": S([], "list", "user callbacks: [event=]module:function or [event=]file.py:function entries; "
+                   "without event=, the function's name is the event, or it returns {event: function}",
+                   check=_callbacks_check),
     # outputs
     "project": S("runs/train", "str", "parent folder of run folders"),
     "name": S("exp", "str", "run folder name (auto-incremented unless exist_ok)"),
@@ -122,6 +161,18 @@ SETTINGS: dict[str, Setting] = {
     "fliplr": S(0.5, "float", "horizontal flip probability", lo=0.0, hi=1.0),
     "mosaic": S(1.0, "float", "mosaic probability", lo=0.0, hi=1.0),
     "close_mosaic": S(10, "int", "turn mosaic off for the last N epochs", lo=0),
+    "multi_scale": S(0.0, "float", "each batch a random square size in imgsz*(1 +/- this), stride-rounded",
+                     lo=0.0, hi=0.99),
+    "min_size": S([], "list", "each batch a short side drawn from this list (long side capped at max_size)",
+                  check=_sizes_check),
+    "max_size": S(0, "int", "with min_size: cap on the long side (0: imgsz*1.667)", lo=0, hi=16384),
+    # phases and stopping
+    "freeze": S(None, "any", "freeze backbone, the first N layers, or a list of module names", nullable=True,
+                check=_freeze_check),
+    "freeze_epochs": S(0, "int", "epochs the freeze= part stays frozen (0 with freeze=: the whole run)", lo=0),
+    "freeze_batch": S(0, "int", "global batch while frozen (0: same as batch)", lo=0, hi=65536),
+    "scale_lr": S(False, "bool", "fit lr to the batch: clamp(batch / nbs * lr0) with per-optimizer limits"),
+    "patience": S(0, "int", "stop after N validated epochs without improvement (0: off)", lo=0),
     # validation / prediction
     "val": S(True, "bool", "validate during training"),
     "val_period": S(1, "int", "validate every N epochs (and always after the last)", lo=1),
@@ -268,6 +319,17 @@ def _convert(s: Setting, value: Any) -> Any:
         if isinstance(value, bool):
             raise TypeError(value)
         return float(value)
+    if s.kind == "batch":  # an integer count, or a float fraction for AutoBatch
+        if isinstance(value, bool):
+            raise TypeError(value)
+        value = float(value)
+        return int(value) if value.is_integer() else value
+    if s.kind == "list":
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        if isinstance(value, str):  # "a,b" on the command line
+            return [_parse_scalar(v.strip()) for v in value.split(",") if v.strip()]
+        return [value]
     if s.kind == "str":
         if isinstance(value, (dict, list)):
             raise TypeError(value)

@@ -37,6 +37,24 @@ def check_imgsz(imgsz: int, stride: int = MAX_STRIDE) -> int:
     return new
 
 
+def per_process_batch(batch: int, world: int) -> int:
+    """Each process's share of the global ``batch`` over ``world`` processes.
+
+    Raises:
+        ConfigError: When the batch does not divide over the processes, or leaves fewer than two images
+            per process (BatchNorm statistics of one image are meaningless).
+    """
+    if world == 1:
+        return batch
+    if batch % world:
+        raise ConfigError(f"setting 'batch'={batch} does not divide over {world} processes; use a multiple of "
+                          f"{world} (batch is the global batch, each process gets batch/{world})")
+    if batch // world < 2:
+        raise ConfigError(f"setting 'batch'={batch} gives {batch // world} image per process over {world} "
+                          f"processes; BatchNorm needs at least 2: use batch >= {2 * world}")
+    return batch // world
+
+
 def build_records(data: dict[str, Any], split: str):
     """Scan one split (problems are logged as warnings), log its summary, and return its records."""
     sources = data.get(split) or []

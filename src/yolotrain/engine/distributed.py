@@ -1,11 +1,27 @@
-"""Everything about process groups lives here; one process is the world-size-1 case of the same code."""
+"""Everything about process groups lives here; one process is the world-size-1 case of the same code.
+
+Training on several processes is started the ordinary way, by torchrun, which sets ``RANK``,
+``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` for every worker::
+
+    torchrun --nproc_per_node=2 -m yolotrain train data=data.yaml batch=32
+
+:func:`setup` turns that environment into a process group (nccl on CUDA, gloo on CPU), the helpers below
+are no-ops in a single process, and :func:`cleanup` destroys the group at the end.
+"""
 
 from __future__ import annotations
 
+import datetime
+import logging
 import os
+from typing import Any
 
 import torch
 import torch.nn as nn
+
+from ..errors import ConfigError
+
+LOGGER = logging.getLogger("yolotrain")
 
 
 def rank() -> int:
@@ -29,12 +45,90 @@ def is_initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def launched_by_torchrun() -> bool:
+    """Whether this process is a torchrun worker of a multi-process job."""
+    return world_size() > 1 and "MASTER_ADDR" in os.environ
+
+
+def restart_count() -> int:
+    """How many times torchrun's elastic agent restarted the workers (0 on the first start)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def backend_for(device: torch.device) -> str:
+    """nccl for CUDA devices, gloo for everything else (CPU)."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def setup(device: torch.device, timeout_minutes: float = 30.0) -> bool:
+    """Join the process group described by torchrun's environment.
+
+    Returns:
+        True when this call created the group (the caller then owns :func:`cleanup`); False in one
+        process or when a group already exists (for example one made by the user's own script).
+
+    Raises:
+        ConfigError: For a device torch.distributed cannot drive (MPS).
+    """
+    if world_size() <= 1 or is_initialized():
+        return False
+    if not torch.distributed.is_available():
+        raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    if device.type == "mps":
+        raise ConfigError("setting 'device'=mps cannot train on several processes (torch.distributed has no "
+                          "MPS backend); use one process or device=cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # nccl binds each rank to its current device
+    backend = backend_for(device)
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    kwargs: dict[str, Any] = {"backend": backend, "timeout": timeout, "store": _attempt_store(timeout),
+                              "rank": rank(), "world_size": world_size()}
+    if device.type == "cuda":
+        kwargs["device_id"] = device  # eager nccl init: a bad GPU fails here, not in the first all-reduce
+    torch.distributed.init_process_group(**kwargs)
+    LOGGER.info(f"distributed: rank {rank()}/{world_size()} (local rank {local_rank()}), backend {backend}, "
+                f"device {device}, timeout {timeout_minutes:g} min")
+    return True
+
+
+def _attempt_store(timeout: datetime.timedelta):
+    """The key-value store the ranks meet in, with keys private to this torchrun attempt.
+
+    After a worker restart, torchrun hands the new workers the same store address, and the keys the
+    previous attempt's process group wrote (its ranks' listening addresses) are still there: new ranks
+    would connect to dead processes (seen here as gloo "connection refused" on restart). A prefix per
+    restart keeps each attempt's keys apart.
+    """
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    # under torchrun the agent serves the store (TORCHELASTIC_USE_AGENT_STORE); otherwise rank 0 does
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = torch.distributed.TCPStore(host, port, world_size(), is_master=not agent and rank() == 0,
+                                       timeout=timeout, multi_tenant=not agent)
+    return torch.distributed.PrefixStore(f"yolotrain/attempt{restart_count()}", store)
+
+
+def cleanup() -> None:
+    """Destroy the process group (safe to call when there is none)."""
+    if is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """DDP-wrap ``model`` when a process group is up; otherwise return it unchanged."""
-    if not is_initialized() or world_size() == 1:
+    if not is_initialized() or torch.distributed.get_world_size() == 1:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    # broadcast_buffers=False: BatchNorm running statistics stay per rank (or synced by SyncBatchNorm);
+    # rank 0's copy is the one saved. Re-broadcasting them every forward costs a collective per step.
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, **_no_buffer_sync())
+
+
+def _no_buffer_sync() -> dict[str, Any]:
+    # broadcast_buffers was renamed forward_sync_buffers in recent torch (with a FutureWarning on the old name)
+    import inspect
+
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -57,3 +151,61 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in one process)."""
+    if not is_initialized():
+        return [obj]
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _reduce_scalar(value: float, op) -> float:
+    if not is_initialized():
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_collective_device())
+    torch.distributed.all_reduce(t, op=op)
+    return float(t.item())
+
+
+def all_reduce_max(value: float) -> float:
+    """The largest ``value`` over all ranks."""
+    return _reduce_scalar(value, torch.distributed.ReduceOp.MAX) if is_initialized() else value
+
+
+def all_reduce_min(value: float) -> float:
+    """The smallest ``value`` over all ranks."""
+    return _reduce_scalar(value, torch.distributed.ReduceOp.MIN) if is_initialized() else value
+
+
+def all_reduce_max_list(values: list[float]) -> list[float]:
+    """Element-wise maximum of ``values`` over all ranks, in one collective."""
+    if not is_initialized():
+        return list(values)
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t.tolist()
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` in place over all ranks (unchanged in one process)."""
+    if is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
+def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
+    """Average ``tensor`` in place over all ranks (unchanged in one process)."""
+    if is_initialized():
+        torch.distributed.all_reduce(tensor)
+        tensor /= torch.distributed.get_world_size()
+    return tensor
+
+
+def _collective_device() -> torch.device:
+    # nccl only moves CUDA tensors; gloo only CPU ones
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

@@ -44,7 +44,9 @@ class CheckpointMixin:
                                   f"data now gives {self.nb} (images were added or removed)")
         self.start_epoch, self.start_iter = ((pos["epoch"] + 1, 0) if pos["complete"]
                                              else (pos["epoch"], pos["iteration"]))
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks") or []
+        # each rank continues its own random streams; with another number of processes, rank 0's
+        set_rng_state(ranks[dist.rank()] if len(ranks) == self.world else state["rng"])
         if dist.is_main():  # the checkpoint's history is authoritative: drop rows written after it
             path = self.save_dir / "results.csv"
             path.unlink(missing_ok=True)
@@ -58,21 +60,33 @@ class CheckpointMixin:
         self.signal_received = signum
         LOGGER.warning(f"{signal.Signals(signum).name} received: saving at the next optimizer step, then exiting")
 
+    def agree_on_flags(self, done: int | None = None) -> None:
+        """Make the stop, signal and save-now flags the same on every rank (the max over ranks).
+
+        Called at optimizer-step boundaries. In one process it only evaluates the save timer. A signal that
+        reached one rank, or a stop set by a callback on one rank, stops all of them at the same step.
+        """
+        cfg = self.cfg
+        due = done is not None and (
+            (cfg.save_period > 0 and done - self.last_save_iter >= cfg.save_period)
+            or (cfg.save_minutes > 0 and time.monotonic() - self.last_save_time >= cfg.save_minutes * 60))
+        if self.world > 1:
+            signum, stop, due = dist.all_reduce_max_list([self.signal_received, float(self.stop), float(due)])
+            self.signal_received, self.stop = int(signum), bool(stop)
+        self.save_due = bool(due)
+
     def save_within_epoch(self, epoch: int, done: int) -> None:
         """Write last.pt mid-epoch when ``save_period``/``save_minutes`` is due or a signal arrived.
 
-        Called only right after an optimizer step, so the saved state has no half-accumulated gradient
-        and a resumed run continues exactly.
+        Called on every rank right after an optimizer step and :meth:`agree_on_flags`, so the saved state
+        has no half-accumulated gradient and a resumed run continues exactly.
         """
-        cfg = self.cfg
-        now = time.monotonic()
-        due = (cfg.save_period > 0 and done - self.last_save_iter >= cfg.save_period) or (
-            cfg.save_minutes > 0 and now - self.last_save_time >= cfg.save_minutes * 60)
-        if not (due or self.signal_received):
+        if not (self.save_due or self.signal_received):
             return
-        self.last_save_iter, self.last_save_time = done, now
+        self.last_save_iter, self.last_save_time = done, time.monotonic()
+        rngs = dist.all_gather_object(rng_state())  # a collective: every rank takes part
         if dist.is_main():
-            save_checkpoint(self.checkpoint_state(epoch, done, complete=False), self.wdir / "last.pt")
+            save_checkpoint(self.checkpoint_state(epoch, done, complete=False, rngs=rngs), self.wdir / "last.pt")
             self.callbacks.run("on_model_save", self)
         if self.signal_received:
             raise Preempted(f"stopped by {signal.Signals(self.signal_received).name} at epoch {epoch + 1}, "
@@ -97,12 +111,15 @@ class CheckpointMixin:
     def write_csv(self, row: dict[str, Any]) -> None:
         append_csv_row(self.save_dir / "results.csv", row)
 
-    def checkpoint_state(self, epoch: int, iteration: int, complete: bool) -> dict[str, Any]:
+    def checkpoint_state(self, epoch: int, iteration: int, complete: bool,
+                         rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The whole training state as tensors and plain data (loadable with ``weights_only=True``).
 
         ``iteration`` batches of ``epoch`` are done; ``complete`` marks the end of the epoch (including
-        validation), so a resume starts the next epoch.
+        validation), so a resume starts the next epoch. ``rngs`` holds every rank's RNG state (from
+        ``all_gather_object``); rank 0's alone is taken when it is None.
         """
+        rngs = rngs or [rng_state()]
         return {
             "epoch": epoch,
             "position": {"epoch": epoch, "iteration": iteration, "complete": complete, "iters_per_epoch": self.nb},
@@ -122,6 +139,7 @@ class CheckpointMixin:
             "base_lr": self.lr,
             "best_metrics": self.best_metrics,
             "skipped_steps": self.skipped_steps,
-            "rng": rng_state(),
+            "rng": rngs[0],
+            "rng_ranks": rngs,
             "versions": {"yolotrain": __version__, "torch": torch.__version__},
         }

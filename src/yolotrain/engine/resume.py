@@ -8,7 +8,9 @@ again (``epochs`` may be raised to extend a run). Another dataset, model or clas
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,15 @@ import torch
 
 from ..config import Config, resolve
 from ..errors import CheckpointError
+from ..utils.files import atomic_write
 from .checkpoint import load_checkpoint
+from .distributed import restart_count
 
 LOGGER = logging.getLogger("yolotrain")
 
 # Settings that do not change what is computed, or (epochs) extend it on purpose.
 OVERRIDABLE = {"epochs", "device", "workers", "verbose", "plots", "save_period", "save_minutes", "save_epochs",
-               "resume", "exist_ok", "amp_check"}
+               "resume", "exist_ok", "amp_check", "nproc", "dist_timeout", "max_restarts", "callbacks", "patience"}
 # Settings whose change makes the checkpoint meaningless for this run.
 INCOMPATIBLE = ("data", "model", "imgsz", "batch")
 
@@ -43,7 +47,7 @@ def find_latest(project: str | Path) -> Path:
 def checkpoint_path(cfg: Config) -> Path:
     """The checkpoint ``cfg.resume`` names."""
     value = str(cfg.resume).strip()
-    if value.lower() in ("true", "yes", "1", "auto"):
+    if value.lower() in ("true", "yes", "1"):
         return find_latest(cfg.project)
     return Path(value)
 
@@ -104,3 +108,62 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if state.get("cuda") and torch.cuda.is_available():
         for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(s, i)
+
+
+ELASTIC_MARKER = ".torchelastic_run"
+
+
+def elastic_job_key() -> str | None:
+    """What identifies this torchrun job across worker restarts (None outside torchrun).
+
+    torchrun's run id when the user gave one (``--rdzv_id``; ``--standalone`` makes a random one), else the
+    host and the elastic agent's pid, which survive restarts because the agent restarts the workers.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return None
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    if run_id and run_id != "none":
+        return f"run:{run_id}"
+    return f"agent:{socket.gethostname()}:{os.getppid()}"
+
+
+def mark_elastic_run(save_dir: Path) -> None:
+    """Record the torchrun job in the run folder, so restarted workers find this folder again."""
+    key = elastic_job_key()
+    if key is not None:
+        atomic_write(save_dir / ELASTIC_MARKER, lambda f: f.write(key.encode()))
+
+
+def elastic_resume(cfg: Config) -> tuple[Config, Path | None]:
+    """Apply ``resume=auto`` (the default after a torchrun restart): continue this job's run if it has one.
+
+    ``resume=auto`` continues, in order: the run folder marked with this torchrun job (restarted workers),
+    else ``{project}/{name}/weights/last.pt`` when ``exist_ok=true``; otherwise it starts a new run. The
+    folder of a restarted job that died before its first checkpoint is reused for the new start.
+
+    Returns:
+        The config (``resume`` set to a path, or cleared) and the resolved checkpoint path or None.
+    """
+    value = str(cfg.resume).strip().lower()
+    auto = value == "auto" or (value == "" and restart_count() > 0)
+    if not auto:
+        return cfg, (checkpoint_path(cfg) if cfg.resume else None)
+    folder = None
+    key = elastic_job_key()
+    if key is not None:
+        for marker in sorted(Path(cfg.project).glob(f"*/{ELASTIC_MARKER}")):
+            if marker.read_text(errors="replace").strip() == key:
+                folder = marker.parent
+    if folder is None and cfg.exist_ok:
+        folder = Path(cfg.project) / cfg.name
+    last = folder / "weights" / "last.pt" if folder is not None else None
+    if last is not None and last.is_file():
+        # a warning, so it shows with verbose=false too: a restart is worth knowing about
+        (LOGGER.warning if restart_count() else LOGGER.info)(
+            f"resume=auto: continuing {last}" + (f" (torchrun restart {restart_count()})" if restart_count() else ""))
+        return cfg.replace(resume=str(last)), last
+    if folder is not None:  # restarted before the first checkpoint: start again in the same folder
+        LOGGER.info(f"resume=auto: no checkpoint in {folder} yet; starting the run there")
+        return cfg.replace(resume="", name=folder.name, project=str(folder.parent), exist_ok=True), None
+    return cfg.replace(resume=""), None
+

@@ -10,6 +10,8 @@ import logging
 import math
 import signal
 import time
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,16 +25,16 @@ from ..loss import DetectionLoss
 from ..models import build_model, model_info
 from ..utils.torch_utils import configure_backend, init_seeds, memory_mb, select_device
 from . import distributed as dist
-from .build import (build_loader, build_records, build_train_model, check_imgsz, resolve_data, run_dir,
-                    to_device_batch)
-from .callbacks import Callbacks
+from .build import (build_loader, build_records, build_train_model, check_imgsz, per_process_batch, resolve_data,
+                    run_dir, to_device_batch)
+from .callbacks import Callbacks, load_callbacks
 from .checkpoint import save_checkpoint
 from .persistence import CheckpointMixin
 from .ema import ModelEMA
 from .loggers import register_default_loggers
 from .optim import Schedule, accumulation, build_optimizer, scaled_weight_decay
 from .precision import Precision, choose_amp
-from .resume import prepare_resume
+from .resume import elastic_resume, mark_elastic_run, prepare_resume, rng_state
 from .validator import Validator
 
 LOGGER = logging.getLogger("yolotrain")
@@ -56,6 +58,8 @@ class Trainer(CheckpointMixin):
         self.cfg = cfg
         self.callbacks = callbacks or Callbacks()
         register_default_loggers(self.callbacks)  # TensorBoard, plots; MLflow/W&B when installed
+        for event, fn in load_callbacks(cfg.callbacks):  # callbacks=module:function (also in DDP workers)
+            self.callbacks.add(event, fn)
         self.device = select_device(cfg.device)
         self.epoch = 0
         self.best_fitness = -math.inf
@@ -65,22 +69,25 @@ class Trainer(CheckpointMixin):
         self.nonfinite_streak = 0
         self.skipped_steps = 0
         self.window_has_grad = False  # whether a finite loss was back-propagated since the last step
+        self.grads_synced = True  # whether DDP all-reduced the gradients in the last backward
+        self.world = 1
         self.epoch_skipped = 0
         self.stop = False  # a callback may set this to end training after the current iteration
         self.signal_received = 0  # SIGTERM/SIGINT number: save at the next optimizer step, then exit
         self.start_epoch, self.start_iter = 0, 0  # where training (re)starts
         self.best_metrics: dict | None = None
         self.last_save_iter, self.last_save_time = 0, time.monotonic()
+        self.save_due = False
+        self.owns_group = False
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        """Build data, model, loss, optimizer, schedule and the run folder (restoring a resumed run)."""
-        state = None
-        if self.cfg.resume:
-            self.cfg, state, ckpt = prepare_resume(self.cfg)
-            LOGGER.info(f"resume: continuing {ckpt} (epochs={self.cfg.epochs})")
+        """Join the process group, then build data, model, loss, optimizer, schedule and the run folder."""
+        self.owns_group = dist.setup(self.device, self.cfg.dist_timeout)
+        self.world = dist.world_size()
+        state, ckpt = self.setup_run()
         cfg = self.cfg
-        init_seeds(cfg.seed, cfg.deterministic)
+        init_seeds(cfg.seed, cfg.deterministic)  # the same on every rank: identical initial weights
         configure_backend(self.device, cfg.deterministic)
         self.data = resolve_data(cfg)
         self.names = self.data["names"]
@@ -98,17 +105,34 @@ class Trainer(CheckpointMixin):
         info = model_info(self.model, imgsz=self.imgsz)
         LOGGER.info(f"model: scale {self.model.scale}, {info['params']:,} parameters, {info['layers']} layers, "
                     f"{info['gflops']:.1f} GFLOPs at {self.imgsz}")
-        self.train_model = dist.wrap(self.model, self.device)
         self.criterion = DetectionLoss.from_model(self.model, cfg)
+        # the AMP check runs on rank 0 alone, so before anything that needs the other ranks (SyncBN, the
+        # loss normaliser below)
         self.precision = self.setup_precision() if state is None else Precision(self.device, state["precision"]["amp"])
+        if cfg.sync_bn and self.world > 1:
+            from .sync_bn import convert_sync_bn
+
+            self.model = convert_sync_bn(self.model, self.device)
+            LOGGER.info("sync_bn: BatchNorm statistics are computed over the global batch")
+        elif cfg.sync_bn:
+            LOGGER.warning("sync_bn=true has no effect in one process")
+        if self.world > 1:
+            # every rank normalises its loss by the target count over all ranks, and the loss is scaled
+            # by the world size because DDP averages gradients: the gradient is then that of one process
+            # holding the whole batch, whatever the split
+            self.criterion.normalizer, self.criterion.ranks = dist.all_reduce_sum_, self.world
+        self.train_model = dist.wrap(self.model, self.device)
 
         pin = self.device.type == "cuda"
         self.batch = cfg.batch
-        self.train_loader = build_loader(train_records, cfg, self.imgsz, self.batch, train=True, pin_memory=pin)
-        self.val_loader = (build_loader(val_records, cfg, self.imgsz, self.batch * 2, train=False,
-                                        pin_memory=pin) if val_records else None)
+        self.rank_batch = per_process_batch(self.batch, self.world)
+        rank = dist.rank() if self.world > 1 else -1
+        self.train_loader = build_loader(train_records, cfg, self.imgsz, self.rank_batch, train=True, rank=rank,
+                                         world_size=self.world, pin_memory=pin)
+        self.val_loader = (build_loader(val_records, cfg, self.imgsz, self.rank_batch * 2, train=False, rank=rank,
+                                        world_size=self.world, pin_memory=pin) if val_records else None)
         self.nb = len(self.train_loader)
-        self.accumulate = accumulation(self.batch, cfg.nbs)
+        self.accumulate = accumulation(self.batch, cfg.nbs)  # of the global batch: independent of the split
         wd = scaled_weight_decay(cfg.weight_decay, self.batch, self.accumulate, cfg.nbs)
         total_iters = math.ceil(len(train_records) / max(self.batch, cfg.nbs)) * cfg.epochs
         # on resume, the optimizer optimizer=auto chose then (extending epochs could change its choice)
@@ -124,15 +148,37 @@ class Trainer(CheckpointMixin):
                                     max_det=cfg.max_det, progress=cfg.verbose and dist.is_main())
                           if self.val_loader else None)
         if dist.is_main():
-            self.save_dir = ckpt.parent.parent if state else run_dir(cfg)
-            self.wdir = self.save_dir / "weights"
-            self.wdir.mkdir(parents=True, exist_ok=True)
             cfg.dump(self.save_dir / "args.yaml")
         if state:
             self.restore(state)
-        LOGGER.info(f"train: {len(train_records)} images, batch {self.batch}, accumulate {self.accumulate} "
-                    f"(nominal batch {cfg.nbs}), weight decay {wd:g}, {self.nb} iterations/epoch, "
-                    f"warmup {warmup} iterations, device {self.device}")
+        LOGGER.info(f"train: {len(train_records)} images, batch {self.batch}"
+                    + (f" ({self.rank_batch} per process x {self.world})" if self.world > 1 else "")
+                    + f", accumulate {self.accumulate} (nominal batch {cfg.nbs}), weight decay {wd:g}, "
+                    f"{self.nb} iterations/epoch, warmup {warmup} iterations, device {self.device}")
+
+    def setup_run(self) -> tuple[dict[str, Any] | None, Path | None]:
+        """Choose the run folder, and the checkpoint to resume from, on rank 0; every rank gets both.
+
+        Rank 0 alone reads the checkpoint and broadcasts it, so ranks on other machines need no shared
+        filesystem.
+        """
+        state = ckpt = None
+        if dist.is_main():
+            cfg, ckpt = elastic_resume(self.cfg)
+            if cfg.resume:
+                cfg, state, ckpt = prepare_resume(cfg)
+                LOGGER.info(f"resume: continuing {ckpt} (epochs={cfg.epochs})")
+            save_dir = ckpt.parent.parent if state else run_dir(cfg)
+            (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+            mark_elastic_run(save_dir)
+            shared = (cfg.to_dict(), sorted(cfg.explicit), state, str(ckpt) if ckpt else None, str(save_dir))
+        else:
+            shared = None
+        values, explicit, state, ckpt, save_dir = dist.broadcast_object(shared)
+        self.cfg = Config(values, explicit)
+        self.save_dir = Path(save_dir)
+        self.wdir = self.save_dir / "weights"
+        return state, Path(ckpt) if ckpt else None
 
     def setup_precision(self) -> Precision:
         """Resolve ``amp`` for the device, check it on this model (rank 0, broadcast), log the choice."""
@@ -175,6 +221,7 @@ class Trainer(CheckpointMixin):
                         result = self.metrics = self.validate()
                     self.end_epoch(epoch, losses, result, time.perf_counter() - t_epoch)
                     self.callbacks.run("on_fit_epoch_end", self)
+                    self.agree_on_flags()
                     if self.signal_received:
                         raise Preempted(f"stopped by {signal.Signals(self.signal_received).name} after epoch "
                                         f"{epoch + 1}; continue with resume={self.wdir / 'last.pt'}")
@@ -189,6 +236,9 @@ class Trainer(CheckpointMixin):
         except BaseException:
             self.callbacks.run("on_exception", self)
             raise
+        finally:
+            if self.owns_group:
+                dist.cleanup()
 
     def train_one_epoch(self, epoch: int, start: int = 0) -> dict[str, float]:
         """One pass over the training loader from batch ``start``; returns the epoch's mean losses."""
@@ -211,14 +261,17 @@ class Trainer(CheckpointMixin):
             self.schedule.apply(self.optimizer, epoch, i)
             ni = epoch * self.nb + i
             items = self.train_step(batch, ni)
-            self.current_batch, self.loss_items = batch, items  # for loggers at on_train_batch_end
+            self.current_batch, self.loss_items, self.last_iteration = batch, items, i  # for on_train_batch_end
             n = i - start
             mean = (mean * n + items) / (n + 1)
-            seen += batch["img"].shape[0]
+            seen += batch["img"].shape[0] * self.world  # images of the global batch
             self.callbacks.run("on_train_batch_end", self)
-            if self.is_step_boundary(ni) and i + 1 < self.nb:
-                self.save_within_epoch(epoch, i + 1)
-            if self.stop:
+            boundary = self.is_step_boundary(ni)
+            if boundary:
+                self.agree_on_flags(i + 1)
+                if i + 1 < self.nb:
+                    self.save_within_epoch(epoch, i + 1)
+            if self.stop and (boundary or self.world == 1):  # ranks leave the loop at the same step
                 break
             bar.set_postfix_str(
                 " ".join(f"{n.split('_')[0]} {v:.3f}" for n, v in zip(LOSS_NAMES, mean.tolist()))
@@ -242,21 +295,28 @@ class Trainer(CheckpointMixin):
         """
         imgs = batch["img"].to(self.device, non_blocking=True).float().div_(255)
         imgs = imgs.contiguous(memory_format=self.memory_format)
-        with self.precision.autocast():
-            preds = self.train_model(imgs)
-        # The loss (and target assignment) runs in fp32 outside autocast.
-        loss, items = self.criterion(preds, to_device_batch(batch, self.device))
-        if torch.isfinite(loss):
-            self.nonfinite_streak = 0
-            self.precision.scaler.scale(loss).backward()
-            self.window_has_grad = True
-        else:
+        boundary = self.is_step_boundary(ni)
+        # between optimizer steps DDP need not all-reduce gradients: they accumulate locally and are
+        # reduced once, in the backward of the step's last batch
+        sync = nullcontext() if boundary or self.world == 1 else self.train_model.no_sync()
+        with sync:
+            with self.precision.autocast():
+                preds = self.train_model(imgs)
+            # The loss (and target assignment) runs in fp32 outside autocast.
+            loss, items = self.criterion(preds, to_device_batch(batch, self.device))
+            finite = bool(torch.isfinite(loss)) if self.world == 1 else dist.all_reduce_min(float(torch.isfinite(loss))) > 0
+            if finite:
+                self.nonfinite_streak = 0
+                self.precision.scaler.scale(loss * self.world).backward()
+                self.window_has_grad = True
+                self.grads_synced = boundary
+        if not finite:  # decided together: one rank skipping a backward the others run would hang DDP
             self.nonfinite_streak += 1
             LOGGER.warning(f"non-finite loss {loss.item()} at iteration {ni}; batch skipped")
             if self.nonfinite_streak >= self.cfg.max_nonfinite:
                 raise TrainingError(f"{self.nonfinite_streak} consecutive non-finite losses at iteration {ni}; "
                                     f"lower lr0 or check the data (see README: NaN losses)")
-        if (ni + 1) % self.accumulate == 0 or (ni + 1) == self.nb * self.cfg.epochs:
+        if boundary:
             self.optimizer_step()
         return items.detach().float().cpu()
 
@@ -267,6 +327,10 @@ class Trainer(CheckpointMixin):
             self.optimizer.zero_grad(set_to_none=True)
             return
         self.window_has_grad = False
+        if self.world > 1 and not self.grads_synced:  # the step's last batch was skipped: reduce by hand
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce_mean_(p.grad)
         scaler = self.precision.scaler
         scaler.unscale_(self.optimizer)
         self.callbacks.run("on_before_optimizer_step", self)
@@ -300,6 +364,11 @@ class Trainer(CheckpointMixin):
         return result
 
     @property
+    def is_main(self) -> bool:
+        """Whether this process is rank 0 (the one that writes the run folder)."""
+        return dist.is_main()
+
+    @property
     def eval_model(self) -> nn.Module:
         return self.ema.ema if self.ema is not None else self.model
 
@@ -327,10 +396,11 @@ class Trainer(CheckpointMixin):
             LOGGER.info(f"epoch {epoch + 1}: P {m.precision:.3f} R {m.recall:.3f} mAP50 {m.map50:.3f} "
                         f"mAP50-95 {m.map50_95:.3f} ({seconds:.1f}s, val {self.validator.seconds:.1f}s, "
                         f"mem {memory_mb(self.device):.0f} MB)")
+        rngs = dist.all_gather_object(rng_state())  # a collective: before rank 0 goes its own way
         if not dist.is_main():
             return
         self.write_csv(row)
-        state = self.checkpoint_state(epoch, self.nb, complete=True)
+        state = self.checkpoint_state(epoch, self.nb, complete=True, rngs=rngs)
         save_checkpoint(state, self.wdir / "last.pt")
         self.last_save_iter, self.last_save_time = 0, time.monotonic()
         if improved or (self.best is None and epoch + 1 == self.cfg.epochs):

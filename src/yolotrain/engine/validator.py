@@ -11,6 +11,7 @@ from tqdm import tqdm
 from ..data.records import xywhn_to_xyxy
 from ..eval import DetectionEvaluator, EvalResult
 from ..ops import Postprocessor, scale_boxes
+from . import distributed as dist
 from .precision import Precision
 
 
@@ -68,7 +69,24 @@ class Validator:
                     pred=det.numpy(),
                     gt_crowd=rec.crowd,
                 )
-        result = evaluator.compute()
+        result = self._compute(evaluator)
         model.train(was_training)
         self.seconds = time.perf_counter() - t0
         return result
+
+    def _compute(self, evaluator: DetectionEvaluator) -> EvalResult:
+        """Score the images seen here, or, under DDP, those of every rank (each evaluated a shard).
+
+        The per-image records are gathered on every rank, scored once on rank 0 (images the sampler
+        repeated to even out the shards are counted once) and the result is broadcast, so every rank
+        takes the same decisions from it.
+        """
+        if not dist.is_initialized() or dist.world_size() == 1:
+            return evaluator.compute()
+        states = dist.all_gather_object(evaluator.state())
+        result = None
+        if dist.is_main():
+            merged = DetectionEvaluator(self.names)
+            merged.merge(states)
+            result = merged.compute()
+        return dist.broadcast_object(result)

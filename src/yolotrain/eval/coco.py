@@ -162,12 +162,12 @@ class DetectionEvaluator:
                 self._state[key].extend(other[key])
 
     def _unique_indices(self) -> list[int]:
-        """Indices of the first record of each image id, warning when duplicates are dropped."""
+        """Indices of the first record of each image id, noting dropped duplicates (DDP samplers repeat images to even out shards)."""
         ids = np.asarray(self._state["image_ids"], dtype=np.int64)
         _, first = np.unique(ids, return_index=True)
         first.sort()
         if first.size < ids.size:
-            LOGGER.warning("evaluation: %d repeated image ids ignored (each image counts once)", ids.size - first.size)
+            LOGGER.info("evaluation: %d repeated image ids ignored (each image counts once)", ids.size - first.size)
         return first.tolist()
 
     def compute(self) -> EvalResult:

@@ -55,6 +55,13 @@ class EvalResult:
             "per_class": [_plain_row(row) for row in self.per_class],
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvalResult":
+        """Inverse of :meth:`to_dict` (curves are not stored, so they stay None)."""
+        return cls(map50=d["mAP50"], map50_95=d["mAP50-95"], precision=d["precision"], recall=d["recall"],
+                   best_conf=d["best_conf"], images=d["images"], instances=d["instances"],
+                   per_class=list(d.get("per_class") or []))
+
 
 def _plain_row(row: dict[str, Any]) -> dict[str, Any]:
     """Copy of a per-class row with numpy scalars turned into Python numbers (for JSON)."""

@@ -47,6 +47,11 @@ class DetectionLoss:
         self.strides = tuple(float(s) for s in strides)
         self.gains = (box, cls, dfl)
         self.assigner = TaskAlignedAssigner(topk=tal_topk, num_classes=nc, alpha=0.5, beta=6.0)
+        # Under DDP: a function summing the target-score sum over ranks (in place) and the number of ranks.
+        # Every rank then divides by max(global sum, 1) / ranks, so how the batch is split does not change
+        # the gradient (the trainer multiplies the loss by the number of ranks; DDP averages gradients).
+        self.normalizer = None
+        self.ranks = 1
 
     @classmethod
     def from_model(cls, model: nn.Module, hyp: Any = None, tal_topk: int = 10) -> DetectionLoss:
@@ -120,7 +125,10 @@ class DetectionLoss:
             gt_bboxes,
             mask_gt,
         )
-        target_scores_sum = target_scores.sum().clamp(min=1)
+        target_scores_sum = target_scores.sum()
+        if self.normalizer is not None:
+            target_scores_sum = self.normalizer(target_scores_sum)
+        target_scores_sum = target_scores_sum.clamp(min=1) / self.ranks
 
         loss_cls = F.binary_cross_entropy_with_logits(pred_logits, target_scores, reduction="sum") / target_scores_sum
 

@@ -1,0 +1,96 @@
+"""``yolotrain train nproc=N`` / ``device=0,1,...``: start the training processes with torchrun.
+
+The launch is PyTorch's own ``torch.distributed.run`` (torchrun) with the same settings, written to a
+YAML file the workers read; nothing here re-implements process management. Under torchrun already
+(``WORLD_SIZE`` set) nothing is launched. The user's callbacks travel as ``callbacks=module:function``
+entries, so the workers import and run them too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from ..config import Config
+from ..errors import TrainingError
+from . import distributed as dist
+
+LOGGER = logging.getLogger("yolotrain")
+
+
+def processes_wanted(cfg: Config) -> int:
+    """How many processes ``cfg`` asks for: ``nproc``, else one per GPU in a ``device=0,1`` list.
+
+    Returns 1 when this process is already a worker of a distributed job.
+    """
+    if dist.world_size() > 1 or "TORCHELASTIC_RUN_ID" in os.environ:
+        return 1
+    if cfg.nproc:
+        return int(cfg.nproc)
+    device = str(cfg.device).strip()
+    if "," in device:
+        return len([d for d in device.split(",") if d.strip()])
+    return 1
+
+
+def torchrun_command(n: int, cfg_file: Path, max_restarts: int = 0) -> list[str]:
+    """The torchrun command line for ``n`` processes on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+            f"--nproc_per_node={n}", f"--max_restarts={max_restarts}", "-m", "yolotrain", "train",
+            f"cfg={cfg_file}"]
+
+
+def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any], None]]] = ()) -> Path:
+    """Run training in ``n`` torchrun workers and wait for them.
+
+    The run folder is chosen here (so every restart of the workers finds the same one) and passed down with
+    ``exist_ok=true``. Callbacks registered in Python are passed as importable references.
+
+    Returns:
+        The run folder.
+
+    Raises:
+        ConfigError: When a callback cannot be referenced by name from another process.
+        TrainingError: When the workers fail (their error message is printed above by the failing rank).
+    """
+    from .build import per_process_batch, run_dir
+    from .callbacks import callback_reference
+    from .resume import checkpoint_path
+
+    if isinstance(cfg.batch, int) and cfg.batch > 0:
+        per_process_batch(cfg.batch, n)  # refuse a bad split before starting anything
+    refs = [callback_reference(event, fn) for event, fn in extra_callbacks]
+    values = {k: getattr(cfg, k) for k in cfg.explicit if k != "cfg"}
+    values["nproc"] = 0
+    values["callbacks"] = list(cfg.callbacks) + refs
+    if cfg.resume and str(cfg.resume).lower() != "auto":
+        save_dir = checkpoint_path(cfg).parent.parent
+    else:
+        save_dir = run_dir(cfg)
+        values.update(project=str(save_dir.parent), name=save_dir.name, exist_ok=True)
+    if cfg.device and "," in str(cfg.device):
+        # each worker takes the GPU of its local rank from the list (see select_device)
+        values["device"] = str(cfg.device)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="yolotrain-launch-", delete=False) as f:
+        yaml.safe_dump(values, f, sort_keys=False)
+        cfg_file = Path(f.name)
+    cmd = torchrun_command(n, cfg_file, cfg.max_restarts)
+    LOGGER.info(f"distributed: starting {n} processes: {' '.join(cmd)}")
+    env = dict(os.environ)
+    # what this process can import (the user's callback modules included), the workers can too
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd(), *sys.path] if p and os.path.isdir(p))
+    try:
+        rc = subprocess.call(cmd, env=env)
+    finally:
+        cfg_file.unlink(missing_ok=True)
+    if rc != 0:
+        raise TrainingError(f"distributed training with {n} processes failed (torchrun exit code {rc}); the "
+                            f"failing rank's error is printed above; outputs so far are in {save_dir}")
+    return save_dir

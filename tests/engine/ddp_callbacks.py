@@ -1,0 +1,32 @@
+"""User callbacks loaded by the DDP tests with ``callbacks=<this file>:<function>`` (not a test module)."""
+
+import os
+import signal
+from pathlib import Path
+
+
+def on_train_batch_end(trainer):
+    """Record which rank saw which images (one line per batch, one file per rank)."""
+    out = Path(os.environ["YT_TEST_OUT"]) / f"batches_rank{os.environ.get('RANK', '0')}.txt"
+    with out.open("a") as f:
+        f.write(f"{trainer.epoch} {trainer.current_batch['index'].tolist()}\n")
+
+
+def kill_rank1_once(trainer):
+    """SIGKILL rank 1 at the last batch of the first epoch, first attempt only (torchrun restarts both)."""
+    if (os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+            and trainer.epoch == 0 and trainer.nb >= 2):
+        marker = Path(os.environ["YT_TEST_OUT"]) / "killed"
+        if not marker.exists() and _is_last_batch(trainer):
+            marker.write_text("1")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _is_last_batch(trainer):
+    return trainer.last_iteration + 1 == trainer.nb
+
+
+def fail_on_rank1(trainer):
+    """Raise on rank 1 only, at its first batch: every rank must end, with the message, not hang."""
+    if os.environ.get("RANK") == "1":
+        raise RuntimeError("injected failure on rank 1")
