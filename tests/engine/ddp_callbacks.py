@@ -30,3 +30,10 @@ def fail_on_rank1(trainer):
     """Raise on rank 1 only, at its first batch: every rank must end, with the message, not hang."""
     if os.environ.get("RANK") == "1":
         raise RuntimeError("injected failure on rank 1")
+
+
+def record_size(trainer):
+    """Record the multi-scale input size of every batch (one file per rank)."""
+    out = Path(os.environ["YT_TEST_OUT"]) / f"sizes_rank{os.environ.get('RANK', '0')}.txt"
+    with out.open("a") as f:
+        f.write(f"{trainer.epoch} {trainer.last_iteration} {trainer.input_size}\n")

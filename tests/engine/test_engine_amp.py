@@ -34,7 +34,7 @@ def test_inf_gradient_skips_step_and_halves_scale(tiny_data, tmp_path):
     assert t.precision.amp == "fp16" and t.precision.scaler.is_enabled() and t.accumulate == 2
     batch = next(iter(t.train_loader))
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
-    t.train_step(batch, 0)  # scaled backward, no step yet
+    t.train_step(batch, 0, 0)  # scaled backward, no step yet
     scale0 = t.precision.scale
     g = next(t.model.parameters()).grad
     g[(0,) * g.dim()] = float("inf")  # injected overflow
@@ -53,7 +53,7 @@ def test_scale_grows_after_growth_interval(tiny_data, tmp_path):
     batch = next(iter(t.train_loader))
     scales = []
     for i in range(4):
-        t.train_step(batch, i)
+        t.run_step_with_recovery(batch, 0, i)  # forward/backward + the step (accumulate 1)
         scales.append(t.precision.scale)
     assert scales == [256.0, 256.0, 512.0, 512.0]  # doubled after 3 clean steps
     assert t.skipped_steps == 0
@@ -77,7 +77,7 @@ def loss_trajectory(data, tmp_path, amp, steps=4):
     batch = next(it)
     for i in range(steps):  # the same batch each step: differences come from precision only
         t.schedule.apply(t.optimizer, 0, i + 1000)
-        items = t.train_step(batch, i)
+        items = t.run_step_with_recovery(batch, 0, i)
         out.append(float(items.sum()))
     return out
 

@@ -171,3 +171,24 @@ def test_api_refuses_callback_workers_cannot_import(tmp_path):
     det.add_callback("on_train_end", lambda trainer: None)
     with pytest.raises(ConfigError, match="cannot be sent to the training processes"):
         det.train(data=str(tmp_path / "none.yaml"), nproc=2, project=str(tmp_path))
+
+
+def test_oom_on_one_rank_switches_all_and_sizes_agree(ddp_data, tmp_path):
+    """An OOM injected on rank 1 only: both ranks switch to micro-batches together; multi-scale sizes agree."""
+    out = tmp_path / "out"
+    out.mkdir()
+    env_args = [f"data={ddp_data}", "epochs=2", "imgsz=64", "batch=8", "nbs=8", "workers=0", "amp=off",
+                "verbose=false", "nproc=2", f"project={tmp_path}", "name=oom", "multi_scale=0.5",
+                f"callbacks=on_train_batch_end={CALLBACKS}:record_size"]
+    os.environ["YOLOTRAIN_INJECT_OOM"], os.environ["YOLOTRAIN_INJECT_OOM_RANK"] = "1:2", "1"
+    try:
+        r = run_cli(env_args, out)
+    finally:
+        del os.environ["YOLOTRAIN_INJECT_OOM"], os.environ["YOLOTRAIN_INJECT_OOM_RANK"]
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "out of memory at epoch 1, iteration 1 (on another rank): retrying with 2 micro-batches" in r.stderr
+    assert "[rank 1] out of memory at epoch 1, iteration 1 (OutOfMemoryError)" in r.stderr
+    assert load_checkpoint(tmp_path / "oom" / "weights" / "last.pt")["phase"]["micro_batches"] == 2
+    s0 = (out / "sizes_rank0.txt").read_text().splitlines()
+    s1 = (out / "sizes_rank1.txt").read_text().splitlines()
+    assert s0 == s1 and len(s0) == 4 and len({line.split(" ", 2)[2] for line in s0}) >= 1

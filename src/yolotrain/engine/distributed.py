@@ -189,6 +189,52 @@ def all_reduce_max_list(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_sum_list(values: list[float]) -> list[float]:
+    """Element-wise sum of ``values`` over all ranks, in one collective."""
+    if not is_initialized():
+        return list(values)
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def all_reduce_grads_(params: list[torch.nn.Parameter], bucket_mb: float = 25.0) -> None:
+    """Average the gradients of ``params`` over all ranks, in flat buckets (a missing gradient counts as 0).
+
+    The trainer back-propagates locally (DDP ``no_sync``) and reduces once per optimizer step, after the
+    ranks agreed that no one ran out of memory; DDP's own reduction inside ``backward`` would leave the
+    other ranks waiting in a collective when one rank's backward fails.
+    """
+    if not is_initialized():
+        return
+    w = torch.distributed.get_world_size()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    bucket: list[torch.Tensor] = []
+    size = 0
+    limit = bucket_mb * 2**20
+    for p in params:
+        bucket.append(p.grad)
+        size += p.grad.numel() * p.grad.element_size()
+        if size >= limit:
+            _reduce_bucket(bucket, w)
+            bucket, size = [], 0
+    if bucket:
+        _reduce_bucket(bucket, w)
+
+
+def _reduce_bucket(grads: list[torch.Tensor], w: int) -> None:
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= w
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset:offset + n].view_as(g))
+        offset += n
+
+
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` in place over all ranks (unchanged in one process)."""
     if is_initialized():

@@ -38,8 +38,14 @@ class CheckpointMixin:
         self.best_metrics = state.get("best_metrics")
         self.history = list(state.get("history") or [])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        if state.get("early_stop"):
+            self.early_stop.load_state_dict(state["early_stop"])
+        # keep the micro-batching an out-of-memory error forced (the resumed run would hit it again)
+        self.micro_batches = int((state.get("phase") or {}).get("micro_batches", 1))
         pos = state["position"]
-        if pos["iters_per_epoch"] != self.nb:
+        # mid-epoch, the position counts batches of this loader; at an epoch end the next epoch may be in
+        # another phase (freeze_batch) with another batch count
+        if not pos["complete"] and pos["iters_per_epoch"] != self.nb:
             raise CheckpointError(f"cannot resume: the run had {pos['iters_per_epoch']} iterations per epoch, the "
                                   f"data now gives {self.nb} (images were added or removed)")
         self.start_epoch, self.start_iter = ((pos["epoch"] + 1, 0) if pos["complete"]
@@ -139,6 +145,11 @@ class CheckpointMixin:
             "base_lr": self.lr,
             "best_metrics": self.best_metrics,
             "skipped_steps": self.skipped_steps,
+            "early_stop": self.early_stop.state_dict(),
+            # derived from the epoch on resume; recorded for inspection (yolotrain ckpt info)
+            "phase": {"name": self.phase, "freeze": list(self.freeze_prefixes), "batch": self.phase_global_batch,
+                      "accumulate": self.accumulate, "micro_batches": self.micro_batches,
+                      "mosaic": bool(getattr(self.train_loader.dataset, "mosaic_enabled", True))},
             "rng": rngs[0],
             "rng_ranks": rngs,
             "versions": {"yolotrain": __version__, "torch": torch.__version__},

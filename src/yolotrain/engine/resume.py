@@ -75,7 +75,8 @@ def prepare_resume(cfg: Config) -> tuple[Config, dict[str, Any], Path]:
     ignored = sorted(k for k in given if k not in OVERRIDABLE and k not in INCOMPATIBLE
                      and str(given[k]) != str(saved.get(k)))
     if ignored:
-        LOGGER.warning(f"resume: {', '.join(ignored)} come from the checkpoint; the new values are ignored")
+        LOGGER.warning(f"resume: {', '.join(ignored)} {'comes' if len(ignored) == 1 else 'come'} from the checkpoint; "
+                       f"the new value{'s are' if len(ignored) > 1 else ' is'} ignored")
     values = dict(saved)
     values.update({k: v for k, v in given.items() if k in OVERRIDABLE})
     if values["epochs"] < saved["epochs"]:

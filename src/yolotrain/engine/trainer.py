@@ -29,9 +29,12 @@ from .build import (build_loader, build_records, build_train_model, check_imgsz,
                     run_dir, to_device_batch)
 from .callbacks import Callbacks, load_callbacks
 from .checkpoint import save_checkpoint
+from .oom import is_oom, split_batch
 from .persistence import CheckpointMixin
+from .phases import PhaseMixin
 from .ema import ModelEMA
 from .loggers import register_default_loggers
+from .freeze import phase_at
 from .optim import Schedule, accumulation, build_optimizer, scaled_weight_decay
 from .precision import Precision, choose_amp
 from .resume import elastic_resume, mark_elastic_run, prepare_resume, rng_state
@@ -41,7 +44,14 @@ LOGGER = logging.getLogger("yolotrain")
 LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
 
 
-class Trainer(CheckpointMixin):
+class RankOutOfMemory(RuntimeError):
+    """Raised on every rank when another rank ran out of memory (the ranks switch to micro-batches together)."""
+
+    def __str__(self) -> str:
+        return "CUDA out of memory on another rank"  # worded so is_oom() recognises it
+
+
+class Trainer(CheckpointMixin, PhaseMixin):
     """Trains a detector as the config says and writes the run folder.
 
     Args:
@@ -69,7 +79,9 @@ class Trainer(CheckpointMixin):
         self.nonfinite_streak = 0
         self.skipped_steps = 0
         self.window_has_grad = False  # whether a finite loss was back-propagated since the last step
-        self.grads_synced = True  # whether DDP all-reduced the gradients in the last backward
+        self.oom_events = 0
+        self.stopped_early = False
+        self.window_batches: list = []
         self.world = 1
         self.epoch_skipped = 0
         self.stop = False  # a callback may set this to end training after the current iteration
@@ -106,9 +118,11 @@ class Trainer(CheckpointMixin):
         LOGGER.info(f"model: scale {self.model.scale}, {info['params']:,} parameters, {info['layers']} layers, "
                     f"{info['gflops']:.1f} GFLOPs at {self.imgsz}")
         self.criterion = DetectionLoss.from_model(self.model, cfg)
-        # the AMP check runs on rank 0 alone, so before anything that needs the other ranks (SyncBN, the
-        # loss normaliser below)
+        # the AMP check runs on rank 0 alone, so before anything that needs the other ranks (SyncBN)
         self.precision = self.setup_precision() if state is None else Precision(self.device, state["precision"]["amp"])
+        self.setup_phases()
+        self.batch = self.choose_batch()  # AutoBatch probes the plain model, before SyncBN and DDP
+        cfg = self.cfg
         if cfg.sync_bn and self.world > 1:
             from .sync_bn import convert_sync_bn
 
@@ -116,44 +130,49 @@ class Trainer(CheckpointMixin):
             LOGGER.info("sync_bn: BatchNorm statistics are computed over the global batch")
         elif cfg.sync_bn:
             LOGGER.warning("sync_bn=true has no effect in one process")
-        if self.world > 1:
-            # every rank normalises its loss by the target count over all ranks, and the loss is scaled
-            # by the world size because DDP averages gradients: the gradient is then that of one process
-            # holding the whole batch, whatever the split
-            self.criterion.normalizer, self.criterion.ranks = dist.all_reduce_sum_, self.world
         self.train_model = dist.wrap(self.model, self.device)
 
-        pin = self.device.type == "cuda"
-        self.batch = cfg.batch
-        self.rank_batch = per_process_batch(self.batch, self.world)
-        rank = dist.rank() if self.world > 1 else -1
-        self.train_loader = build_loader(train_records, cfg, self.imgsz, self.rank_batch, train=True, rank=rank,
-                                         world_size=self.world, pin_memory=pin)
-        self.val_loader = (build_loader(val_records, cfg, self.imgsz, self.rank_batch * 2, train=False, rank=rank,
-                                        world_size=self.world, pin_memory=pin) if val_records else None)
+        self.pin = self.device.type == "cuda"
+        self.train_records = train_records
+        first_epoch = 0
+        if state:
+            pos = state["position"]
+            first_epoch = pos["epoch"] + 1 if pos["complete"] else pos["epoch"]
+        # the loader of the phase training (re)starts in; apply_phase rebuilds it when the phase changes
+        self.rank_batch = per_process_batch(self.phase_batch(phase_at(first_epoch, self.freeze_until)), self.world)
+        self.train_loader = build_loader(train_records, cfg, self.imgsz, self.rank_batch, train=True,
+                                         rank=self.rank_or_none, world_size=self.world, pin_memory=self.pin)
+        self.val_loader = (build_loader(val_records, cfg, self.imgsz, per_process_batch(self.batch, self.world) * 2,
+                                        train=False, rank=self.rank_or_none, world_size=self.world,
+                                        pin_memory=self.pin) if val_records else None)
         self.nb = len(self.train_loader)
-        self.accumulate = accumulation(self.batch, cfg.nbs)  # of the global batch: independent of the split
-        wd = scaled_weight_decay(cfg.weight_decay, self.batch, self.accumulate, cfg.nbs)
+        accumulate = accumulation(self.batch, cfg.nbs)
+        wd = scaled_weight_decay(cfg.weight_decay, self.batch, accumulate, cfg.nbs)
         total_iters = math.ceil(len(train_records) / max(self.batch, cfg.nbs)) * cfg.epochs
         # on resume, the optimizer optimizer=auto chose then (extending epochs could change its choice)
         name, lr0 = (state["optimizer_name"], state["base_lr"]) if state else (cfg.optimizer, cfg.lr0)
+        # built over every parameter before anything is frozen: frozen ones have no gradient and are
+        # skipped by the step, and unfreezing needs no new optimizer
         self.optimizer, self.optimizer_name, self.lr = build_optimizer(
             self.model, name, lr0, cfg.momentum, wd, total_iters, self.data["nc"])
         warmup = max(round(cfg.warmup_epochs * self.nb), cfg.warmup_min_iters) if cfg.warmup_epochs > 0 else 0
         self.schedule = Schedule(cfg.epochs, self.nb, cfg.lrf, cfg.cos_lr, warmup, cfg.warmup_bias_lr,
                                  cfg.warmup_momentum, cfg.momentum)
+        self.apply_phase(first_epoch)
         self.ema = ModelEMA(self.model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None
         self.validator = (Validator(self.val_loader, self.names, self.device, self.precision,
                                     conf=cfg.conf if cfg.conf is not None else 0.001, iou=cfg.iou,
                                     max_det=cfg.max_det, progress=cfg.verbose and dist.is_main())
                           if self.val_loader else None)
+        if self.validator is not None:
+            self.validator.oom_injector = self.oom_injector
         if dist.is_main():
             cfg.dump(self.save_dir / "args.yaml")
         if state:
             self.restore(state)
-        LOGGER.info(f"train: {len(train_records)} images, batch {self.batch}"
+        LOGGER.info(f"train: {len(train_records)} images, batch {self.phase_global_batch}"
                     + (f" ({self.rank_batch} per process x {self.world})" if self.world > 1 else "")
-                    + f", accumulate {self.accumulate} (nominal batch {cfg.nbs}), weight decay {wd:g}, "
+                    + f", accumulate {self.accumulate} (nominal batch {cfg.nbs}), weight decay {self.weight_decay:g}, "
                     f"{self.nb} iterations/epoch, warmup {warmup} iterations, device {self.device}")
 
     def setup_run(self) -> tuple[dict[str, Any] | None, Path | None]:
@@ -211,6 +230,7 @@ class Trainer(CheckpointMixin):
             try:
                 for epoch in range(self.start_epoch, self.cfg.epochs):
                     self.epoch = epoch
+                    self.apply_phase(epoch)  # freeze/unfreeze, its batch, lr and accumulation
                     self.callbacks.run("on_train_epoch_start", self)
                     t_epoch = time.perf_counter()
                     losses = self.train_one_epoch(epoch, self.start_iter if epoch == self.start_epoch else 0)
@@ -219,6 +239,8 @@ class Trainer(CheckpointMixin):
                     result = None
                     if self.validator is not None and (last or (epoch + 1) % self.cfg.val_period == 0):
                         result = self.metrics = self.validate()
+                    if result is not None:
+                        self.check_early_stop(epoch, float(result.map50_95))
                     self.end_epoch(epoch, losses, result, time.perf_counter() - t_epoch)
                     self.callbacks.run("on_fit_epoch_end", self)
                     self.agree_on_flags()
@@ -245,10 +267,11 @@ class Trainer(CheckpointMixin):
         from ..data import set_loader_epoch
 
         cfg = self.cfg
-        if cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic:
-            self.train_loader.dataset.mosaic_enabled = False
+        # a function of the epoch, so a run resumed in its last epochs has mosaic off too
+        self.train_loader.dataset.mosaic_enabled = not (cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic)
         set_loader_epoch(self.train_loader, epoch, skip_batches=start)
-        self.train_model.train()
+        self.set_train_mode()
+        self.window_batches = []
         self.epoch_skipped = 0
         mean = torch.zeros(3)
         seen = 0
@@ -259,14 +282,13 @@ class Trainer(CheckpointMixin):
         for i, batch in bar:
             self.callbacks.run("on_train_batch_start", self)
             self.schedule.apply(self.optimizer, epoch, i)
-            ni = epoch * self.nb + i
-            items = self.train_step(batch, ni)
+            items = self.run_step_with_recovery(batch, epoch, i)  # forward/backward, optimizer step at boundaries
             self.current_batch, self.loss_items, self.last_iteration = batch, items, i  # for on_train_batch_end
             n = i - start
             mean = (mean * n + items) / (n + 1)
             seen += batch["img"].shape[0] * self.world  # images of the global batch
             self.callbacks.run("on_train_batch_end", self)
-            boundary = self.is_step_boundary(ni)
+            boundary = self.is_step_boundary(i)
             if boundary:
                 self.agree_on_flags(i + 1)
                 if i + 1 < self.nb:
@@ -275,67 +297,126 @@ class Trainer(CheckpointMixin):
                 break
             bar.set_postfix_str(
                 " ".join(f"{n.split('_')[0]} {v:.3f}" for n, v in zip(LOSS_NAMES, mean.tolist()))
-                + f" inst {batch['cls'].shape[0]} size {batch['img'].shape[-1]}"
+                + f" inst {batch['cls'].shape[0]} size {self.input_size[-1]}"
                 + (f" skipped {self.epoch_skipped}" if self.epoch_skipped else "")
                 + f" {seen / (time.perf_counter() - t0):.1f} img/s")
         self.images_per_s = seen / max(time.perf_counter() - t0, 1e-9)
         return dict(zip(LOSS_NAMES, mean.tolist()))
 
-    def is_step_boundary(self, ni: int) -> bool:
-        """Whether the optimizer stepped after global iteration ``ni`` (no gradient is pending)."""
-        return (ni + 1) % self.accumulate == 0 or (ni + 1) == self.nb * self.cfg.epochs
+    def is_step_boundary(self, i: int) -> bool:
+        """Whether the optimizer steps after batch ``i`` of the epoch.
 
-    def train_step(self, batch: dict[str, Any], ni: int) -> torch.Tensor:
-        """Forward, loss, backward; an optimizer step every ``accumulate`` iterations.
+        Accumulation windows never span epochs: the last batch of an epoch always steps, so an epoch-end
+        checkpoint holds no pending gradient and phase changes start from a clean window.
+        """
+        return (i + 1) % self.accumulate == 0 or (i + 1) == self.nb
 
-        A non-finite loss is never back-propagated; ``max_nonfinite`` in a row stop training.
+    def train_step(self, batch: dict[str, Any], epoch: int, i: int) -> torch.Tensor:
+        """Forward, loss and backward of one batch, in ``micro_batches`` parts; the step is the caller's.
+
+        A non-finite loss is never back-propagated; ``max_nonfinite`` in a row stop training. Under DDP
+        the backward is local (``no_sync``) and gradients are reduced once per optimizer step, and the
+        ranks meet twice per micro-batch — after the target assignment (summing the loss normaliser and
+        any out-of-memory flag) and after the backward (out-of-memory flags) — at the same points
+        whatever happens, so an OOM on one rank can never leave another waiting in a collective.
 
         Returns:
             The detached loss items (box, cls, dfl) of this batch.
+
+        Raises:
+            torch.OutOfMemoryError (or RankOutOfMemory): for the caller's recovery.
         """
-        imgs = batch["img"].to(self.device, non_blocking=True).float().div_(255)
-        imgs = imgs.contiguous(memory_format=self.memory_format)
-        boundary = self.is_step_boundary(ni)
-        # between optimizer steps DDP need not all-reduce gradients: they accumulate locally and are
-        # reduced once, in the backward of the step's last batch
-        sync = nullcontext() if boundary or self.world == 1 else self.train_model.no_sync()
-        with sync:
-            with self.precision.autocast():
-                preds = self.train_model(imgs)
-            # The loss (and target assignment) runs in fp32 outside autocast.
-            loss, items = self.criterion(preds, to_device_batch(batch, self.device))
-            finite = bool(torch.isfinite(loss)) if self.world == 1 else dist.all_reduce_min(float(torch.isfinite(loss))) > 0
-            if finite:
-                self.nonfinite_streak = 0
-                self.precision.scaler.scale(loss * self.world).backward()
-                self.window_has_grad = True
-                self.grads_synced = boundary
-        if not finite:  # decided together: one rank skipping a backward the others run would hang DDP
+        n = batch["img"].shape[0]
+        parts = split_batch(batch, self.micro_batches) if self.micro_batches > 1 else [batch]
+        ni = epoch * self.nb + i
+        total = torch.zeros(3)
+        nonfinite = False
+        for part in parts:
+            m = part["img"].shape[0]
+            imgs = part["img"].to(self.device, non_blocking=True).float().div_(255)
+            imgs = self.scale_inputs(imgs, epoch, i).contiguous(memory_format=self.memory_format)
+            self.input_size = tuple(imgs.shape[-2:])  # for callbacks and the progress bar (multi-scale)
+            sync = self.train_model.no_sync() if self.world > 1 else nullcontext()
+            with sync:
+                targets, oom = None, None
+                try:
+                    self.inject_oom("forward", ni, m)
+                    with self.precision.autocast():
+                        preds = self.train_model(imgs)
+                    # The loss (and target assignment) runs in fp32 outside autocast.
+                    targets = self.criterion.assign(preds, to_device_batch(part, self.device))
+                except Exception as e:  # noqa: BLE001 - only OOM is handled here
+                    if not is_oom(e):
+                        raise
+                    oom = e
+                norm = self.loss_normaliser(targets, oom)
+                oom = None
+                try:
+                    self.inject_oom("backward", ni, m)
+                    loss, items = self.criterion.finish(targets, norm)
+                    if torch.isfinite(loss):
+                        # DDP averages gradients over ranks, the normaliser is already global: scale back up
+                        self.precision.scaler.scale(loss * self.world).backward()
+                        self.window_has_grad = True
+                    else:
+                        nonfinite = True
+                except Exception as e:  # noqa: BLE001
+                    if not is_oom(e):
+                        raise
+                    oom = e
+                self.agree_no_oom(oom)
+            total += items.detach().float().cpu() * (m / n)
+        if nonfinite:
             self.nonfinite_streak += 1
-            LOGGER.warning(f"non-finite loss {loss.item()} at iteration {ni}; batch skipped")
+            LOGGER.warning(f"non-finite loss at iteration {ni}; batch skipped")
             if self.nonfinite_streak >= self.cfg.max_nonfinite:
                 raise TrainingError(f"{self.nonfinite_streak} consecutive non-finite losses at iteration {ni}; "
                                     f"lower lr0 or check the data (see README: NaN losses)")
-        if boundary:
-            self.optimizer_step()
-        return items.detach().float().cpu()
+        else:
+            self.nonfinite_streak = 0
+        return total
+
+    def loss_normaliser(self, targets: dict[str, Any] | None, oom: BaseException | None) -> torch.Tensor:
+        """The loss normaliser: local in one process; under DDP the target-score sum over all ranks / ranks.
+
+        Every rank calls this once per micro-batch, also after an out-of-memory error (then it raises
+        after the collective, on every rank).
+        """
+        if self.world == 1:
+            if oom is not None:
+                raise oom
+            return targets["target_scores_sum"]
+        local = float(targets["target_scores_total"]) if targets is not None else 0.0
+        total, failed = dist.all_reduce_sum_list([local, float(oom is not None)])
+        if failed:
+            raise oom if oom is not None else RankOutOfMemory("out of memory on another rank")
+        return torch.tensor(max(total, 1.0) / self.world, device=self.device)
+
+    def agree_no_oom(self, oom: BaseException | None) -> None:
+        """After a backward: raise on every rank if any rank ran out of memory (one collective under DDP)."""
+        failed = dist.all_reduce_sum_list([float(oom is not None)])[0] if self.world > 1 else float(oom is not None)
+        if failed:
+            raise oom if oom is not None else RankOutOfMemory("out of memory on another rank")
 
     def optimizer_step(self) -> None:
-        """Unscale, clip, step (skipped on non-finite gradients), update the scaler and the EMA."""
-        if not self.window_has_grad:  # every loss in the window was non-finite: nothing to apply
+        """Reduce gradients over ranks, unscale, clip, step (skipped on non-finite gradients), EMA."""
+        has_grad = self.window_has_grad
+        if self.world > 1:  # a rank whose every loss was non-finite still takes part in the average
+            has_grad = dist.all_reduce_max(float(has_grad)) > 0
+            if has_grad:
+                dist.all_reduce_grads_([p for p in self.model.parameters() if p.requires_grad])
+        if not has_grad:  # every loss in the window was non-finite: nothing to apply
             self.count_skipped()
             self.optimizer.zero_grad(set_to_none=True)
+            self.window_has_grad = False
             return
         self.window_has_grad = False
-        if self.world > 1 and not self.grads_synced:  # the step's last batch was skipped: reduce by hand
-            for p in self.model.parameters():
-                if p.grad is not None:
-                    dist.all_reduce_mean_(p.grad)
         scaler = self.precision.scaler
         scaler.unscale_(self.optimizer)
         self.callbacks.run("on_before_optimizer_step", self)
         max_norm = self.cfg.clip_grad if self.cfg.clip_grad > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=max_norm)
+        norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
+                                              max_norm=max_norm)
         if scaler.is_enabled():
             scale = scaler.get_scale()
             scaler.step(self.optimizer)  # skips the step itself when gradients hold inf/NaN
@@ -393,7 +474,7 @@ class Trainer(CheckpointMixin):
         if improved:
             self.best_fitness, self.best, self.best_metrics = fitness, m, m.to_dict()
         if m is not None:
-            LOGGER.info(f"epoch {epoch + 1}: P {m.precision:.3f} R {m.recall:.3f} mAP50 {m.map50:.3f} "
+            LOGGER.info(f"epoch {epoch + 1}{' (' + self.phase + ')' if self.freeze_prefixes else ''}: P {m.precision:.3f} R {m.recall:.3f} mAP50 {m.map50:.3f} "
                         f"mAP50-95 {m.map50_95:.3f} ({seconds:.1f}s, val {self.validator.seconds:.1f}s, "
                         f"mem {memory_mb(self.device):.0f} MB)")
         rngs = dist.all_gather_object(rng_state())  # a collective: before rank 0 goes its own way

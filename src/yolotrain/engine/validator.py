@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -10,9 +11,14 @@ from tqdm import tqdm
 
 from ..data.records import xywhn_to_xyxy
 from ..eval import DetectionEvaluator, EvalResult
+from ..errors import TrainingError
 from ..ops import Postprocessor, scale_boxes
 from . import distributed as dist
+from .oom import free_memory, is_oom
 from .precision import Precision
+
+
+LOGGER = logging.getLogger("yolotrain")
 
 
 class Validator:
@@ -41,6 +47,9 @@ class Validator:
         self.post = Postprocessor(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic)
         self.progress = progress
         self.seconds = 0.0
+        self.chunk = 0  # images per forward after an out-of-memory error (0: the whole batch)
+        self.calls = 0
+        self.oom_injector = None  # set by the trainer from YOLOTRAIN_INJECT_OOM
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> EvalResult:
@@ -53,8 +62,7 @@ class Validator:
         for batch in bar:
             imgs = batch["img"].to(self.device, non_blocking=True).float().div_(255)
             imgs = imgs.to(dtype).contiguous(memory_format=torch.channels_last)
-            with self.precision.autocast():
-                preds = model(imgs)
+            preds = self._forward(model, imgs)
             dets = self.post([p.float() for p in preds], model.stride, model.reg_max)
             for j, det in enumerate(dets):
                 rec = self.records[int(batch["index"][j])]
@@ -73,6 +81,34 @@ class Validator:
         model.train(was_training)
         self.seconds = time.perf_counter() - t0
         return result
+
+    def _forward(self, model: nn.Module, imgs: torch.Tensor) -> list[torch.Tensor]:
+        """The model's outputs; on out-of-memory, the batch in halves (recursively, down to one image).
+
+        The split is kept for the rest of the run (``self.chunk``), so one OOM does not repeat every batch.
+        Validation has no collectives inside the forward, so ranks need not agree on it.
+        """
+        chunk = self.chunk or imgs.shape[0]
+        while True:
+            try:
+                outs = []
+                for part in imgs.split(chunk):
+                    if self.oom_injector is not None and ("val", self.calls) in self.oom_injector.limits:
+                        self.oom_injector.check(self.calls, "val", part.shape[0])  # val@N:... entries only
+                    with self.precision.autocast():
+                        outs.append(model(part))
+                self.calls += 1
+                return [torch.cat(level) for level in zip(*outs)] if len(outs) > 1 else outs[0]
+            except Exception as e:  # noqa: BLE001 - only out-of-memory is handled
+                if not is_oom(e):
+                    raise
+                if chunk == 1:
+                    raise TrainingError("out of memory in validation even with one image per batch; lower imgsz "
+                                        "or validate on a larger device") from None
+                chunk = max(chunk // 2, 1)
+                self.chunk = chunk
+                free_memory(imgs.device)
+                LOGGER.warning(f"out of memory in validation: continuing with {chunk} images per forward")
 
     def _compute(self, evaluator: DetectionEvaluator) -> EvalResult:
         """Score the images seen here, or, under DDP, those of every rank (each evaluated a shard).

@@ -47,11 +47,6 @@ class DetectionLoss:
         self.strides = tuple(float(s) for s in strides)
         self.gains = (box, cls, dfl)
         self.assigner = TaskAlignedAssigner(topk=tal_topk, num_classes=nc, alpha=0.5, beta=6.0)
-        # Under DDP: a function summing the target-score sum over ranks (in place) and the number of ranks.
-        # Every rank then divides by max(global sum, 1) / ranks, so how the batch is split does not change
-        # the gradient (the trainer multiplies the loss by the number of ranks; DDP averages gradients).
-        self.normalizer = None
-        self.ranks = 1
 
     @classmethod
     def from_model(cls, model: nn.Module, hyp: Any = None, tal_topk: int = 10) -> DetectionLoss:
@@ -97,15 +92,28 @@ class DetectionLoss:
             ``loss`` (scalar, multiplied by batch size, for ``backward``) and ``loss_items`` (3,)
             detached gain-weighted [box, cls, dfl] per image, for logging.
         """
-        device_type = preds[0].device.type
+        targets = self.assign(preds, batch)
+        return self.finish(targets, targets["target_scores_sum"])
+
+    def assign(self, preds: Sequence[torch.Tensor], batch: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """First half of the loss: decode the predictions and assign targets (no collective, no loss yet).
+
+        Returns:
+            What :meth:`finish` needs, including ``target_scores_sum`` (the local normaliser). Under DDP the
+            trainer sums that over ranks and passes ``global sum / ranks`` to :meth:`finish`, so every rank
+            divides by the same number and the split of the batch does not change the gradient.
+        """
         # Assignment compares tiny metrics (IoU^6) and sums many BCE terms; bf16/fp16 would corrupt
         # both, so the whole loss runs in float32 even when called inside an autocast region.
-        with torch.autocast(device_type=device_type, enabled=False):
-            return self._loss([p.float() for p in preds], batch)
+        with torch.autocast(device_type=preds[0].device.type, enabled=False):
+            return self._assign([p.float() for p in preds], batch)
 
-    def _loss(
-        self, preds: list[torch.Tensor], batch: Mapping[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def finish(self, t: dict[str, Any], target_scores_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Second half: the three losses from :meth:`assign`'s targets, divided by ``target_scores_sum``."""
+        with torch.autocast(device_type=t["pred_dist"].device.type, enabled=False):
+            return self._finish(t, target_scores_sum)
+
+    def _assign(self, preds: list[torch.Tensor], batch: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         b = preds[0].shape[0]
         device = preds[0].device
         flat = torch.cat([p.flatten(2) for p in preds], dim=2).transpose(1, 2)  # (B, A, no)
@@ -125,11 +133,16 @@ class DetectionLoss:
             gt_bboxes,
             mask_gt,
         )
-        target_scores_sum = target_scores.sum()
-        if self.normalizer is not None:
-            target_scores_sum = self.normalizer(target_scores_sum)
-        target_scores_sum = target_scores_sum.clamp(min=1) / self.ranks
+        return {"b": b, "pred_dist": pred_dist, "pred_logits": pred_logits, "pred_bboxes": pred_bboxes,
+                "anchor_points": anchor_points, "stride_tensor": stride_tensor, "target_bboxes": target_bboxes,
+                "target_scores": target_scores, "fg_mask": fg_mask,
+                "target_scores_total": target_scores.sum().detach(),  # unclamped: summed over ranks under DDP
+                "target_scores_sum": target_scores.sum().clamp(min=1).detach()}
 
+    def _finish(self, t: dict[str, Any], target_scores_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, pred_dist, pred_logits, pred_bboxes = t["b"], t["pred_dist"], t["pred_logits"], t["pred_bboxes"]
+        anchor_points, stride_tensor, target_bboxes = t["anchor_points"], t["stride_tensor"], t["target_bboxes"]
+        target_scores, fg_mask = t["target_scores"], t["fg_mask"]
         loss_cls = F.binary_cross_entropy_with_logits(pred_logits, target_scores, reduction="sum") / target_scores_sum
 
         if fg_mask.any():

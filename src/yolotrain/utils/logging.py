@@ -34,7 +34,9 @@ def setup_logging(verbose: bool = True) -> logging.Logger:
     LOGGER.setLevel(level)
     if not any(getattr(h, "_yolotrain", False) for h in LOGGER.handlers):
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        # under torchrun the other ranks' warnings carry their rank (rank 0 writes the plain log)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        handler.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s" if world > 1 and rank else "%(message)s"))
         handler._yolotrain = True  # type: ignore[attr-defined]
         LOGGER.addHandler(handler)
         LOGGER.propagate = False

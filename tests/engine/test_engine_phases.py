@@ -1,0 +1,177 @@
+"""Training phases through the trainer: freeze/unfreeze, multi-scale, AutoBatch, OOM recovery, early stop."""
+
+
+import pytest
+import torch
+
+from yolotrain.config import resolve
+from yolotrain.engine.checkpoint import load_checkpoint
+from yolotrain.engine.trainer import Trainer
+from yolotrain.errors import TrainingError
+from yolotrain.eval import EvalResult
+
+
+def cfg_for(data, tmp_path, **kw):
+    base = dict(data=str(data), model="n", epochs=2, imgsz=64, batch=8, workers=0, project=str(tmp_path),
+                name="exp", verbose=False, val=False, plots=False, amp="off")
+    base.update(kw)
+    return resolve(base)
+
+
+def record(trainer, event, fn):
+    trainer.callbacks.add(event, fn)
+
+
+def test_freeze_phase_switch(tiny_data, tmp_path):
+    t = Trainer(cfg_for(tiny_data, tmp_path, freeze="backbone", freeze_epochs=1, freeze_batch=4, batch=8, nbs=16,
+                        optimizer="SGD", lr0=0.01, scale_lr=False))
+    seen = []
+
+    def on_batch(tr):
+        bb_bn = [m for n, m in tr.model.named_modules() if n.startswith("backbone") and isinstance(m, torch.nn.BatchNorm2d)]
+        nk_bn = [m for n, m in tr.model.named_modules() if n.startswith("neck") and isinstance(m, torch.nn.BatchNorm2d)]
+        seen.append(dict(epoch=tr.epoch, batch=tr.current_batch["img"].shape[0] if hasattr(tr, "current_batch") else None,
+                         bb_grad=any(p.requires_grad for p in tr.model.backbone.parameters()),
+                         bb_bn_train=any(m.training for m in bb_bn), neck_bn_train=all(m.training for m in nk_bn),
+                         accumulate=tr.accumulate, nb=tr.nb))
+
+    snap = {}
+    record(t, "on_train_start", lambda tr: snap.update(start={k: v.clone() for k, v in tr.model.backbone.state_dict().items()}))
+    record(t, "on_train_batch_start", on_batch)
+    record(t, "on_train_epoch_end", lambda tr: snap.setdefault(tr.epoch, {k: v.clone() for k, v in tr.model.backbone.state_dict().items()}))
+    t.fit()
+    e0 = [s for s in seen if s["epoch"] == 0]
+    e1 = [s for s in seen if s["epoch"] == 1]
+    assert len(e0) == 6 and len(e1) == 3  # 24 images: batch 4 while frozen, 8 after
+    assert not any(s["bb_grad"] or s["bb_bn_train"] for s in e0) and all(s["neck_bn_train"] for s in e0)
+    assert all(s["bb_grad"] and s["bb_bn_train"] for s in e1)
+    assert {s["accumulate"] for s in e0} == {4} and {s["accumulate"] for s in e1} == {2}  # re-derived to nbs=16
+    # frozen epoch: backbone weights and BN running statistics unchanged; afterwards they train
+    assert all(torch.equal(snap["start"][k], snap[0][k]) for k in snap["start"] if "num_batches" not in k)
+    assert any(not torch.equal(snap[0][k], snap[1][k]) for k in snap[0])
+
+
+def test_scale_lr_fits_lr_to_phase_batch(tiny_data, tmp_path):
+    t = Trainer(cfg_for(tiny_data, tmp_path, freeze="backbone", freeze_epochs=1, freeze_batch=4, batch=8, nbs=64,
+                        optimizer="SGD", lr0=0.01, scale_lr=True, epochs=2))
+    lrs = {}
+    record(t, "on_train_epoch_start", lambda tr: lrs.setdefault(tr.epoch, (tr.phase_lr, tr.accumulate)))
+    t.fit()
+    assert lrs[0] == (pytest.approx(max(4 / 64 * 0.01, 5e-4)), 1)
+    assert lrs[1] == (pytest.approx(8 / 64 * 0.01), 1)
+
+
+def test_resume_in_unfrozen_phase_is_exact(tiny_data, tmp_path):
+    kw = dict(freeze="backbone", freeze_epochs=1, freeze_batch=4, batch=8, nbs=8, epochs=2, optimizer="SGD")
+    Trainer(cfg_for(tiny_data, tmp_path, name="full", **kw)).fit()
+    t = Trainer(cfg_for(tiny_data, tmp_path, name="cut", **kw))
+    record(t, "on_fit_epoch_end", lambda tr: setattr(tr, "stop", True))  # stop after the frozen epoch
+    t.fit()
+    r = Trainer(cfg_for(tiny_data, tmp_path, resume=str(tmp_path / "cut" / "weights" / "last.pt"), epochs=2))
+    phases = []
+    record(r, "on_train_epoch_start", lambda tr: phases.append((tr.phase, tr.rank_batch)))
+    r.fit()
+    assert phases == [("unfrozen", 8)]
+    a = load_checkpoint(tmp_path / "full" / "weights" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "weights" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("kw, allowed", [
+    (dict(multi_scale=0.5), {32, 64, 96}),
+    (dict(min_size=[32, 64], max_size=64), {32, 64}),
+])
+def test_multi_scale_sizes(tiny_data, tmp_path, kw, allowed):
+    t = Trainer(cfg_for(tiny_data, tmp_path, epochs=2, **kw))
+    sizes = []
+    record(t, "on_train_batch_end", lambda tr: sizes.append(tr.input_size))
+    t.fit()
+    assert len(sizes) == 6
+    assert all(h == w and h in allowed and h % 32 == 0 for h, w in sizes)
+    assert len(set(sizes)) > 1  # it does vary
+
+
+def test_autobatch_picks_and_records_a_batch(tiny_data, tmp_path, monkeypatch):
+    import yolotrain.engine.phases as phases
+
+    calls = []
+
+    def fake_autobatch(step_fn, device, fraction, batch_sizes, multiple_of):
+        step_fn(2)  # the real probe runs (forward + loss + backward on synthetic data)
+        calls.append(fraction)
+        return 4
+
+    monkeypatch.setattr(phases, "autobatch", fake_autobatch)
+    t = Trainer(cfg_for(tiny_data, tmp_path, batch=0.7, epochs=1))
+    t.fit()
+    assert calls == [0.7] and t.batch == 4 and t.cfg.batch == 4
+    assert "batch: 4" in (t.save_dir / "args.yaml").read_text()
+    assert load_checkpoint(t.wdir / "last.pt")["config"]["batch"] == 4
+
+
+def test_autobatch_real_probe_on_cpu(tiny_data, tmp_path):
+    t = Trainer(cfg_for(tiny_data, tmp_path, batch=-1, epochs=1))
+    t.fit()
+    assert isinstance(t.batch, int) and 1 <= t.batch <= 1024
+
+
+def test_oom_is_recovered_with_micro_batches(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLOTRAIN_INJECT_OOM", "1:4,4:2")  # step 1: > 4 images fail; step 4: > 2 fail
+    t = Trainer(cfg_for(tiny_data, tmp_path, batch=8, nbs=16, epochs=2))  # accumulate 2: step 1 replays batch 0
+    t.fit()
+    assert t.oom_events == 2 and t.micro_batches == 4
+    assert [f[0] for f in t.oom_injector.fired][:1] == [1]
+    assert load_checkpoint(t.wdir / "last.pt")["phase"]["micro_batches"] == 4
+    for v in t.model.state_dict().values():
+        assert torch.isfinite(v.float()).all()
+
+
+def test_oom_below_one_image_is_a_clear_error(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLOTRAIN_INJECT_OOM", "0:0")
+    with pytest.raises(TrainingError, match="one image per micro-batch"):
+        Trainer(cfg_for(tiny_data, tmp_path, batch=8, epochs=1)).fit()
+
+
+def test_oom_in_validation_halves_the_batch(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLOTRAIN_INJECT_OOM", "val@0:3")
+    t = Trainer(cfg_for(tiny_data, tmp_path, batch=8, epochs=1, val=True))
+    t.fit()
+    assert t.validator.chunk == 2 and t.metrics.images == 8
+
+
+def scripted_validation(trainer, values):
+    it = iter(values)
+
+    def validate():
+        return EvalResult(map50_95=next(it), map50=0.5)
+
+    trainer.validate = validate
+
+
+def test_early_stopping_and_its_state_across_resume(tiny_data, tmp_path):
+    t = Trainer(cfg_for(tiny_data, tmp_path, epochs=6, patience=2, val=True))
+    record(t, "on_pretrain_routine_end", lambda tr: scripted_validation(tr, [0.5, 0.4, 0.3, 0.2, 0.1, 0.0]))
+    t.fit()
+    assert t.stopped_early and t.epoch == 2  # best at epoch 1, two epochs without improvement
+    # a run that ended before patience ran out keeps its early-stop state in the checkpoint
+    t2 = Trainer(cfg_for(tiny_data, tmp_path, name="b", epochs=2, patience=2, val=True))
+    record(t2, "on_pretrain_routine_end", lambda tr: scripted_validation(tr, [0.5, 0.4]))
+    t2.fit()
+    state = load_checkpoint(t2.wdir / "last.pt")["early_stop"]
+    assert state["best_epoch"] == 0
+    r = Trainer(cfg_for(tiny_data, tmp_path, resume=str(t2.wdir / "last.pt"), epochs=6, patience=2))
+    record(r, "on_pretrain_routine_end", lambda tr: scripted_validation(tr, [0.3, 0.9]))
+    r.fit()
+    assert r.stopped_early and r.epoch == 2  # not reset by the resume: stops after one more epoch
+
+
+def test_close_mosaic_applies_after_resume(tiny_data, tmp_path):
+    t = Trainer(cfg_for(tiny_data, tmp_path, epochs=3, close_mosaic=1))
+    record(t, "on_fit_epoch_end", lambda tr: setattr(tr, "stop", tr.epoch == 1))
+    t.fit()
+    r = Trainer(cfg_for(tiny_data, tmp_path, resume=str(t.wdir / "last.pt"), epochs=3))
+    mosaic = []
+    record(r, "on_train_epoch_start", lambda tr: None)
+    record(r, "on_train_batch_start", lambda tr: mosaic.append(tr.train_loader.dataset.mosaic_enabled))
+    r.fit()
+    assert mosaic and not any(mosaic)
