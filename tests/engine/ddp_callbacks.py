@@ -37,3 +37,9 @@ def record_size(trainer):
     out = Path(os.environ["YT_TEST_OUT"]) / f"sizes_rank{os.environ.get('RANK', '0')}.txt"
     with out.open("a") as f:
         f.write(f"{trainer.epoch} {trainer.last_iteration} {trainer.input_size}\n")
+
+
+def mark_started(trainer):
+    """Write a file once the first batch is done (the SIGTERM test waits for it)."""
+    if os.environ.get("RANK") == "0":
+        (Path(os.environ["YT_TEST_OUT"]) / "started").write_text("1")

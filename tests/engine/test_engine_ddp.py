@@ -192,3 +192,30 @@ def test_oom_on_one_rank_switches_all_and_sizes_agree(ddp_data, tmp_path):
     s0 = (out / "sizes_rank0.txt").read_text().splitlines()
     s1 = (out / "sizes_rank1.txt").read_text().splitlines()
     assert s0 == s1 and len(s0) == 4 and len({line.split(" ", 2)[2] for line in s0}) >= 1
+
+
+def test_sigterm_to_launcher_saves_and_exits_75(ddp_data, tmp_path):
+    """SIGTERM to `yolotrain train nproc=2`: the workers save last.pt mid-epoch, the command exits 75, resume works."""
+    import signal
+
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "YT_TEST_OUT": str(out), "PYTHONWARNINGS": "ignore"}
+    args = [f"data={ddp_data}", "epochs=3", "imgsz=64", "batch=4", "nbs=4", "workers=0", "amp=off", "verbose=false",
+            "nproc=2", f"project={tmp_path}", "name=st", "val=false",
+            f"callbacks=on_train_batch_end={CALLBACKS}:mark_started"]
+    proc = subprocess.Popen([sys.executable, "-m", "yolotrain", "train", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "started").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-3000:]
+    assert "preempted:" in err
+    state = load_checkpoint(tmp_path / "st" / "weights" / "last.pt")
+    assert state["position"]["epoch"] < 2
+    r = run_cli([f"resume={tmp_path / 'st' / 'weights' / 'last.pt'}", "nproc=2"], out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "st" / "weights" / "last.pt")["position"] == {
+        "epoch": 2, "iteration": 4, "complete": True, "iters_per_epoch": 4}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import yaml
 
 from ..config import Config
-from ..errors import TrainingError
+from ..errors import Preempted, TrainingError
 from . import distributed as dist
 
 LOGGER = logging.getLogger("yolotrain")
@@ -38,6 +39,20 @@ def processes_wanted(cfg: Config) -> int:
     if "," in device:
         return len([d for d in device.split(",") if d.strip()])
     return 1
+
+
+def _install_forwarding(proc: subprocess.Popen, received: list[int]) -> dict:
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def forward(signum, _frame):
+        received.append(signum)
+        if signum == signal.SIGTERM:
+            proc.send_signal(signum)
+
+    return {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
 def torchrun_command(n: int, cfg_file: Path, max_restarts: int = 0) -> list[str]:
@@ -64,6 +79,9 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     from .callbacks import callback_reference
     from .resume import checkpoint_path
 
+    from ..utils.torch_utils import select_device
+
+    select_device(cfg.device)  # e.g. device=0,1 without CUDA: refused here, not once per worker
     if isinstance(cfg.batch, int) and cfg.batch > 0:
         per_process_batch(cfg.batch, n)  # refuse a bad split before starting anything
     refs = [callback_reference(event, fn) for event, fn in extra_callbacks]
@@ -86,10 +104,23 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     env = dict(os.environ)
     # what this process can import (the user's callback modules included), the workers can too
     env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd(), *sys.path] if p and os.path.isdir(p))
+    received: list[int] = []
     try:
-        rc = subprocess.call(cmd, env=env)
+        proc = subprocess.Popen(cmd, env=env)
+        # SIGTERM (a scheduler's preemption) goes to torchrun, which passes it to the workers: they save at
+        # the next optimizer step and exit 75. SIGINT from a terminal reaches the whole process group by
+        # itself, so it is only recorded here, not sent twice.
+        old = _install_forwarding(proc, received)
+        try:
+            rc = proc.wait()
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
     finally:
         cfg_file.unlink(missing_ok=True)
+    if received:
+        raise Preempted(f"stopped by {signal.Signals(received[0]).name}; continue with "
+                        f"resume={save_dir / 'weights' / 'last.pt'}")
     if rc != 0:
         raise TrainingError(f"distributed training with {n} processes failed (torchrun exit code {rc}); the "
                             f"failing rank's error is printed above; outputs so far are in {save_dir}")

@@ -61,7 +61,7 @@ class CheckpointMixin:
         LOGGER.info(f"resume: at epoch {self.start_epoch + 1}, iteration {self.start_iter} of {self.nb}")
 
     def _on_signal(self, signum, _frame) -> None:
-        if self.signal_received and signum == signal.SIGINT:
+        if self.signal_received == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C stops at once
         self.signal_received = signum
         LOGGER.warning(f"{signal.Signals(signum).name} received: saving at the next optimizer step, then exiting")

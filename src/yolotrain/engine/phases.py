@@ -171,8 +171,9 @@ class PhaseMixin:
 
         The accumulation window's batches are kept (CPU tensors) until the optimizer steps, so a retry
         recomputes the whole window's gradient with the smaller micro-batches: the effective batch, the
-        gradient and the lr are those of the original batch. Under DDP the ranks agree after every
-        forward/backward whether any of them ran out of memory, and all switch together.
+        gradient and the lr are those of the original batch. Under DDP ``train_step`` raises on every rank
+        when any rank ran out of memory (the ranks compare flags after each forward and backward), so all
+        switch together.
         """
         self.window_batches.append(batch)
         while True:
@@ -182,10 +183,8 @@ class PhaseMixin:
             except Exception as e:  # noqa: BLE001 - only OOM is handled; everything else re-raised below
                 if not is_oom(e):
                     raise
-                oom = True
+                oom = True  # train_step raises on every rank when any rank ran out of memory
                 err = e
-            if self.world > 1:
-                oom = dist.all_reduce_max(float(oom)) > 0 or oom
             if not oom:
                 break
             self.recover_from_oom(err if "err" in locals() else None, epoch, i)
@@ -227,9 +226,7 @@ class PhaseMixin:
             except Exception as e:  # noqa: BLE001
                 if not is_oom(e):
                     raise
-                oom = True
-            if self.world > 1:
-                oom = dist.all_reduce_max(float(oom)) > 0 or oom
+                oom = True  # raised on every rank together (see Trainer.train_step)
             if oom:
                 return None
         return items

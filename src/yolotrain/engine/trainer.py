@@ -473,10 +473,13 @@ class Trainer(CheckpointMixin, PhaseMixin):
         improved = m is not None and fitness > self.best_fitness
         if improved:
             self.best_fitness, self.best, self.best_metrics = fitness, m, m.to_dict()
+        phase = f" ({self.phase}, batch {self.phase_global_batch})" if self.freeze_prefixes else ""
+        line = (f"epoch {epoch + 1}{phase}: {self.images_per_s:.1f} images/s, "
+                f"{1000 / max(self.images_per_s, 1e-9):.1f} ms/image, mem {memory_mb(self.device):.0f} MB")
         if m is not None:
-            LOGGER.info(f"epoch {epoch + 1}{' (' + self.phase + ')' if self.freeze_prefixes else ''}: P {m.precision:.3f} R {m.recall:.3f} mAP50 {m.map50:.3f} "
-                        f"mAP50-95 {m.map50_95:.3f} ({seconds:.1f}s, val {self.validator.seconds:.1f}s, "
-                        f"mem {memory_mb(self.device):.0f} MB)")
+            line += (f"; P {m.precision:.3f} R {m.recall:.3f} mAP50 {m.map50:.3f} mAP50-95 {m.map50_95:.3f} "
+                     f"({seconds:.1f}s, val {self.validator.seconds:.1f}s)")
+        LOGGER.info(line)
         rngs = dist.all_gather_object(rng_state())  # a collective: before rank 0 goes its own way
         if not dist.is_main():
             return
