@@ -11,6 +11,7 @@ are no-ops in a single process, and :func:`cleanup` destroys the group at the en
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -137,6 +138,20 @@ def unwrap(model: nn.Module) -> nn.Module:
                                                           nn.DataParallel)):
         model = model.module
     return getattr(model, "_orig_mod", model)
+
+
+@contextlib.contextmanager
+def main_rank_warnings(logger: logging.Logger):
+    """Inside, only rank 0 logs warnings: for problems every rank finds alike (the data scan)."""
+    if is_main():
+        yield
+        return
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def barrier() -> None:

@@ -175,22 +175,16 @@ class PhaseMixin:
         when any rank ran out of memory (the ranks compare flags after each forward and backward), so all
         switch together.
         """
-        self.window_batches.append(batch)
-        while True:
-            try:
-                oom = False
-                items = self.train_step(batch, epoch, i)
-            except Exception as e:  # noqa: BLE001 - only OOM is handled; everything else re-raised below
-                if not is_oom(e):
-                    raise
-                oom = True  # train_step raises on every rank when any rank ran out of memory
-                err = e
-            if not oom:
-                break
-            self.recover_from_oom(err if "err" in locals() else None, epoch, i)
-            items = self.replay_window(epoch, i)
-            if items is not None:
-                break
+        self.window_batches.append((batch, i))
+        try:
+            items = self.train_step(batch, epoch, i)
+        except Exception as e:  # noqa: BLE001 - only OOM is handled; everything else re-raised
+            if not is_oom(e):  # train_step raises on every rank when any rank ran out of memory
+                raise
+            err: BaseException | None = e
+            while err is not None:
+                self.recover_from_oom(err, epoch, i)
+                items, err = self.replay_window(epoch)
         if self.is_step_boundary(i):
             self.optimizer_step()
             self.window_batches = []
@@ -213,23 +207,21 @@ class PhaseMixin:
                        + f": retrying with {self.micro_batches} micro-batches of <= {per_micro} images "
                        f"(same effective batch {self.phase_global_batch} and lr)")
 
-    def replay_window(self, epoch: int, i: int) -> torch.Tensor | None:
-        """Recompute the gradient of the window's batches with the current micro-batch count.
+    def replay_window(self, epoch: int) -> tuple[torch.Tensor | None, BaseException | None]:
+        """Recompute the gradient of the window's batches (each at its own iteration) with the current split.
 
-        Returns the last batch's loss items, or None when another OOM happened (the caller retries).
+        Returns:
+            The last batch's loss items and None, or None and the error when memory ran out again.
         """
         items = None
-        for batch in self.window_batches:
+        for batch, j in self.window_batches:
             try:
-                oom = False
-                items = self.train_step(batch, epoch, i)
-            except Exception as e:  # noqa: BLE001
+                items = self.train_step(batch, epoch, j)
+            except Exception as e:  # noqa: BLE001 - raised on every rank together (see Trainer.train_step)
                 if not is_oom(e):
                     raise
-                oom = True  # raised on every rank together (see Trainer.train_step)
-            if oom:
-                return None
-        return items
+                return None, e
+        return items, None
 
     def inject_oom(self, where: str, step: int, micro: int) -> None:
         if self.oom_injector is not None:

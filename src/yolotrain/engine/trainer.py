@@ -104,8 +104,9 @@ class Trainer(CheckpointMixin, PhaseMixin):
         self.data = resolve_data(cfg)
         self.names = self.data["names"]
         self.imgsz = check_imgsz(cfg.imgsz)
-        train_records = build_records(self.data, "train")
-        val_records = build_records(self.data, "val") if cfg.val else None
+        with dist.main_rank_warnings(LOGGER):  # every rank scans the same files; rank 0 reports them
+            train_records = build_records(self.data, "train")
+            val_records = build_records(self.data, "val") if cfg.val else None
 
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model = build_model(**state["model_cfg"]) if state else build_train_model(cfg, self.data["nc"])
