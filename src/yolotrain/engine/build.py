@@ -109,12 +109,17 @@ def build_train_model(cfg: Config, nc: int) -> nn.Module:
     return model
 
 
-def run_dir(cfg: Config) -> Path:
-    """The run folder ``{project}/{name}``, auto-incremented unless ``exist_ok``."""
+def run_dir(cfg: Config, create: bool = True) -> Path:
+    """The run folder ``{project}/{name}``, auto-incremented unless ``exist_ok``.
+
+    With ``create=False`` only the name is chosen; the trainer creates the folder once its set-up
+    succeeded, so a run refused for bad settings or data leaves no empty folder behind.
+    """
     from ..utils.files import increment_path
 
     path = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok)
-    (path / "weights").mkdir(parents=True, exist_ok=True)
+    if create:
+        (path / "weights").mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -91,7 +91,7 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     if cfg.resume and str(cfg.resume).lower() != "auto":
         save_dir = checkpoint_path(cfg).parent.parent
     else:
-        save_dir = run_dir(cfg)
+        save_dir = run_dir(cfg, create=False)  # the workers create it (exist_ok) once their set-up succeeded
         values.update(project=str(save_dir.parent), name=save_dir.name, exist_ok=True)
     if cfg.device and "," in str(cfg.device):
         # each worker takes the GPU of its local rank from the list (see select_device)
