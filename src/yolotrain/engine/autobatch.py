@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, TrainingError
+from . import distributed as dist
 from .oom import free_memory, is_oom
 
 LOGGER = logging.getLogger("yolotrain")
@@ -157,17 +158,6 @@ def default_total(device: torch.device) -> float:
 
 
 # ----------------------------------------------------------------------------------------- choice
-def _all_reduce_min(value: int) -> int:
-    """Minimum of ``value`` over ranks (``value`` itself in one process)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return value
-    backend = torch.distributed.get_backend()
-    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    t = torch.tensor([value], dtype=torch.int64, device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
-    return int(t.item())
-
-
 def _choose(probes: list[tuple[int, float]], budget: float, ceiling: int) -> tuple[int, str]:
     """Pick a batch from the (batch, MiB) probes; returns it with a one-line note on how it was chosen."""
     fitting = [b for b, mb in probes if mb <= budget]
@@ -271,7 +261,7 @@ def autobatch(step_fn: Callable[[int], object], device: torch.device | str, frac
     else:
         batch, note = 0, failure
     # Every rank joins the reduction before anyone raises, so a failing rank cannot leave others waiting.
-    chosen = _all_reduce_min(batch)
+    chosen = int(dist.all_reduce_min(batch))
     if chosen < 1:
         raise TrainingError(f"AutoBatch: even batch {sizes[0]} ran out of memory on {device} (on at least one "
                             f"rank); use a smaller imgsz or model, or set batch= explicitly")

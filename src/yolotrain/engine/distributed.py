@@ -46,11 +46,6 @@ def is_initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def launched_by_torchrun() -> bool:
-    """Whether this process is a torchrun worker of a multi-process job."""
-    return world_size() > 1 and "MASTER_ADDR" in os.environ
-
-
 def restart_count() -> int:
     """How many times torchrun's elastic agent restarted the workers (0 on the first start)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
@@ -177,40 +172,25 @@ def all_gather_object(obj) -> list:
     return out
 
 
-def _reduce_scalar(value: float, op) -> float:
+def all_reduce_list(values: list[float], op: str = "sum") -> list[float]:
+    """Element-wise ``sum``, ``max`` or ``min`` of ``values`` over all ranks, in one collective."""
     if not is_initialized():
-        return value
-    t = torch.tensor([float(value)], dtype=torch.float64, device=_collective_device())
-    torch.distributed.all_reduce(t, op=op)
-    return float(t.item())
+        return [float(v) for v in values]
+    ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX,
+           "min": torch.distributed.ReduceOp.MIN}
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
+    torch.distributed.all_reduce(t, op=ops[op])
+    return t.tolist()
 
 
 def all_reduce_max(value: float) -> float:
     """The largest ``value`` over all ranks."""
-    return _reduce_scalar(value, torch.distributed.ReduceOp.MAX) if is_initialized() else value
+    return all_reduce_list([value], "max")[0]
 
 
 def all_reduce_min(value: float) -> float:
     """The smallest ``value`` over all ranks."""
-    return _reduce_scalar(value, torch.distributed.ReduceOp.MIN) if is_initialized() else value
-
-
-def all_reduce_max_list(values: list[float]) -> list[float]:
-    """Element-wise maximum of ``values`` over all ranks, in one collective."""
-    if not is_initialized():
-        return list(values)
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return t.tolist()
-
-
-def all_reduce_sum_list(values: list[float]) -> list[float]:
-    """Element-wise sum of ``values`` over all ranks, in one collective."""
-    if not is_initialized():
-        return list(values)
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
-    torch.distributed.all_reduce(t)
-    return t.tolist()
+    return all_reduce_list([value], "min")[0]
 
 
 def all_reduce_grads_(params: list[torch.nn.Parameter], bucket_mb: float = 25.0) -> None:
@@ -248,21 +228,6 @@ def _reduce_bucket(grads: list[torch.Tensor], w: int) -> None:
         n = g.numel()
         g.copy_(flat[offset:offset + n].view_as(g))
         offset += n
-
-
-def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` in place over all ranks (unchanged in one process)."""
-    if is_initialized():
-        torch.distributed.all_reduce(tensor)
-    return tensor
-
-
-def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
-    """Average ``tensor`` in place over all ranks (unchanged in one process)."""
-    if is_initialized():
-        torch.distributed.all_reduce(tensor)
-        tensor /= torch.distributed.get_world_size()
-    return tensor
 
 
 def _collective_device() -> torch.device:

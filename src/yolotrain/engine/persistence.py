@@ -77,7 +77,7 @@ class CheckpointMixin:
             (cfg.save_period > 0 and done - self.last_save_iter >= cfg.save_period)
             or (cfg.save_minutes > 0 and time.monotonic() - self.last_save_time >= cfg.save_minutes * 60))
         if self.world > 1:
-            signum, stop, due = dist.all_reduce_max_list([self.signal_received, float(self.stop), float(due)])
+            signum, stop, due = dist.all_reduce_list([self.signal_received, float(self.stop), float(due)], "max")
             self.signal_received, self.stop = int(signum), bool(stop)
         self.save_due = bool(due)
 

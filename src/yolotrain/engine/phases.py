@@ -86,7 +86,7 @@ class PhaseMixin:
         batch = self.phase_batch(phase)
         rank_batch = per_process_batch(batch, self.world)
         if first or rank_batch != self.rank_batch:
-            self.rank_batch, self.phase_global_batch = rank_batch, batch
+            self.rank_batch = rank_batch
             if not first:
                 self.train_loader = build_loader(self.train_records, cfg, self.imgsz, rank_batch, train=True,
                                                  rank=self.rank_or_none, world_size=self.world,

@@ -135,7 +135,7 @@ def mark_elastic_run(save_dir: Path) -> None:
         atomic_write(save_dir / ELASTIC_MARKER, lambda f: f.write(key.encode()))
 
 
-def elastic_resume(cfg: Config) -> tuple[Config, Path | None]:
+def elastic_resume(cfg: Config) -> Config:
     """Apply ``resume=auto`` (the default after a torchrun restart): continue this job's run if it has one.
 
     ``resume=auto`` continues, in order: the run folder marked with this torchrun job (restarted workers),
@@ -143,12 +143,12 @@ def elastic_resume(cfg: Config) -> tuple[Config, Path | None]:
     folder of a restarted job that died before its first checkpoint is reused for the new start.
 
     Returns:
-        The config (``resume`` set to a path, or cleared) and the resolved checkpoint path or None.
+        The config, ``resume`` set to a path or cleared (unchanged unless ``resume=auto`` applies).
     """
     value = str(cfg.resume).strip().lower()
     auto = value == "auto" or (value == "" and restart_count() > 0)
     if not auto:
-        return cfg, (checkpoint_path(cfg) if cfg.resume else None)
+        return cfg
     folder = None
     key = elastic_job_key()
     if key is not None:
@@ -162,9 +162,9 @@ def elastic_resume(cfg: Config) -> tuple[Config, Path | None]:
         # a warning, so it shows with verbose=false too: a restart is worth knowing about
         (LOGGER.warning if restart_count() else LOGGER.info)(
             f"resume=auto: continuing {last}" + (f" (torchrun restart {restart_count()})" if restart_count() else ""))
-        return cfg.replace(resume=str(last)), last
+        return cfg.replace(resume=str(last))
     if folder is not None:  # restarted before the first checkpoint: start again in the same folder
         LOGGER.info(f"resume=auto: no checkpoint in {folder} yet; starting the run there")
-        return cfg.replace(resume="", name=folder.name, project=str(folder.parent), exist_ok=True), None
-    return cfg.replace(resume=""), None
+        return cfg.replace(resume="", name=folder.name, project=str(folder.parent), exist_ok=True)
+    return cfg.replace(resume="")
 

@@ -126,7 +126,7 @@ class SetupMixin:
         """
         state = ckpt = None
         if dist.is_main():
-            cfg, ckpt = elastic_resume(self.cfg)
+            cfg = elastic_resume(self.cfg)
             if cfg.resume:
                 cfg, state, ckpt = prepare_resume(cfg)
                 LOGGER.info(f"resume: continuing {ckpt} (epochs={cfg.epochs})")

@@ -259,14 +259,14 @@ class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
                 raise oom
             return targets["target_scores_sum"]
         local = float(targets["target_scores_total"]) if targets is not None else 0.0
-        total, failed = dist.all_reduce_sum_list([local, float(oom is not None)])
+        total, failed = dist.all_reduce_list([local, float(oom is not None)])
         if failed:
             raise oom if oom is not None else RankOutOfMemory("out of memory on another rank")
         return torch.tensor(max(total, 1.0) / self.world, device=self.device)
 
     def agree_no_oom(self, oom: BaseException | None) -> None:
         """After a backward: raise on every rank if any rank ran out of memory (one collective under DDP)."""
-        failed = dist.all_reduce_sum_list([float(oom is not None)])[0] if self.world > 1 else float(oom is not None)
+        failed = dist.all_reduce_list([float(oom is not None)])[0] if self.world > 1 else float(oom is not None)
         if failed:
             raise oom if oom is not None else RankOutOfMemory("out of memory on another rank")
 
