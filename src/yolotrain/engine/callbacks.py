@@ -7,6 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import ConfigError
+
 EVENTS = (
     "on_pretrain_routine_start",
     "on_pretrain_routine_end",
@@ -54,9 +56,6 @@ def _import_ref(ref: str, entry: str) -> Any:
     """The object ``module:attr`` or ``path/file.py:attr`` names."""
     import importlib
     import importlib.util
-    from pathlib import Path
-
-    from ..errors import ConfigError
 
     target, _, attr = ref.rpartition(":")
     try:
@@ -78,11 +77,18 @@ def _import_ref(ref: str, entry: str) -> Any:
     except Exception as e:  # the user's module failed to import: say which entry and why, in one line
         raise ConfigError(f"setting 'callbacks': cannot import '{target}' of '{entry}': "
                           f"{type(e).__name__}: {e}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"setting 'callbacks': '{target}' has no attribute '{attr}' (entry '{entry}')")
-        obj = getattr(obj, part)
+    obj = _attribute(module, attr)
+    if obj is None:
+        raise ConfigError(f"setting 'callbacks': '{target}' has no attribute '{attr}' (entry '{entry}')")
+    return obj
+
+
+def _attribute(obj: Any, dotted: str) -> Any:
+    """``obj.a.b`` for ``dotted="a.b"``, None when a part is missing."""
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
     return obj
 
 
@@ -96,8 +102,6 @@ def load_callbacks(entries: list[str]) -> list[tuple[str, Callable[[Any], None]]
     Raises:
         ConfigError: For an unknown event, a missing module/attribute or a result that is not callable.
     """
-    from ..errors import ConfigError
-
     pairs = []
     for entry in entries:
         event, sep, ref = str(entry).partition("=")
@@ -145,14 +149,12 @@ def callback_reference(event: str, fn: Callable[[Any], None]) -> str:
         ConfigError: When ``fn`` cannot be found by name in another process (a lambda, a closure, a
             bound method, an object) — it would otherwise be lost silently.
     """
-    from ..errors import ConfigError
-
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
     what = getattr(fn, "__name__", repr(fn))
     if not module or not qualname or "<" in qualname:
         raise ConfigError(f"callback {what} for {event} cannot be sent to the training processes: use a "
                           f"function defined at module level (it is re-imported there by name)")
-    if module in ("__main__",) or module.startswith("yolotrain_user_callbacks_"):
+    if module == "__main__" or module.startswith("yolotrain_user_callbacks_"):
         # the workers load the script by path (like multiprocessing's spawn: keep the script's own work
         # under ``if __name__ == "__main__":``); check the name leads back to fn without re-running it
         source = sys.modules.get(module)
@@ -160,10 +162,7 @@ def callback_reference(event: str, fn: Callable[[Any], None]) -> str:
         if not path:
             raise ConfigError(f"callback {what} for {event} is defined in an interactive session and cannot be "
                               f"sent to the training processes; put it in a .py file")
-        obj: Any = source
-        for part in qualname.split("."):
-            obj = getattr(obj, part, None)
-        if obj is not fn:
+        if _attribute(source, qualname) is not fn:
             raise ConfigError(f"callback {what} for {event} cannot be sent to the training processes: "
                               f"'{qualname}' is not a module-level name of {path}")
         return f"{event}={Path(path).resolve()}:{qualname}"

@@ -149,11 +149,6 @@ def main_rank_warnings(logger: logging.Logger):
         logger.setLevel(level)
 
 
-def barrier() -> None:
-    if is_initialized():
-        torch.distributed.barrier()
-
-
 def broadcast_object(obj, src: int = 0):
     """``obj`` from rank ``src`` on every rank (returned unchanged in one process)."""
     if not is_initialized():

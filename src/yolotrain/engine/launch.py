@@ -75,11 +75,10 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
         ConfigError: When a callback cannot be referenced by name from another process.
         TrainingError: When the workers fail (their error message is printed above by the failing rank).
     """
+    from ..utils.torch_utils import select_device
     from .build import per_process_batch, run_dir
     from .callbacks import callback_reference
     from .resume import checkpoint_path
-
-    from ..utils.torch_utils import select_device
 
     select_device(cfg.device)  # e.g. device=0,1 without CUDA: refused here, not once per worker
     if isinstance(cfg.batch, int) and cfg.batch > 0:
@@ -93,9 +92,6 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     else:
         save_dir = run_dir(cfg, create=False)  # the workers create it (exist_ok) once their set-up succeeded
         values.update(project=str(save_dir.parent), name=save_dir.name, exist_ok=True)
-    if cfg.device and "," in str(cfg.device):
-        # each worker takes the GPU of its local rank from the list (see select_device)
-        values["device"] = str(cfg.device)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="yolotrain-launch-", delete=False) as f:
         yaml.safe_dump(values, f, sort_keys=False)
         cfg_file = Path(f.name)

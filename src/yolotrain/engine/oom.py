@@ -39,9 +39,13 @@ _INJECTED_TYPE: type[Exception] = getattr(torch, "OutOfMemoryError", None) or ge
     torch.cuda, "OutOfMemoryError", RuntimeError)
 
 
+class RankOutOfMemory(RuntimeError):
+    """Raised on every rank when another rank of a DDP job ran out of memory (all switch to micro-batches)."""
+
+
 def is_oom(exc: BaseException) -> bool:
     """Whether ``exc`` is an out-of-memory error of any device."""
-    if isinstance(exc, _OOM_TYPES):
+    if isinstance(exc, _OOM_TYPES + (RankOutOfMemory,)):
         return True
     return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MESSAGES)
 

@@ -26,8 +26,8 @@ from . import distributed as dist
 from .autobatch import autobatch, autobatch_fraction
 from .build import MAX_STRIDE, build_loader, per_process_batch
 from .freeze import FROZEN, keep_frozen_bn_eval, phase_at, resolve_freeze, scale_lr, set_frozen
-from .multiscale import MultiScale
-from .oom import OOMInjector, free_memory, is_oom
+from .multiscale import MultiScale, pick_synchronized
+from .oom import OOMInjector, RankOutOfMemory, free_memory, is_oom
 from .optim import accumulation, scaled_weight_decay
 
 LOGGER = logging.getLogger("yolotrain")
@@ -156,14 +156,11 @@ class PhaseMixin:
             self.model.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------------------------- multi-scale
-    def scale_inputs(self, imgs: torch.Tensor, epoch: int, i: int) -> torch.Tensor:
-        """Resize the batch to this iteration's multi-scale size (every rank calls; rank 0 draws)."""
+    def input_size_at(self, epoch: int, i: int, shape_hw: tuple[int, int]) -> tuple[int, int] | None:
+        """This iteration's multi-scale size (every rank calls; rank 0 draws), None when multi-scale is off."""
         if not self.multiscale.enabled:
-            return imgs
-        from .multiscale import pick_synchronized, resize_batch
-
-        size = pick_synchronized(self.multiscale, epoch, i, tuple(imgs.shape[-2:]))
-        return resize_batch(imgs, size)
+            return None
+        return pick_synchronized(self.multiscale, epoch, i, shape_hw)
 
     # ------------------------------------------------------------------------------------- OOM recovery
     def run_step_with_recovery(self, batch: dict[str, Any], epoch: int, i: int) -> torch.Tensor:
@@ -202,8 +199,7 @@ class PhaseMixin:
         self.micro_batches = min(self.micro_batches * 2, self.rank_batch)
         self.oom_events += 1
         LOGGER.warning(f"out of memory at epoch {epoch + 1}, iteration {i}"
-                       + (f" ({type(err).__name__})" if err is not None and type(err).__name__ != "RankOutOfMemory"
-                          else " (on another rank)")
+                       + (" (on another rank)" if isinstance(err, RankOutOfMemory) else f" ({type(err).__name__})")
                        + f": retrying with {self.micro_batches} micro-batches of <= {per_micro} images "
                        f"(same effective batch {self.phase_global_batch} and lr)")
 

@@ -155,6 +155,7 @@ def elastic_resume(cfg: Config) -> Config:
         for marker in sorted(Path(cfg.project).glob(f"*/{ELASTIC_MARKER}")):
             if marker.read_text(errors="replace").strip() == key:
                 folder = marker.parent
+                break
     if folder is None and cfg.exist_ok:
         folder = Path(cfg.project) / cfg.name
     last = folder / "weights" / "last.pt" if folder is not None else None

@@ -22,7 +22,7 @@ from .build import (build_loader, build_records, build_train_model, check_imgsz,
                     run_dir)
 from .ema import ModelEMA
 from .freeze import phase_at
-from .optim import Schedule, accumulation, build_optimizer, scaled_weight_decay
+from .optim import Schedule, build_optimizer
 from .precision import Precision, choose_amp
 from .resume import elastic_resume, mark_elastic_run, prepare_resume
 from .validator import Validator
@@ -37,7 +37,7 @@ class SetupMixin:
         """Join the process group, then build data, model, loss, optimizer, schedule and the run folder."""
         self.owns_group = dist.setup(self.device, self.cfg.dist_timeout)
         self.world = dist.world_size()
-        state, ckpt = self.setup_run()
+        state = self.setup_run()
         cfg = self.cfg
         init_seeds(cfg.seed, cfg.deterministic)  # the same on every rank: identical initial weights
         configure_backend(self.device, cfg.deterministic)
@@ -87,15 +87,14 @@ class SetupMixin:
                                         train=False, rank=self.rank_or_none, world_size=self.world,
                                         pin_memory=self.pin) if val_records else None)
         self.nb = len(self.train_loader)
-        accumulate = accumulation(self.batch, cfg.nbs)
-        wd = scaled_weight_decay(cfg.weight_decay, self.batch, accumulate, cfg.nbs)
         total_iters = math.ceil(len(train_records) / max(self.batch, cfg.nbs)) * cfg.epochs
         # on resume, the optimizer optimizer=auto chose then (extending epochs could change its choice)
         name, lr0 = (state["optimizer_name"], state["base_lr"]) if state else (cfg.optimizer, cfg.lr0)
         # built over every parameter before anything is frozen: frozen ones have no gradient and are
-        # skipped by the step, and unfreezing needs no new optimizer
+        # skipped by the step, and unfreezing needs no new optimizer. apply_phase below sets the phase's
+        # lr, weight decay and accumulation.
         self.optimizer, self.optimizer_name, self.lr = build_optimizer(
-            self.model, name, lr0, cfg.momentum, wd, total_iters, self.data["nc"])
+            self.model, name, lr0, cfg.momentum, cfg.weight_decay, total_iters, self.data["nc"])
         warmup = max(round(cfg.warmup_epochs * self.nb), cfg.warmup_min_iters) if cfg.warmup_epochs > 0 else 0
         self.schedule = Schedule(cfg.epochs, self.nb, cfg.lrf, cfg.cos_lr, warmup, cfg.warmup_bias_lr,
                                  cfg.warmup_momentum, cfg.momentum)
@@ -118,27 +117,30 @@ class SetupMixin:
                     + f", accumulate {self.accumulate} (nominal batch {cfg.nbs}), weight decay {self.weight_decay:g}, "
                     f"{self.nb} iterations/epoch, warmup {warmup} iterations, device {self.device}")
 
-    def setup_run(self) -> tuple[dict[str, Any] | None, Path | None]:
+    def setup_run(self) -> dict[str, Any] | None:
         """Choose the run folder, and the checkpoint to resume from, on rank 0; every rank gets both.
 
         Rank 0 alone reads the checkpoint and broadcasts it, so ranks on other machines need no shared
         filesystem.
+
+        Returns:
+            The checkpoint's state to restore, or None for a new run.
         """
-        state = ckpt = None
+        state = None
         if dist.is_main():
             cfg = elastic_resume(self.cfg)
             if cfg.resume:
                 cfg, state, ckpt = prepare_resume(cfg)
                 LOGGER.info(f"resume: continuing {ckpt} (epochs={cfg.epochs})")
             save_dir = ckpt.parent.parent if state else run_dir(cfg, create=False)
-            shared = (cfg.to_dict(), sorted(cfg.explicit), state, str(ckpt) if ckpt else None, str(save_dir))
+            shared = (cfg.to_dict(), sorted(cfg.explicit), state, str(save_dir))
         else:
             shared = None
-        values, explicit, state, ckpt, save_dir = dist.broadcast_object(shared)
+        values, explicit, state, save_dir = dist.broadcast_object(shared)
         self.cfg = Config(values, explicit)
         self.save_dir = Path(save_dir)
         self.wdir = self.save_dir / "weights"
-        return state, Path(ckpt) if ckpt else None
+        return state
 
     def setup_precision(self) -> Precision:
         """Resolve ``amp`` for the device, check it on this model (rank 0, broadcast), log the choice."""

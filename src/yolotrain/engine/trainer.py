@@ -26,7 +26,8 @@ from .build import to_device_batch
 from .callbacks import Callbacks, load_callbacks
 from .checkpoint import save_checkpoint
 from .loggers import register_default_loggers
-from .oom import is_oom, split_batch
+from .multiscale import resize_batch
+from .oom import RankOutOfMemory, is_oom, split_batch
 from .persistence import CheckpointMixin
 from .phases import PhaseMixin
 from .resume import rng_state
@@ -34,13 +35,6 @@ from .setup import SetupMixin
 
 LOGGER = logging.getLogger("yolotrain")
 LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
-
-
-class RankOutOfMemory(RuntimeError):
-    """Raised on every rank when another rank ran out of memory (the ranks switch to micro-batches together)."""
-
-    def __str__(self) -> str:
-        return "CUDA out of memory on another rank"  # worded so is_oom() recognises it
 
 
 class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
@@ -201,12 +195,15 @@ class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
         n = batch["img"].shape[0]
         parts = split_batch(batch, self.micro_batches) if self.micro_batches > 1 else [batch]
         ni = epoch * self.nb + i
+        size = self.input_size_at(epoch, i, tuple(batch["img"].shape[-2:]))  # one draw for all micro-batches
         total = torch.zeros(3)
         nonfinite = False
         for part in parts:
             m = part["img"].shape[0]
             imgs = part["img"].to(self.device, non_blocking=True).float().div_(255)
-            imgs = self.scale_inputs(imgs, epoch, i).contiguous(memory_format=self.memory_format)
+            if size is not None:
+                imgs = resize_batch(imgs, size)
+            imgs = imgs.contiguous(memory_format=self.memory_format)
             self.input_size = tuple(imgs.shape[-2:])  # for callbacks and the progress bar (multi-scale)
             sync = self.train_model.no_sync() if self.world > 1 else nullcontext()
             with sync:
@@ -221,7 +218,7 @@ class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
                     if not is_oom(e):
                         raise
                     oom = e
-                norm = self.loss_normaliser(targets, oom)
+                norm = self.loss_normaliser(targets, oom)  # meeting point 1 (raises on every rank after an OOM)
                 oom = None
                 try:
                     self.inject_oom("backward", ni, m)
@@ -236,7 +233,7 @@ class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
                     if not is_oom(e):
                         raise
                     oom = e
-                self.agree_no_oom(oom)
+                self.agree_no_oom(oom)  # meeting point 2
             total += items.detach().float().cpu() * (m / n)
         if nonfinite:
             self.nonfinite_streak += 1
@@ -255,20 +252,20 @@ class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
         after the collective, on every rank).
         """
         if self.world == 1:
-            if oom is not None:
-                raise oom
+            self.agree_no_oom(oom)
             return targets["target_scores_sum"]
-        local = float(targets["target_scores_total"]) if targets is not None else 0.0
-        total, failed = dist.all_reduce_list([local, float(oom is not None)])
-        if failed:
-            raise oom if oom is not None else RankOutOfMemory("out of memory on another rank")
+        total = self.agree_no_oom(oom, float(targets["target_scores_total"]) if targets is not None else 0.0)
         return torch.tensor(max(total, 1.0) / self.world, device=self.device)
 
-    def agree_no_oom(self, oom: BaseException | None) -> None:
-        """After a backward: raise on every rank if any rank ran out of memory (one collective under DDP)."""
-        failed = dist.all_reduce_list([float(oom is not None)])[0] if self.world > 1 else float(oom is not None)
+    def agree_no_oom(self, oom: BaseException | None, value: float = 0.0) -> float:
+        """Raise on every rank if any rank ran out of memory; else return ``value`` summed over ranks.
+
+        One collective under DDP (the value travels with the out-of-memory flags).
+        """
+        total, failed = dist.all_reduce_list([value, float(oom is not None)])
         if failed:
-            raise oom if oom is not None else RankOutOfMemory("out of memory on another rank")
+            raise oom if oom is not None else RankOutOfMemory("CUDA out of memory on another rank")
+        return total
 
     def optimizer_step(self) -> None:
         """Reduce gradients over ranks, unscale, clip, step (skipped on non-finite gradients), EMA."""

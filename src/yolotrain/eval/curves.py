@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from yolotrain.eval.metrics import IGNORED, TP, _group_rank
+from yolotrain.eval.metrics import IGNORED, TP, _group_rank, crowd_iou
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's recall thresholds
 
@@ -125,17 +125,6 @@ def _pairs_by_image(det_img: np.ndarray, gt_img: np.ndarray) -> tuple[np.ndarray
     return pair_det, pair_gt
 
 
-def _pair_overlap(det: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
-    """IoU of aligned box pairs; for crowd boxes intersection over the detection's area, as in COCO."""
-    iw = np.clip(np.minimum(det[:, 2], gt[:, 2]) - np.maximum(det[:, 0], gt[:, 0]), 0, None)
-    ih = np.clip(np.minimum(det[:, 3], gt[:, 3]) - np.maximum(det[:, 1], gt[:, 1]), 0, None)
-    inter = iw * ih
-    area_d = (det[:, 2] - det[:, 0]) * (det[:, 3] - det[:, 1])
-    area_g = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
-    union = np.where(crowd, area_d, area_d + area_g - inter)
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
 def confusion_matrix(
     det_boxes: np.ndarray,
     det_scores: np.ndarray,
@@ -180,7 +169,7 @@ def confusion_matrix(
     g_cls, g_img = gt_cls.astype(np.int64), gt_img.astype(np.int64)
 
     pair_det, pair_gt = _pairs_by_image(d_img, g_img)
-    overlap = _pair_overlap(d_box[pair_det], gt_boxes[pair_gt], crowd[pair_gt])
+    overlap = crowd_iou(d_box[pair_det], gt_boxes[pair_gt], crowd[pair_gt])
     close = overlap >= iou_thr
     on_crowd = np.zeros(d_cls.size, bool)
     on_crowd[pair_det[close & crowd[pair_gt]]] = True

@@ -52,28 +52,25 @@ def _pad(values: np.ndarray, owner: np.ndarray, rank: np.ndarray, rows: int, col
     return out
 
 
-def _chunk_iou(det: np.ndarray, gt: np.ndarray, gt_crowd: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of padded boxes, COCO style (crowd boxes: intersection over detection area).
+def crowd_iou(det: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+    """IoU of xyxy boxes, COCO style: for crowd ground truth, intersection over the detection's area.
 
-    Args:
-        det: Detection boxes xyxy, shape (B, K, 4).
-        gt: Ground-truth boxes xyxy, shape (B, G, 4).
-        gt_crowd: Crowd flags, shape (B, G).
-
-    Returns:
-        IoU of shape (B, K, G).
+    ``det``, ``gt`` (last axis 4) and ``crowd`` broadcast against each other, so the same function
+    serves aligned pairs and all-pairs grids.
     """
-    d = det[:, :, None, :]
-    g = gt[:, None, :, :]
-    iw = np.clip(np.minimum(d[..., 2], g[..., 2]) - np.maximum(d[..., 0], g[..., 0]), 0, None)
-    ih = np.clip(np.minimum(d[..., 3], g[..., 3]) - np.maximum(d[..., 1], g[..., 1]), 0, None)
+    iw = np.clip(np.minimum(det[..., 2], gt[..., 2]) - np.maximum(det[..., 0], gt[..., 0]), 0, None)
+    ih = np.clip(np.minimum(det[..., 3], gt[..., 3]) - np.maximum(det[..., 1], gt[..., 1]), 0, None)
     inter = iw * ih
-    area_d = (d[..., 2] - d[..., 0]) * (d[..., 3] - d[..., 1])
-    area_g = (g[..., 2] - g[..., 0]) * (g[..., 3] - g[..., 1])
-    union = np.where(gt_crowd[:, None, :], area_d, area_d + area_g - inter)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / union, 0.0)
-    return iou
+    area_d = (det[..., 2] - det[..., 0]) * (det[..., 3] - det[..., 1])
+    area_g = (gt[..., 2] - gt[..., 0]) * (gt[..., 3] - gt[..., 1])
+    union = np.where(crowd, area_d, area_d + area_g - inter)
+    return np.divide(inter, union, out=np.zeros(np.shape(inter), dtype=np.result_type(inter, np.float32)),
+                     where=union > 0)
+
+
+def _chunk_iou(det: np.ndarray, gt: np.ndarray, gt_crowd: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of padded boxes: det (B, K, 4) x gt (B, G, 4) with crowd flags (B, G) -> (B, K, G)."""
+    return crowd_iou(det[:, :, None, :], gt[:, None, :, :], gt_crowd[:, None, :])
 
 
 def match_detections(
