@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # Pinned to the torch/torchvision pair this project is developed and tested with.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv venv-dev clean bench
+.PHONY: demo test lint venv venv-dev clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,13 @@ venv-dev: $(VENV)/.stamp-dev
 demo: venv
 	$(BIN)/yolotrain train
 
-test: venv-dev
+test: venv-dev lint
 	$(BIN)/python -m pytest
+
+# one house style: ruff's lint rules and formatter, configured in pyproject.toml
+lint: venv-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 bench: venv-dev
 	$(BIN)/python benchmarks/train_speed.py

@@ -86,8 +86,18 @@ def run_one(a: argparse.Namespace) -> dict:
     amp = PRECISIONS[a.only]
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        common = dict(data=data, model=a.scale, batch=a.batch, workers=a.workers, device=a.device, amp=amp,
-                      amp_check=False, project=tmp, verbose=False, seed=0)
+        common = dict(
+            data=data,
+            model=a.scale,
+            batch=a.batch,
+            workers=a.workers,
+            device=a.device,
+            amp=amp,
+            amp_check=False,
+            project=tmp,
+            verbose=False,
+            seed=0,
+        )
         timer = BatchTimer(a.warmup, a.iters, a.max_seconds)
         t = Trainer(resolve(dict(common, imgsz=a.imgsz, epochs=1, val=False)))
         t.callbacks.add("on_train_batch_start", timer.begin)
@@ -102,8 +112,9 @@ def run_one(a: argparse.Namespace) -> dict:
             out["accuracy_skipped"] = f"{out['images_per_s']} images/s is under a third of fp32's"
         elif not a.skip_accuracy:
             # the demo recipe, so the accuracy is comparable with `make demo`
-            t = Trainer(resolve(dict(common, imgsz=a.acc_imgsz, epochs=a.acc_epochs, nbs=a.batch, close_mosaic=4,
-                                     name="acc")))
+            t = Trainer(
+                resolve(dict(common, imgsz=a.acc_imgsz, epochs=a.acc_epochs, nbs=a.batch, close_mosaic=4, name="acc"))
+            )
             best = t.fit()
             out["mAP50"] = round(best.map50, 4)
             out["mAP50-95"] = round(best.map50_95, 4)
@@ -133,8 +144,9 @@ def main() -> None:
         return
     results: dict = {}
     for name in a.precisions.split(","):
-        cmd = [sys.executable, __file__, "--only", name] + [arg for arg in sys.argv[1:]
-                                                           if not arg.startswith("--precisions")]
+        cmd = [sys.executable, __file__, "--only", name] + [
+            arg for arg in sys.argv[1:] if not arg.startswith("--precisions")
+        ]
         if results.get("fp32"):
             cmd += ["--fp32-speed", str(results["fp32"]["images_per_s"])]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -155,10 +167,19 @@ def main() -> None:
             r["speedup_vs_fp32"] = round(r["images_per_s"] / fp32["images_per_s"], 3)
             if "mAP50" in r and "mAP50" in fp32:
                 r["mAP50_minus_fp32"] = round(r["mAP50"] - fp32["mAP50"], 4)
-    results["settings"] = {"scale": a.scale, "imgsz": a.imgsz, "batch": a.batch, "workers": a.workers,
-                           "device": a.device, "accuracy": None if a.skip_accuracy else
-                           {"epochs": a.acc_epochs, "imgsz": a.acc_imgsz, "data": "demo", "seed": 0},
-                           "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+    results["settings"] = {
+        "scale": a.scale,
+        "imgsz": a.imgsz,
+        "batch": a.batch,
+        "workers": a.workers,
+        "device": a.device,
+        "accuracy": None
+        if a.skip_accuracy
+        else {"epochs": a.acc_epochs, "imgsz": a.acc_imgsz, "data": "demo", "seed": 0},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+    }
     print(json.dumps(results))
 
 

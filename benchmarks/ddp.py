@@ -32,9 +32,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(n: int, args: argparse.Namespace, project: Path) -> dict:
-    cmd = [sys.executable, "-m", "yolotrain", "train", f"nproc={n}", f"model={args.model}", f"epochs={args.epochs}",
-           f"imgsz={args.imgsz}", f"batch={args.batch}", f"nbs={args.batch}", f"workers={args.workers}",
-           f"amp={args.amp}", "val=false", "plots=false", "verbose=false", f"project={project}", f"name=n{n}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "yolotrain",
+        "train",
+        f"nproc={n}",
+        f"model={args.model}",
+        f"epochs={args.epochs}",
+        f"imgsz={args.imgsz}",
+        f"batch={args.batch}",
+        f"nbs={args.batch}",
+        f"workers={args.workers}",
+        f"amp={args.amp}",
+        "val=false",
+        "plots=false",
+        "verbose=false",
+        f"project={project}",
+        f"name=n{n}",
+    ]
     if args.data:
         cmd.append(f"data={args.data}")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "WORLD_SIZE", "RANK")}

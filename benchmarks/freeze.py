@@ -40,8 +40,7 @@ print(json.dumps({"images_per_s": t.history[-1]["images_per_s"], "peak_mem_mb": 
 
 
 def run(settings: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(settings)], cwd=ROOT, capture_output=True,
-                          text=True)
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(settings)], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit("training child failed")
@@ -64,9 +63,20 @@ def main() -> None:
     freeze = int(args.freeze) if args.freeze.isdigit() else args.freeze
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="yolotrain-freeze-bench-") as tmp:
-        base = {"model": args.model, "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch,
-                "nbs": args.batch, "workers": args.workers, "amp": args.amp, "val": False, "plots": False,
-                "verbose": False, "project": tmp, "seed": 0}
+        base = {
+            "model": args.model,
+            "epochs": args.epochs,
+            "imgsz": args.imgsz,
+            "batch": args.batch,
+            "nbs": args.batch,
+            "workers": args.workers,
+            "amp": args.amp,
+            "val": False,
+            "plots": False,
+            "verbose": False,
+            "project": tmp,
+            "seed": 0,
+        }
         if args.data:
             base["data"] = args.data
         out["frozen"] = run({**base, "name": "frozen", "freeze": freeze, "freeze_epochs": args.epochs})
@@ -75,7 +85,8 @@ def main() -> None:
         print(f"unfrozen: {out['unfrozen']}", file=sys.stderr)
     out["frozen_vs_unfrozen"] = {
         "time_per_image": round(out["frozen"]["ms_per_image"] / out["unfrozen"]["ms_per_image"], 3),
-        "peak_mem": round(out["frozen"]["peak_mem_mb"] / out["unfrozen"]["peak_mem_mb"], 3)}
+        "peak_mem": round(out["frozen"]["peak_mem_mb"] / out["unfrozen"]["peak_mem_mb"], 3),
+    }
     out["settings"] = vars(args)
     print(json.dumps(out))
 

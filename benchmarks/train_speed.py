@@ -57,9 +57,22 @@ def run_yolotrain(a: argparse.Namespace) -> dict:
     setup_logging(verbose=False)
     timer = EpochTimer()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = resolve({"data": a.data, "model": a.scale, "imgsz": a.imgsz, "batch": a.batch, "epochs": a.epochs,
-                       "workers": a.workers, "device": "cpu", "val": False, "plots": False, "verbose": False,
-                       "project": tmp, "amp": "off"})
+        cfg = resolve(
+            {
+                "data": a.data,
+                "model": a.scale,
+                "imgsz": a.imgsz,
+                "batch": a.batch,
+                "epochs": a.epochs,
+                "workers": a.workers,
+                "device": "cpu",
+                "val": False,
+                "plots": False,
+                "verbose": False,
+                "project": tmp,
+                "amp": "off",
+            }
+        )
         trainer = Trainer(cfg)
         trainer.callbacks.add("on_train_epoch_start", timer.start)
         trainer.callbacks.add("on_train_epoch_end", timer.end)
@@ -84,9 +97,22 @@ def run_ultralytics(a: argparse.Namespace) -> dict:
         model = YOLO(f"yolov8{a.scale}.yaml")
         model.add_callback("on_train_epoch_start", timer.start)
         model.add_callback("on_train_epoch_end", timer.end)
-        model.train(data=str(data), epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, workers=a.workers,
-                    device="cpu", amp=False, plots=False, val=False, pretrained=False, project=tmp,
-                    name="bench", verbose=False, exist_ok=True)
+        model.train(
+            data=str(data),
+            epochs=a.epochs,
+            imgsz=a.imgsz,
+            batch=a.batch,
+            workers=a.workers,
+            device="cpu",
+            amp=False,
+            plots=False,
+            val=False,
+            pretrained=False,
+            project=tmp,
+            name="bench",
+            verbose=False,
+            exist_ok=True,
+        )
         n_images = len(model.trainer.train_loader.dataset)
     return _figures(timer.times, n_images)
 
@@ -94,14 +120,35 @@ def run_ultralytics(a: argparse.Namespace) -> dict:
 def _figures(times: list[float], n_images: int) -> dict:
     timed = times[1:] if len(times) > 1 else times
     epoch_s = sum(timed) / len(timed)
-    return {"images_per_s": round(n_images / epoch_s, 2), "epoch_s": round(epoch_s, 2),
-            "peak_rss_mb": round(_peak_rss_mb(), 1), "epochs_timed": len(timed), "images": n_images}
+    return {
+        "images_per_s": round(n_images / epoch_s, 2),
+        "epoch_s": round(epoch_s, 2),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "epochs_timed": len(timed),
+        "images": n_images,
+    }
 
 
 def child(a: argparse.Namespace, which: str) -> dict | None:
     """Run one framework in a child process and parse its JSON line."""
-    cmd = [sys.executable, __file__, "--only", which, "--data", a.data, "--scale", a.scale, "--imgsz",
-           str(a.imgsz), "--batch", str(a.batch), "--epochs", str(a.epochs), "--workers", str(a.workers)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--only",
+        which,
+        "--data",
+        a.data,
+        "--scale",
+        a.scale,
+        "--imgsz",
+        str(a.imgsz),
+        "--batch",
+        str(a.batch),
+        "--epochs",
+        str(a.epochs),
+        "--workers",
+        str(a.workers),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -130,9 +177,19 @@ def main() -> None:
     ratio = round(ours["images_per_s"] / theirs["images_per_s"], 3) if ours and theirs else None
     import torch
 
-    settings = {"data": a.data, "scale": a.scale, "imgsz": a.imgsz, "batch": a.batch, "epochs": a.epochs,
-                "workers": a.workers, "device": "cpu", "precision": "fp32", "torch": torch.__version__,
-                "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+    settings = {
+        "data": a.data,
+        "scale": a.scale,
+        "imgsz": a.imgsz,
+        "batch": a.batch,
+        "epochs": a.epochs,
+        "workers": a.workers,
+        "device": "cpu",
+        "precision": "fp32",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+    }
     print(json.dumps({"yolotrain": ours, "ultralytics": theirs, "ratio": ratio, "settings": settings}))
 
 

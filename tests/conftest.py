@@ -19,7 +19,19 @@ def trained_run(tiny_data, tmp_path_factory) -> Path:
     from yolotrain.cli import main
 
     project = tmp_path_factory.mktemp("runs")
-    code = main(["train", f"data={tiny_data}", "model=n", "epochs=2", "imgsz=64", "batch=8", "workers=0",
-                 f"project={project}", "name=exp", "verbose=false"])
+    code = main(
+        [
+            "train",
+            f"data={tiny_data}",
+            "model=n",
+            "epochs=2",
+            "imgsz=64",
+            "batch=8",
+            "workers=0",
+            f"project={project}",
+            "name=exp",
+            "verbose=false",
+        ]
+    )
     assert code == 0
     return project / "exp"

@@ -24,7 +24,11 @@ def test_demo_defaults_only_fill_unset_keys():
 
 def test_cli_forms():
     assert parse_cli_args(["epochs=3", "--imgsz", "320", "--cos_lr", "--batch=4"]) == {
-        "epochs": "3", "imgsz": "320", "cos_lr": "true", "batch": "4"}
+        "epochs": "3",
+        "imgsz": "320",
+        "cos_lr": "true",
+        "batch": "4",
+    }
     assert parse_cli_args(["--exist-ok"]) == {"exist_ok": "true"}
     with pytest.raises(ConfigError, match="not of the form"):
         parse_cli_args(["epochs"])
@@ -35,17 +39,20 @@ def test_unknown_key_suggests_closest():
         resolve({"epoch": 3})
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("epochs", "ten", "wrong type"),
-    ("epochs", "0", "out of range"),
-    ("epochs", "2.5", "wrong type"),
-    ("lr0", "nan", "out of range"),
-    ("fliplr", "1.5", "out of range"),
-    ("optimizer", "Adagrad", "not allowed.*SGD"),
-    ("cos_lr", "maybe", "true or false"),
-    ("device", "gpu", "not valid"),
-    ("batch", "null", "must not be empty"),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("epochs", "ten", "wrong type"),
+        ("epochs", "0", "out of range"),
+        ("epochs", "2.5", "wrong type"),
+        ("lr0", "nan", "out of range"),
+        ("fliplr", "1.5", "out of range"),
+        ("optimizer", "Adagrad", "not allowed.*SGD"),
+        ("cos_lr", "maybe", "true or false"),
+        ("device", "gpu", "not valid"),
+        ("batch", "null", "must not be empty"),
+    ],
+)
 def test_bad_values_name_the_key(key, value, match):
     with pytest.raises(ConfigError, match=match) as e:
         coerce(key, value)

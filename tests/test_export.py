@@ -92,8 +92,9 @@ def _checkpoint(model: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-def test_cli_export_next_to_checkpoint_and_unknown_format(model: torch.nn.Module, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture) -> None:
+def test_cli_export_next_to_checkpoint_and_unknown_format(
+    model: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     ckpt = _checkpoint(model, tmp_path / "weights" / "best.pt")
     assert main(["export", f"model={ckpt}", "format=onnx", "opset=17"]) == 0
     out = tmp_path / "weights" / "best.onnx"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import resolve
-from .engine.callbacks import Callbacks
-from .utils.logging import setup_logging
+from yolotrain.config import resolve
+from yolotrain.engine.callbacks import Callbacks
+from yolotrain.utils.logging import setup_logging
 
 
 class Detector:
@@ -31,8 +31,8 @@ class Detector:
 
     def train(self, **settings: Any):
         """Train with the given settings; returns the best epoch's EvalResult (None without val)."""
-        from .engine.launch import launch, processes_wanted
-        from .engine.trainer import Trainer
+        from yolotrain.engine.launch import launch, processes_wanted
+        from yolotrain.engine.trainer import Trainer
 
         cfg = resolve({"model": self.model, **settings})
         n = processes_wanted(cfg)
@@ -49,28 +49,28 @@ class Detector:
 
     def val(self, **settings: Any):
         """Validate the current weights; returns an EvalResult."""
-        from .cli import run_val
+        from yolotrain.runners import run_val
 
         return run_val(resolve({"model": self.model, **settings}))
 
     def predict(self, source: str, **settings: Any):
         """Predict on an image, folder or glob; returns a list of Prediction (also saved to disk)."""
-        from .cli import run_predict_cfg
+        from yolotrain.runners import run_predict_cfg
 
         preds, _ = run_predict_cfg(resolve({"model": self.model, "source": source, **settings}))
         return preds
 
     def export(self, format: str = "onnx", **settings: Any) -> Path:
         """Export the current weights (``opset``, ``imgsz``, ``dynamic``, ``half``, ``out``); returns the file."""
-        from .export import export_from_config
+        from yolotrain.export import export_from_config
 
         return export_from_config(resolve({"model": self.model, "format": format, **settings}), nc=self.nc)
 
 
 def _best_result(wdir: Path):
     """The best epoch's EvalResult recorded in ``wdir``'s checkpoint (after a multi-process run)."""
-    from .engine.checkpoint import load_checkpoint
-    from .eval import EvalResult
+    from yolotrain.engine.checkpoint import load_checkpoint
+    from yolotrain.eval import EvalResult
 
     last = wdir / "last.pt"
     best = load_checkpoint(last).get("best_metrics") if last.is_file() else None

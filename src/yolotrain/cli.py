@@ -15,20 +15,22 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-from .config import Config, help_text, parse_cli_args, resolve
-from .errors import ConfigError, Preempted, YoloTrainError
-from .utils.logging import LOGGER, setup_logging
+from yolotrain.config import Config, help_text, parse_cli_args, resolve
+from yolotrain.errors import Preempted, YoloTrainError
+from yolotrain.runners import load_for_inference, run_predict_cfg, run_val
+from yolotrain.utils.logging import setup_logging
 
 COMMANDS = ("train", "val", "predict", "info", "export", "data", "ckpt", "help")
-USAGE = ("usage: yolotrain {train,val,predict,info,export,data,ckpt,help} [key=value ...]\n"
-         "  e.g. yolotrain train data=data.yaml model=n epochs=50 imgsz=640 batch=16")
+USAGE = (
+    "usage: yolotrain {train,val,predict,info,export,data,ckpt,help} [key=value ...]\n"
+    "  e.g. yolotrain train data=data.yaml model=n epochs=50 imgsz=640 batch=16"
+)
 
 
 def cmd_train(cfg: Config) -> int:
-    from .engine.launch import launch, processes_wanted
-    from .engine.trainer import Trainer
+    from yolotrain.engine.launch import launch, processes_wanted
+    from yolotrain.engine.trainer import Trainer
 
     n = processes_wanted(cfg)
     if n > 1:  # nproc=N or device=0,1: torchrun starts the workers, which come back here with WORLD_SIZE set
@@ -45,58 +47,8 @@ def cmd_train(cfg: Config) -> int:
     return 0
 
 
-def _load_for_inference(cfg: Config):
-    """Model, device and precision for val/predict from ``model=`` (a checkpoint or a fresh scale)."""
-    from .engine.build import load_model_spec
-    from .engine.precision import Precision
-    from .utils.torch_utils import select_device
-
-    device = select_device(cfg.device)
-    model, state = load_model_spec(cfg.model)
-    model = model.to(device)
-    precision = Precision(device, cfg.amp)
-    if cfg.half:
-        from .engine.precision import inference_dtype
-
-        dtype = inference_dtype(device)
-        if dtype is None:
-            LOGGER.warning(f"half=true: {device.type} has no fast fp16/bf16 here; running in fp32")
-        else:
-            model = model.to(dtype)
-            precision = Precision(device, "off")  # the weights themselves are reduced; no autocast
-            LOGGER.info(f"half=true: running the model in {str(dtype).replace('torch.', '')}")
-    return model, device, precision, state
-
-
-def run_val(cfg: Config):
-    """Validate ``cfg.model`` on ``cfg.split``; returns the EvalResult (with ``seconds`` set)."""
-    from .data import load_data_yaml
-    from .engine.build import build_loader, build_records, check_imgsz, inference_imgsz, resolve_data
-    from .engine.validator import Validator
-
-    model, device, precision, state = _load_for_inference(cfg)
-    if cfg.data:
-        data = load_data_yaml(cfg.data)
-    elif state.get("data_yaml") and Path(state["data_yaml"]).is_file():
-        data = load_data_yaml(state["data_yaml"])
-    else:
-        data = resolve_data(cfg)
-    if data["nc"] != model.nc:
-        raise ConfigError(f"data '{data['yaml_file']}' has {data['nc']} classes but the model has {model.nc}")
-    imgsz = check_imgsz(inference_imgsz(cfg, state, default=cfg.imgsz))
-    records = build_records(data, cfg.split)
-    loader = build_loader(records, cfg, imgsz, cfg.batch, train=False)
-    validator = Validator(loader, data["names"], device, precision,
-                          conf=cfg.conf if cfg.conf is not None else 0.001, iou=cfg.iou, max_det=cfg.max_det,
-                          agnostic=cfg.agnostic_nms, progress=cfg.verbose and not cfg.json)
-    result = validator(model)
-    result.seconds = validator.seconds
-    result.names = data["names"]
-    return result
-
-
 def cmd_val(cfg: Config) -> int:
-    from .eval import format_table
+    from yolotrain.eval import format_table
 
     result = run_val(cfg)
     print(format_table(result, result.names), file=sys.stderr if cfg.json else sys.stdout)
@@ -107,24 +59,6 @@ def cmd_val(cfg: Config) -> int:
     return 0
 
 
-def run_predict_cfg(cfg: Config):
-    """Predict as ``cfg`` says; returns the list of Prediction and sets ``save_dir`` on the list."""
-    from .engine.build import check_imgsz, inference_imgsz
-    from .predict import run_predict
-    from .utils.files import increment_path
-
-    if not cfg.source:
-        raise ConfigError("setting 'source' is required for predict (an image, folder or glob)")
-    model, device, precision, state = _load_for_inference(cfg)
-    imgsz = check_imgsz(inference_imgsz(cfg, state, default=cfg.imgsz))
-    project = cfg.project if "project" in cfg.explicit else "runs/predict"
-    save_dir = increment_path(Path(project) / cfg.name, exist_ok=cfg.exist_ok)
-    preds = run_predict(model, cfg.source, save_dir, imgsz, device, conf=cfg.conf if cfg.conf is not None else 0.25,
-                        iou=cfg.iou, max_det=cfg.max_det, agnostic=cfg.agnostic_nms, save_txt=cfg.save_txt,
-                        batch=min(cfg.batch, 32), autocast=precision.autocast)
-    return preds, save_dir
-
-
 def cmd_predict(cfg: Config) -> int:
     _, save_dir = run_predict_cfg(cfg)
     print(f"results saved to {save_dir}")
@@ -132,13 +66,15 @@ def cmd_predict(cfg: Config) -> int:
 
 
 def cmd_info(cfg: Config) -> int:
-    from .models import model_info
+    from yolotrain.models import model_info
 
-    model, _, _, _ = _load_for_inference(cfg.replace(device="cpu") if not cfg.device else cfg)
+    model, _, _, _ = load_for_inference(cfg.replace(device="cpu") if not cfg.device else cfg)
     imgsz = cfg.imgsz if "imgsz" in cfg.explicit else 640
     info = model_info(model, imgsz=imgsz)
-    line = (f"model {model.scale}: {info['params']:,} parameters, {info['gradients']:,} gradients, "
-            f"{info['layers']} layers, {info['gflops']:.1f} GFLOPs at imgsz {imgsz}, {model.nc} classes")
+    line = (
+        f"model {model.scale}: {info['params']:,} parameters, {info['gradients']:,} gradients, "
+        f"{info['layers']} layers, {info['gflops']:.1f} GFLOPs at imgsz {imgsz}, {model.nc} classes"
+    )
     print(line)
     if cfg.json:
         print(json.dumps({"scale": model.scale, "nc": model.nc, "imgsz": imgsz, **info}))
@@ -146,7 +82,7 @@ def cmd_info(cfg: Config) -> int:
 
 
 def cmd_export(cfg: Config) -> int:
-    from .export import export_from_config
+    from yolotrain.export import export_from_config
 
     print(f"exported to {export_from_config(cfg)}")
     return 0
@@ -164,19 +100,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if command == "ckpt":  # positional paths: ckpt info PATH | strip PATH OUT | diff A B
-            from .engine.ckpt_tools import run_ckpt_command
+            from yolotrain.engine.ckpt_tools import run_ckpt_command
 
             setup_logging(True)
             return run_ckpt_command(rest)
         if command == "data":  # check/convert take their own keys (src, to, out...), not settings
-            from .data.commands import run_data_command
+            from yolotrain.data.commands import run_data_command
 
             setup_logging(True)
             return run_data_command(rest)
         cfg = resolve(parse_cli_args(rest))
         setup_logging(cfg.verbose or command != "train")
-        return {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "info": cmd_info,
-                "export": cmd_export}[command](cfg)
+        return {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "info": cmd_info, "export": cmd_export}[
+            command
+        ](cfg)
     except Preempted as e:
         print(f"preempted: {_rank_prefix()}{e}", file=sys.stderr)
         return Preempted.exit_code

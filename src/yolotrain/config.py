@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from yolotrain.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -89,26 +90,43 @@ SETTINGS: dict[str, Setting] = {
     "data": S(None, "str", "data YAML; empty trains on the built-in demo set", nullable=True),
     "model": S("n", "str", "model scale (n/s/m/l/x) or a checkpoint .pt", check=_model_check),
     "epochs": S(100, "int", "number of training epochs", lo=1, hi=100000),
-    "batch": S(16, "batch", "global batch size over all processes; -1: AutoBatch to 60% of device memory; "
-               "0<batch<1: AutoBatch to that fraction", check=_batch_check),
+    "batch": S(
+        16,
+        "batch",
+        "global batch size over all processes; -1: AutoBatch to 60% of device memory; "
+        "0<batch<1: AutoBatch to that fraction",
+        check=_batch_check,
+    ),
     "imgsz": S(640, "int", "training/validation image size (pixels, square)", lo=32, hi=8192),
-    "device": S("", "str", "cpu, mps, 0, 0,1 ... (empty: the first GPU if there is one, else cpu)",
-                check=_device_check),
+    "device": S(
+        "", "str", "cpu, mps, 0, 0,1 ... (empty: the first GPU if there is one, else cpu)", check=_device_check
+    ),
     "workers": S(2, "int", "dataloader worker processes (0 loads in the main process)", lo=0, hi=64),
     "seed": S(0, "int", "random seed for reproducible runs", lo=0, hi=2**32 - 1),
     "deterministic": S(True, "bool", "prefer deterministic algorithms"),
     "cache": S("off", "str", "keep decoded images in memory", choices=("off", "ram")),
     # several processes (torchrun); see README "Distributed training"
-    "nproc": S(0, "int", "start this many processes with torch.distributed.run (0: one per device listed in "
-               "device=, else 1)", lo=0, hi=1024),
+    "nproc": S(
+        0,
+        "int",
+        "start this many processes with torch.distributed.run (0: one per device listed in device=, else 1)",
+        lo=0,
+        hi=1024,
+    ),
     "sync_bn": S(False, "bool", "BatchNorm statistics over the global batch under DDP (SyncBatchNorm)"),
-    "dist_timeout": S(30.0, "float", "minutes a collective may wait for the other ranks before failing",
-                      lo=0.1, hi=1440.0),
-    "max_restarts": S(0, "int", "with nproc/device lists: worker restarts torchrun may do (each resumes from "
-                      "last.pt)", lo=0, hi=100),
-    "callbacks": S([], "list", "user callbacks: [event=]module:function or [event=]file.py:function entries; "
-                   "without event=, the function's name is the event, or it returns {event: function}",
-                   check=_callbacks_check),
+    "dist_timeout": S(
+        30.0, "float", "minutes a collective may wait for the other ranks before failing", lo=0.1, hi=1440.0
+    ),
+    "max_restarts": S(
+        0, "int", "with nproc/device lists: worker restarts torchrun may do (each resumes from last.pt)", lo=0, hi=100
+    ),
+    "callbacks": S(
+        [],
+        "list",
+        "user callbacks: [event=]module:function or [event=]file.py:function entries; "
+        "without event=, the function's name is the event, or it returns {event: function}",
+        check=_callbacks_check,
+    ),
     # outputs
     "project": S("runs/train", "str", "parent folder of run folders"),
     "name": S("exp", "str", "run folder name (auto-incremented unless exist_ok)"),
@@ -116,8 +134,9 @@ SETTINGS: dict[str, Setting] = {
     "save_period": S(0, "int", "also write last.pt every N iterations within an epoch (0: off)", lo=0),
     "save_minutes": S(0.0, "float", "also write last.pt every M minutes within an epoch (0: off)", lo=0.0),
     "save_epochs": S(-1, "int", "also keep weights/epochN.pt every N epochs (-1: off)", lo=-1),
-    "pretrained": S(None, "str", "initialise from this checkpoint's weights (names and shapes that match)",
-                    nullable=True),
+    "pretrained": S(
+        None, "str", "initialise from this checkpoint's weights (names and shapes that match)", nullable=True
+    ),
     "load": S("all", "str", "with pretrained= or model=*.pt: which weights to load", choices=("all", "backbone")),
     "resume": S("", "str", "continue a run: true (the latest run under project) or a path to last.pt"),
     "plots": S(True, "bool", "write plots into the run folder"),
@@ -128,8 +147,7 @@ SETTINGS: dict[str, Setting] = {
     "lrf": S(0.01, "float", "final learning rate as a fraction of lr0", lo=0.0, hi=1.0),
     "momentum": S(0.937, "float", "SGD momentum / Adam beta1", lo=0.0, hi=1.0),
     "weight_decay": S(5e-4, "float", "weight decay at the nominal batch size", lo=0.0, hi=1.0),
-    "warmup_epochs": S(3.0, "float", "warmup length in epochs (at least warmup_min_iters iterations)",
-                       lo=0.0),
+    "warmup_epochs": S(3.0, "float", "warmup length in epochs (at least warmup_min_iters iterations)", lo=0.0),
     "warmup_min_iters": S(100, "int", "minimum warmup iterations", lo=0),
     "warmup_momentum": S(0.8, "float", "momentum at the start of warmup", lo=0.0, hi=1.0),
     "warmup_bias_lr": S(0.1, "float", "bias learning rate at the start of warmup", lo=0.0, hi=10.0),
@@ -140,9 +158,14 @@ SETTINGS: dict[str, Setting] = {
     "ema_decay": S(0.9999, "float", "EMA decay once ramped up", lo=0.0, hi=1.0),
     "ema_tau": S(2000.0, "float", "EMA ramp length in updates", lo=1.0),
     "max_nonfinite": S(10, "int", "consecutive non-finite losses before training stops", lo=1),
-    "amp": S("auto", "str", "mixed precision: auto (fp16 on CUDA, bf16 on CPUs with native bf16), bf16, fp16, "
-             "off; true/false mean auto/off", choices=("auto", "off", "bf16", "fp16"),
-             aliases=(("true", "auto"), ("false", "off"))),
+    "amp": S(
+        "auto",
+        "str",
+        "mixed precision: auto (fp16 on CUDA, bf16 on CPUs with native bf16), bf16, fp16, "
+        "off; true/false mean auto/off",
+        choices=("auto", "off", "bf16", "fp16"),
+        aliases=(("true", "auto"), ("false", "off")),
+    ),
     "amp_check": S(True, "bool", "check the chosen precision on the model before training, falling back if it fails"),
     "half": S(False, "bool", "val/predict: run the model in fp16 (CUDA/MPS) or bf16 (CPU with native bf16)"),
     "channels_last": S(True, "bool", "NHWC memory layout (faster convolutions on CPU and tensor cores)"),
@@ -161,14 +184,21 @@ SETTINGS: dict[str, Setting] = {
     "fliplr": S(0.5, "float", "horizontal flip probability", lo=0.0, hi=1.0),
     "mosaic": S(1.0, "float", "mosaic probability", lo=0.0, hi=1.0),
     "close_mosaic": S(10, "int", "turn mosaic off for the last N epochs", lo=0),
-    "multi_scale": S(0.0, "float", "each batch a random square size in imgsz*(1 +/- this), stride-rounded",
-                     lo=0.0, hi=0.99),
-    "min_size": S([], "list", "each batch a short side drawn from this list (long side capped at max_size)",
-                  check=_sizes_check),
+    "multi_scale": S(
+        0.0, "float", "each batch a random square size in imgsz*(1 +/- this), stride-rounded", lo=0.0, hi=0.99
+    ),
+    "min_size": S(
+        [], "list", "each batch a short side drawn from this list (long side capped at max_size)", check=_sizes_check
+    ),
     "max_size": S(0, "int", "with min_size: cap on the long side (0: imgsz*1.667)", lo=0, hi=16384),
     # phases and stopping
-    "freeze": S(None, "any", "freeze backbone, the first N layers, or a list of module names", nullable=True,
-                check=_freeze_check),
+    "freeze": S(
+        None,
+        "any",
+        "freeze backbone, the first N layers, or a list of module names",
+        nullable=True,
+        check=_freeze_check,
+    ),
     "freeze_epochs": S(0, "int", "epochs the freeze= part stays frozen (0 with freeze=: the whole run)", lo=0),
     "freeze_batch": S(0, "int", "global batch while frozen (0: same as batch)", lo=0, hi=65536),
     "scale_lr": S(False, "bool", "fit lr to the batch: clamp(batch / nbs * lr0) with per-optimizer limits"),
@@ -177,8 +207,9 @@ SETTINGS: dict[str, Setting] = {
     "val": S(True, "bool", "validate during training"),
     "val_period": S(1, "int", "validate every N epochs (and always after the last)", lo=1),
     "split": S("val", "str", "split for yolotrain val", choices=("train", "val", "test")),
-    "conf": S(None, "float", "confidence threshold (default 0.001 for val, 0.25 for predict)",
-              lo=0.0, hi=1.0, nullable=True),
+    "conf": S(
+        None, "float", "confidence threshold (default 0.001 for val, 0.25 for predict)", lo=0.0, hi=1.0, nullable=True
+    ),
     "iou": S(0.7, "float", "NMS IoU threshold", lo=0.0, hi=1.0),
     "max_det": S(300, "int", "maximum detections per image", lo=1),
     "agnostic_nms": S(False, "bool", "class-agnostic NMS"),
@@ -187,11 +218,13 @@ SETTINGS: dict[str, Setting] = {
     "save_txt": S(True, "bool", "predict: write YOLO-format prediction files"),
     # export (yolotrain export; half=true exports fp16 weights)
     "format": S("onnx", "str", "export: file format", choices=("onnx",)),
-    "opset": S(17, "int", "export: ONNX opset (21-23 need onnxscript; older opsets cannot express the model)",
-               lo=11, hi=23),
+    "opset": S(
+        17, "int", "export: ONNX opset (21-23 need onnxscript; older opsets cannot express the model)", lo=11, hi=23
+    ),
     "dynamic": S(True, "bool", "export: dynamic height/width too (the batch axis is always dynamic)"),
-    "out": S(None, "str", "export: output file (default: the checkpoint's path with the format's suffix)",
-             nullable=True),
+    "out": S(
+        None, "str", "export: output file (default: the checkpoint's path with the format's suffix)", nullable=True
+    ),
 }
 
 BOOL_TRUE = {"true", "yes", "on", "1"}
@@ -236,7 +269,7 @@ class Config:
         """All settings as plain values, ordered as declared."""
         return {k: self._values[k] for k in SETTINGS}
 
-    def replace(self, **updates: Any) -> "Config":
+    def replace(self, **updates: Any) -> Config:
         """A copy with ``updates`` validated and applied."""
         new = Config(self._values, self.explicit | set(updates))
         for k, v in updates.items():

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .ops import decode
+from yolotrain.errors import ConfigError
+from yolotrain.ops import decode
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -142,7 +142,7 @@ def export_onnx(
         "output": "(batch, 4 + nc, anchors): xyxy pixels, then sigmoid class scores",
         "producer": "yolotrain",
     }
-    from . import __version__
+    from yolotrain import __version__
 
     meta["version"] = __version__
     del proto.metadata_props[:]
@@ -155,8 +155,10 @@ def export_onnx(
         raise ConfigError(f"exported file '{path}' failed the ONNX checker: {_first_line(e)}") from None
     onnx.save(proto, str(path))
     size_mb = path.stat().st_size / 2**20
-    LOGGER.info(f"export: wrote {path} ({size_mb:.1f} MB, opset {opset}, input (batch, 3, "
-                f"{'height, width' if dynamic else f'{h}, {w}'}), {'fp16' if half else 'fp32'})")
+    LOGGER.info(
+        f"export: wrote {path} ({size_mb:.1f} MB, opset {opset}, input (batch, 3, "
+        f"{'height, width' if dynamic else f'{h}, {w}'}), {'fp16' if half else 'fp32'})"
+    )
     return path
 
 
@@ -186,8 +188,14 @@ def _export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path, o
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                wrapper, (example,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
-                output_names=["output"], dynamic_axes={"images": axes, "output": out_axes},
+                wrapper,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=["output"],
+                dynamic_axes={"images": axes, "output": out_axes},
                 do_constant_folding=True,
             )
         except Exception as e:
@@ -206,8 +214,16 @@ def _export_dynamo(wrapper: nn.Module, example: torch.Tensor, path: Path, opset:
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                wrapper, (example,), str(path), dynamo=True, opset_version=opset, input_names=["images"],
-                output_names=["output"], dynamic_shapes={"images": shapes}, verbose=False, external_data=False,
+                wrapper,
+                (example,),
+                str(path),
+                dynamo=True,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=["output"],
+                dynamic_shapes={"images": shapes},
+                verbose=False,
+                external_data=False,
             )
         except Exception as e:
             raise ConfigError(f"ONNX export at opset {opset} failed: {_first_line(e)}") from None
@@ -239,7 +255,7 @@ def export_from_config(cfg, nc: int | None = None) -> Path:
     Returns:
         The path written.
     """
-    from .engine.build import inference_imgsz, is_scale, load_model_spec
+    from yolotrain.engine.build import inference_imgsz, is_scale, load_model_spec
 
     if cfg.format not in FORMATS:  # config validation already refuses it; kept for direct callers
         raise ConfigError(f"setting 'format'={cfg.format!r} is not supported (one of {', '.join(FORMATS)})")

@@ -12,19 +12,19 @@ import glob
 import itertools
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .data.augment import letterbox
-from .errors import DataError
-from .ops import Postprocessor, scale_boxes
-from .utils.plotting import draw_detections
+from yolotrain.data.augment import letterbox
+from yolotrain.errors import DataError
+from yolotrain.ops import Postprocessor, scale_boxes
+from yolotrain.utils.draw import draw_detections
 
 LOGGER = logging.getLogger("yolotrain")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -75,8 +75,7 @@ def list_sources(source: str) -> list[Path]:
     else:
         files = [Path(f) for f in glob.glob(source, recursive=True) if Path(f).suffix.lower() in usable]
     if not files:
-        raise DataError(f"source '{source}' holds no images or videos "
-                        f"({', '.join(sorted(usable))})")
+        raise DataError(f"source '{source}' holds no images or videos ({', '.join(sorted(usable))})")
     return sorted(files)
 
 
@@ -111,9 +110,18 @@ def iter_frames(files: list[Path]) -> Iterator[tuple[str, np.ndarray, int]]:
 
 
 @torch.no_grad()
-def predict_frames(model: nn.Module, frames: Iterable[tuple[str, np.ndarray, int]], imgsz: int,
-                   device: torch.device, conf: float = 0.25, iou: float = 0.7, max_det: int = 300,
-                   agnostic: bool = False, batch: int = 8, autocast=None):
+def predict_frames(
+    model: nn.Module,
+    frames: Iterable[tuple[str, np.ndarray, int]],
+    imgsz: int,
+    device: torch.device,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    max_det: int = 300,
+    agnostic: bool = False,
+    batch: int = 8,
+    autocast=None,
+):
     """Yield ``(Prediction, rgb image, frame index)`` running the model on batches of frames."""
     model.eval()
     post = Postprocessor(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic)
@@ -130,7 +138,7 @@ def predict_frames(model: nn.Module, frames: Iterable[tuple[str, np.ndarray, int
             imgs.append(torch.from_numpy(np.ascontiguousarray(lb.transpose(2, 0, 1))))
             metas.append(((ratio, ratio) if np.isscalar(ratio) else ratio, pad))
         x = torch.stack(imgs).to(device).float().div_(255).to(dtype)
-        with (autocast() if autocast else contextlib.nullcontext()):
+        with autocast() if autocast else contextlib.nullcontext():
             preds = model(x)
         dets = post([p.float() for p in preds], model.stride, model.reg_max)
         for (name, img, idx), det, (ratio, pad) in zip(chunk, dets, metas):
@@ -147,7 +155,7 @@ class _Writers:
         self.save_dir = save_dir
         self.videos: dict[str, cv2.VideoWriter] = {}
 
-    def write(self, pred: "Prediction", drawn: np.ndarray) -> None:
+    def write(self, pred: Prediction, drawn: np.ndarray) -> None:
         bgr = cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)
         src = Path(pred.path)
         if pred.frame < 0:
@@ -158,8 +166,9 @@ class _Writers:
             fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
             cap.release()
             h, w = bgr.shape[:2]
-            self.videos[pred.path] = cv2.VideoWriter(str(self.save_dir / f"{src.stem}.mp4"),
-                                                     cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            self.videos[pred.path] = cv2.VideoWriter(
+                str(self.save_dir / f"{src.stem}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h)
+            )
         self.videos[pred.path].write(bgr)
 
     def close(self) -> None:
@@ -167,9 +176,20 @@ class _Writers:
             w.release()
 
 
-def run_predict(model: nn.Module, source: str, save_dir: Path, imgsz: int, device: torch.device,
-                conf: float = 0.25, iou: float = 0.7, max_det: int = 300, agnostic: bool = False,
-                save_txt: bool = True, batch: int = 8, autocast=None) -> list[Prediction]:
+def run_predict(
+    model: nn.Module,
+    source: str,
+    save_dir: Path,
+    imgsz: int,
+    device: torch.device,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    max_det: int = 300,
+    agnostic: bool = False,
+    save_txt: bool = True,
+    batch: int = 8,
+    autocast=None,
+) -> list[Prediction]:
     """Predict on ``source``; save annotated images/videos, YOLO label files and ``predictions.json``.
 
     ``predictions.json`` is COCO-style: one ``{"image_id", "file_name", "frame", "category_id",
@@ -183,18 +203,26 @@ def run_predict(model: nn.Module, source: str, save_dir: Path, imgsz: int, devic
     out, coco = [], []
     writers = _Writers(save_dir)
     try:
-        for pred, img, idx in predict_frames(model, iter_frames(files), imgsz, device, conf, iou, max_det,
-                                             agnostic, batch, autocast):
+        for pred, img, idx in predict_frames(
+            model, iter_frames(files), imgsz, device, conf, iou, max_det, agnostic, batch, autocast
+        ):
             writers.write(pred, draw_detections(img, pred.boxes, pred.cls, pred.scores, pred.names))
             stem = Path(pred.path).stem + (f"_{idx}" if idx >= 0 else "")
             if save_txt:
                 lines = pred.to_yolo_lines(img.shape[1], img.shape[0])
                 (save_dir / "labels" / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
             for (x1, y1, x2, y2), s, c in zip(pred.boxes.tolist(), pred.scores.tolist(), pred.cls.tolist()):
-                coco.append({"image_id": stem, "file_name": Path(pred.path).name, "frame": idx,
-                             "category_id": int(c), "category": pred.names[int(c)],
-                             "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                             "score": round(float(s), 5)})
+                coco.append(
+                    {
+                        "image_id": stem,
+                        "file_name": Path(pred.path).name,
+                        "frame": idx,
+                        "category_id": int(c),
+                        "category": pred.names[int(c)],
+                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                        "score": round(float(s), 5),
+                    }
+                )
             out.append(pred)
     finally:
         writers.close()

@@ -65,4 +65,3 @@ def make_shapes_split(root: Path, n: int = 12, size: int = 64, seed: int = 0) ->
         cx, cy, bw, bh = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h
         (root / "labels" / "train" / f"{i:03d}.txt").write_text(f"{i % 3} {cx} {cy} {bw} {bh}\n")
     return img_dir
-

@@ -134,7 +134,9 @@ def test_mosaic_places_images_and_boxes_consistently():
 
 def test_mosaic_then_affine_crop():
     s = 32
-    items = [(np.full((s, s, 3), 200, np.uint8), np.array([[4, 4, 28, 28]], np.float32), np.array([i])) for i in range(4)]
+    items = [
+        (np.full((s, s, 3), 200, np.uint8), np.array([[4, 4, 28, 28]], np.float32), np.array([i])) for i in range(4)
+    ]
     rng = np.random.default_rng(1)
     canvas, b, c = mosaic4(items, s, rng)
     out, b2, c2 = random_affine(canvas, b, c, translate=0.1, scale=0.5, out_size=(s, s), rng=rng)

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 from format_helpers import CLASSES, by_stem, write_coco, write_voc, write_yolo
 
 from yolotrain.cli import main

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from yolotrain.data.config import load_data_yaml
+from yolotrain.data.data_yaml import load_data_yaml
 from yolotrain.errors import DataError
 
 

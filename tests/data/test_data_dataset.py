@@ -10,8 +10,8 @@ from data_helpers import default_hyp, make_shapes_split
 from PIL import Image
 
 from yolotrain.data.dataset import DetectionDataset, SampleKey
-from yolotrain.data.labels import scan_split
 from yolotrain.data.records import ImageRecord, xywhn_to_xyxy
+from yolotrain.data.scan import scan_split
 from yolotrain.errors import ConfigError
 
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from yolotrain.data.config import load_data_yaml
+from yolotrain.data.data_yaml import load_data_yaml
 from yolotrain.data.demo import CLASS_NAMES, ensure_demo_dataset, make_demo_image
-from yolotrain.data.labels import scan_split
+from yolotrain.data.scan import scan_split
 from yolotrain.errors import DataError
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from format_helpers import CLASSES, by_stem, coco_json, voc_xml, write_coco, write_voc
+from format_helpers import CLASSES, by_stem, voc_xml, write_coco, write_voc
 
 from yolotrain.data import load_data_yaml, scan_split
 from yolotrain.data.formats.voc_xml import parse_voc_xml, safe_parse_xml
@@ -106,10 +106,15 @@ def test_images_without_annotations_are_background(tmp_path):
         ('{"images": {}, "annotations": [], "categories": []}', "'images' is not a list"),
         ('{"images": [], "annotations": [], "categories": []}', "'categories' is empty"),
         ('{"images": [], "annotations": [], "categories": [{"id": "a", "name": "x"}]}', "integer 'id'"),
-        ('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "x"}, {"id": 1, "name": "y"}]}',
-         "category id 1 appears twice"),
-        ('{"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}], "annotations": [], '
-         '"categories": [{"id": 1, "name": "x"}]}', "image id 1 appears twice"),
+        (
+            '{"images": [], "annotations": [], "categories": [{"id": 1, "name": "x"}, {"id": 1, "name": "y"}]}',
+            "category id 1 appears twice",
+        ),
+        (
+            '{"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}], "annotations": [], '
+            '"categories": [{"id": 1, "name": "x"}]}',
+            "image id 1 appears twice",
+        ),
     ],
 )
 def test_coco_structural_errors_are_one_line_data_errors(tmp_path, content, fragment):
@@ -188,10 +193,16 @@ def test_voc_unknown_class_malformed_object_and_missing_files(tmp_path):
         ("<annotation><object>", "malformed XML"),
         ("", "malformed XML"),
         ("<notvoc/>", "instead of <annotation>"),
-        ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]>'
-         "<annotation><object><name>&lol2;</name></object></annotation>", "DOCTYPE/ENTITY"),
-        ('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
-         "<annotation><filename>&xxe;</filename></annotation>", "DOCTYPE/ENTITY"),
+        (
+            '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]>'
+            "<annotation><object><name>&lol2;</name></object></annotation>",
+            "DOCTYPE/ENTITY",
+        ),
+        (
+            '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+            "<annotation><filename>&xxe;</filename></annotation>",
+            "DOCTYPE/ENTITY",
+        ),
     ],
 )
 def test_voc_malformed_or_hostile_xml_skips_the_image(tmp_path, content, fragment):

@@ -13,8 +13,8 @@ from PIL import Image
 
 from yolotrain.data import label_cache
 from yolotrain.data.label_parse import parse_label_file, validate_rows
-from yolotrain.data.labels import scan_split
-from yolotrain.data.sources import cache_path_for, img_to_label_path
+from yolotrain.data.scan import scan_split
+from yolotrain.data.yolo_paths import cache_path_for, img_to_label_path
 from yolotrain.errors import DataError
 
 

@@ -7,8 +7,8 @@ import torch
 from data_helpers import default_hyp, make_shapes_split
 
 from yolotrain.data.dataset import DetectionDataset
-from yolotrain.data.labels import scan_split
 from yolotrain.data.loader import EpochSampler, build_dataloader, collate, set_loader_epoch
+from yolotrain.data.scan import scan_split
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,12 @@ def on_train_batch_end(trainer):
 
 def kill_rank1_once(trainer):
     """SIGKILL rank 1 at the last batch of the first epoch, first attempt only (torchrun restarts both)."""
-    if (os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-            and trainer.epoch == 0 and trainer.nb >= 2):
+    if (
+        os.environ.get("RANK") == "1"
+        and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        and trainer.epoch == 0
+        and trainer.nb >= 2
+    ):
         marker = Path(os.environ["YT_TEST_OUT"]) / "killed"
         if not marker.exists() and _is_last_batch(trainer):
             marker.write_text("1")

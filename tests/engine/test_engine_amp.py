@@ -16,8 +16,19 @@ from yolotrain.models import build_model
 
 
 def make_trainer(data, tmp_path, **kw):
-    base = dict(data=str(data), model="n", epochs=1, imgsz=64, batch=8, workers=0, project=str(tmp_path),
-                verbose=False, val=False, nbs=8, seed=0)
+    base = dict(
+        data=str(data),
+        model="n",
+        epochs=1,
+        imgsz=64,
+        batch=8,
+        workers=0,
+        project=str(tmp_path),
+        verbose=False,
+        val=False,
+        nbs=8,
+        seed=0,
+    )
     base.update(kw)
     t = Trainer(resolve(base))
     t.setup()
@@ -70,8 +81,17 @@ def test_scaler_state_round_trips_exactly(tmp_path):
 
 
 def loss_trajectory(data, tmp_path, amp, steps=4):
-    t = make_trainer(data, tmp_path / amp, amp=amp, amp_check=False, mosaic=0.0, optimizer="SGD", lr0=0.01,
-                     warmup_epochs=0, ema=False)
+    t = make_trainer(
+        data,
+        tmp_path / amp,
+        amp=amp,
+        amp_check=False,
+        mosaic=0.0,
+        optimizer="SGD",
+        lr0=0.01,
+        warmup_epochs=0,
+        ema=False,
+    )
     out = []
     it = iter(t.train_loader)
     batch = next(it)
@@ -128,18 +148,25 @@ def test_self_check_falls_back_from_fp16(fp16_silu_is_nan, monkeypatch, caplog):
 
 def test_self_check_falls_back_to_fp32(monkeypatch):
     real = F.silu
-    monkeypatch.setattr(F, "silu", lambda x, inplace=False: real(x) * float("nan")
-                        if x.dtype in (torch.float16, torch.bfloat16) else real(x))
+    monkeypatch.setattr(
+        F,
+        "silu",
+        lambda x, inplace=False: real(x) * float("nan") if x.dtype in (torch.float16, torch.bfloat16) else real(x),
+    )
     monkeypatch.setattr(amp_check, "bf16_supported", lambda d: True)
     model = build_model("n", nc=4)
-    assert amp_check.choose_checked_precision(model, DetectionLoss.from_model(model), torch.device("cpu"),
-                                              "fp16", 64) == "off"
+    assert (
+        amp_check.choose_checked_precision(model, DetectionLoss.from_model(model), torch.device("cpu"), "fp16", 64)
+        == "off"
+    )
 
 
 def test_self_check_reports_large_error(monkeypatch):
     real = F.silu
     # a kernel that is 30% off whenever autocast is on
-    monkeypatch.setattr(F, "silu", lambda x, inplace=False: real(x) * (1.3 if torch.is_autocast_enabled("cpu") else 1.0))
+    monkeypatch.setattr(
+        F, "silu", lambda x, inplace=False: real(x) * (1.3 if torch.is_autocast_enabled("cpu") else 1.0)
+    )
     model = build_model("n", nc=4)
     res = amp_check.check_precision(model, DetectionLoss.from_model(model), torch.device("cpu"), "bf16", 64)
     assert not res.ok and "differ from fp32 by" in res.detail
@@ -152,8 +179,9 @@ def test_trainer_uses_checked_precision(tiny_data, tmp_path, fp16_silu_is_nan, m
 
 
 def _ddp_worker(rank, world, port, out_dir):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         # rank 1 alone would see a broken fp16; the decision must still come from rank 0
@@ -161,8 +189,9 @@ def _ddp_worker(rank, world, port, out_dir):
             real = F.silu
             F.silu = lambda x, inplace=False: real(x) * float("nan")
         model = build_model("n", nc=4)
-        chosen = amp_check.choose_checked_precision(model, DetectionLoss.from_model(model),
-                                                    torch.device("cpu"), "fp16", 64)
+        chosen = amp_check.choose_checked_precision(
+            model, DetectionLoss.from_model(model), torch.device("cpu"), "fp16", 64
+        )
         (out_dir / f"rank{rank}.txt").write_text(chosen)
     finally:
         torch.distributed.destroy_process_group()

@@ -101,8 +101,11 @@ def test_real_cpu_probe_with_tiny_model():
 
     def step(b):
         imgs = torch.rand(b, 3, 64, 64)
-        batch = {"cls": torch.zeros(b, 1), "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3]]).repeat(b, 1),
-                 "batch_idx": torch.arange(b, dtype=torch.float32)}
+        batch = {
+            "cls": torch.zeros(b, 1),
+            "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3]]).repeat(b, 1),
+            "batch_idx": torch.arange(b, dtype=torch.float32),
+        }
         loss, _ = criterion(model(imgs), batch)
         loss.backward()
         model.zero_grad(set_to_none=True)
@@ -122,8 +125,12 @@ def test_is_oom_recognises_the_kinds_of_errors():
     assert is_oom(torch.cuda.OutOfMemoryError("x"))
     assert is_oom(RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"))
     assert is_oom(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))
-    assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
-                               "memory: you tried to allocate 1000000000000 bytes."))
+    assert is_oom(
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 1000000000000 bytes."
+        )
+    )
     assert is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
     assert is_oom(MemoryError())
     assert not is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
@@ -149,9 +156,14 @@ def _batch(counts, size=8):
     }
 
 
-@pytest.mark.parametrize("counts,parts,sizes", [([2, 0, 3, 1, 4, 2, 0, 1], 2, [4, 4]),
-                                                ([1, 2, 3, 0, 0, 5, 1], 3, [3, 2, 2]),
-                                                ([0, 0, 0, 0, 0], 5, [1, 1, 1, 1, 1])])
+@pytest.mark.parametrize(
+    "counts,parts,sizes",
+    [
+        ([2, 0, 3, 1, 4, 2, 0, 1], 2, [4, 4]),
+        ([1, 2, 3, 0, 0, 5, 1], 3, [3, 2, 2]),
+        ([0, 0, 0, 0, 0], 5, [1, 1, 1, 1, 1]),
+    ],
+)
 def test_split_batch_reassembles_the_original(counts, parts, sizes):
     batch = _batch(counts)
     micro = split_batch(batch, parts)

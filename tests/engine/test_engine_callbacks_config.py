@@ -11,7 +11,8 @@ from yolotrain.errors import ConfigError
 @pytest.fixture()
 def user_module(tmp_path):
     path = tmp_path / "my_cbs.py"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         CALLS = []
 
         def on_train_end(trainer):
@@ -24,13 +25,15 @@ def user_module(tmp_path):
             return {"on_train_start": record, "on_val_end": record}
 
         NOT_CALLABLE = 3
-    """))
+    """)
+    )
     return path
 
 
 def test_entries_resolve_to_events(user_module):
-    pairs = load_callbacks([f"{user_module}:on_train_end", f"on_fit_epoch_end={user_module}:record",
-                            f"{user_module}:register"])
+    pairs = load_callbacks(
+        [f"{user_module}:on_train_end", f"on_fit_epoch_end={user_module}:record", f"{user_module}:register"]
+    )
     assert [e for e, _ in pairs] == ["on_train_end", "on_fit_epoch_end", "on_train_start", "on_val_end"]
     pairs[0][1](None)
     assert pairs[0][1].__globals__["CALLS"] == ["end"]
@@ -43,14 +46,17 @@ def test_module_entries_import_by_name():
     assert pairs == [("on_train_end", json.dumps)]
 
 
-@pytest.mark.parametrize("entry, words", [
-    ("on_nothing={mod}:record", "unknown event 'on_nothing'"),
-    ("{mod}:missing", "has no attribute 'missing'"),
-    ("{mod}:record", "not named after an event"),
-    ("on_train_end={mod}:NOT_CALLABLE", "is not callable"),
-    ("/no/such/file.py:f", "does not exist"),
-    ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
-])
+@pytest.mark.parametrize(
+    "entry, words",
+    [
+        ("on_nothing={mod}:record", "unknown event 'on_nothing'"),
+        ("{mod}:missing", "has no attribute 'missing'"),
+        ("{mod}:record", "not named after an event"),
+        ("on_train_end={mod}:NOT_CALLABLE", "is not callable"),
+        ("/no/such/file.py:f", "does not exist"),
+        ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
+    ],
+)
 def test_bad_entries_are_one_line_errors(user_module, entry, words):
     with pytest.raises(ConfigError, match=words) as e:
         load_callbacks([entry.format(mod=user_module)])
@@ -79,14 +85,29 @@ def test_unsendable_callbacks_are_refused():
 def test_config_callbacks_run_in_the_trainer(tiny_data, tmp_path, user_module):
     from yolotrain.cli import main
 
-    code = main(["train", f"data={tiny_data}", "epochs=1", "imgsz=64", "batch=8", "workers=0", "val=false",
-                 f"project={tmp_path}", "verbose=false", f"callbacks={user_module}:on_train_end",
-                 "plots=false"])
+    code = main(
+        [
+            "train",
+            f"data={tiny_data}",
+            "epochs=1",
+            "imgsz=64",
+            "batch=8",
+            "workers=0",
+            "val=false",
+            f"project={tmp_path}",
+            "verbose=false",
+            f"callbacks={user_module}:on_train_end",
+            "plots=false",
+        ]
+    )
     assert code == 0
     import sys
 
-    mod = next(m for n, m in sys.modules.items() if n.startswith("yolotrain_user_callbacks_")
-               and getattr(m, "__file__", "") == str(user_module.resolve()))
+    mod = next(
+        m
+        for n, m in sys.modules.items()
+        if n.startswith("yolotrain_user_callbacks_") and getattr(m, "__file__", "") == str(user_module.resolve())
+    )
     assert mod.CALLS == ["end"]
 
 
@@ -100,8 +121,17 @@ def test_api_keeps_callbacks_under_ddp(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONWARNINGS", "ignore")
     det = Detector("n")
     det.add_callback("on_train_batch_end", ddp_callbacks.on_train_batch_end)
-    best = det.train(data=str(tiny_data), nproc=2, epochs=1, imgsz=64, batch=8, workers=0, verbose=False,
-                     project=str(tmp_path / "runs"), plots=False)
+    best = det.train(
+        data=str(tiny_data),
+        nproc=2,
+        epochs=1,
+        imgsz=64,
+        batch=8,
+        workers=0,
+        verbose=False,
+        project=str(tmp_path / "runs"),
+        plots=False,
+    )
     assert best is not None and best.images == 8
     assert (tmp_path / "batches_rank0.txt").read_text().count("\n") == 3  # 24 images / global batch 8
     assert (tmp_path / "batches_rank1.txt").read_text().count("\n") == 3

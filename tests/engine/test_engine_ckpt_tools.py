@@ -61,11 +61,40 @@ def test_finetune_with_other_class_count_reports_counts(trained_run, tiny_data, 
     root = tiny_data.parent
     yaml.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames: [thing]\n")
     lbl = tmp_path  # labels with class ids >= 1 are dropped and counted; class 0 rows remain
-    assert main(["train", f"data={yaml}", f"model={trained_run / 'weights' / 'best.pt'}", "epochs=1",
-                 "imgsz=64", "batch=8", "workers=0", f"project={lbl}", "verbose=true"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                f"data={yaml}",
+                f"model={trained_run / 'weights' / 'best.pt'}",
+                "epochs=1",
+                "imgsz=64",
+                "batch=8",
+                "workers=0",
+                f"project={lbl}",
+                "verbose=true",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "shape-mismatched" in err and "tensors matched" in err
-    assert main(["train", f"data={tiny_data}", "model=n", f"pretrained={trained_run / 'weights' / 'best.pt'}",
-                 "load=backbone", "epochs=1", "imgsz=64", "batch=8", "workers=0", f"project={lbl}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                f"data={tiny_data}",
+                "model=n",
+                f"pretrained={trained_run / 'weights' / 'best.pt'}",
+                "load=backbone",
+                "epochs=1",
+                "imgsz=64",
+                "batch=8",
+                "workers=0",
+                f"project={lbl}",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "loaded backbone weights" in err and "0 shape-mismatched" in err

@@ -14,8 +14,17 @@ def test_train_writes_run_folder(trained_run):
     assert (trained_run / "args.yaml").is_file()
     rows = list(csv.DictReader((trained_run / "results.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    for col in ("seconds", "train/box_loss", "train/cls_loss", "train/dfl_loss", "lr/pg0", "metrics/precision",
-                "metrics/recall", "metrics/mAP50", "metrics/mAP50-95"):
+    for col in (
+        "seconds",
+        "train/box_loss",
+        "train/cls_loss",
+        "train/dfl_loss",
+        "lr/pg0",
+        "metrics/precision",
+        "metrics/recall",
+        "metrics/mAP50",
+        "metrics/mAP50-95",
+    ):
         assert col in rows[0] and rows[-1][col] != ""
     for name in ("last.pt", "best.pt"):
         state = torch.load(trained_run / "weights" / name, weights_only=True)  # plain data only
@@ -26,8 +35,17 @@ def test_train_writes_run_folder(trained_run):
 
 
 def test_run_folder_increments(tiny_data, tmp_path):
-    args = ["train", f"data={tiny_data}", "epochs=1", "imgsz=64", "batch=8", "workers=0", f"project={tmp_path}",
-            "verbose=false", "val=false"]
+    args = [
+        "train",
+        f"data={tiny_data}",
+        "epochs=1",
+        "imgsz=64",
+        "batch=8",
+        "workers=0",
+        f"project={tmp_path}",
+        "verbose=false",
+        "val=false",
+    ]
     assert main(args) == 0 and main(args) == 0
     assert (tmp_path / "exp" / "weights" / "last.pt").is_file()
     assert (tmp_path / "exp2" / "weights" / "last.pt").is_file()
@@ -36,8 +54,16 @@ def test_run_folder_increments(tiny_data, tmp_path):
 
 
 def test_val_json_last_line(trained_run, tiny_data, capsys):
-    code = main(["val", f"model={trained_run / 'weights' / 'best.pt'}", f"data={tiny_data}", "imgsz=64",
-                 "json=true", "workers=0"])
+    code = main(
+        [
+            "val",
+            f"model={trained_run / 'weights' / 'best.pt'}",
+            f"data={tiny_data}",
+            "imgsz=64",
+            "json=true",
+            "workers=0",
+        ]
+    )
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     out = json.loads(last)
@@ -56,8 +82,17 @@ def test_val_prints_per_class_table(trained_run, capsys):
 
 def test_predict_saves_images_and_labels(trained_run, tiny_data, tmp_path, capsys):
     src = tiny_data.parent / "images" / "val"
-    code = main(["predict", f"model={trained_run / 'weights' / 'best.pt'}", f"source={src}", "conf=0.0",
-                 f"project={tmp_path}", "name=pred", "max_det=5"])
+    code = main(
+        [
+            "predict",
+            f"model={trained_run / 'weights' / 'best.pt'}",
+            f"source={src}",
+            "conf=0.0",
+            f"project={tmp_path}",
+            "name=pred",
+            "max_det=5",
+        ]
+    )
     assert code == 0
     out_dir = tmp_path / "pred"
     images = sorted(p.name for p in src.iterdir())
@@ -104,8 +139,18 @@ def test_predict_video_glob_and_predictions_json(trained_run, tiny_data, tmp_pat
     for p in src[:5]:
         w.write(cv2.imread(str(p)))
     w.release()
-    code = main(["predict", f"model={trained_run / 'weights' / 'best.pt'}", f"source={tmp_path / '*.mp4'}",
-                 "conf=0.0", "max_det=2", f"project={tmp_path}", "name=vid", "batch=2"])
+    code = main(
+        [
+            "predict",
+            f"model={trained_run / 'weights' / 'best.pt'}",
+            f"source={tmp_path / '*.mp4'}",
+            "conf=0.0",
+            "max_det=2",
+            f"project={tmp_path}",
+            "name=vid",
+            "batch=2",
+        ]
+    )
     assert code == 0
     out = tmp_path / "vid"
     assert (out / "clip.mp4").stat().st_size > 0
@@ -115,5 +160,7 @@ def test_predict_video_glob_and_predictions_json(trained_run, tiny_data, tmp_pat
     assert sorted(p.name for p in (out / "labels").iterdir()) == [f"clip_{i}.txt" for i in range(5)]
     dets = json.loads((out / "predictions.json").read_text())
     assert len(dets) == 10 and {d["frame"] for d in dets} == set(range(5))
-    assert all(len(d["bbox"]) == 4 and 0 <= d["score"] <= 1 and d["category"] in
-               ("circle", "rectangle", "triangle", "cross") for d in dets)
+    assert all(
+        len(d["bbox"]) == 4 and 0 <= d["score"] <= 1 and d["category"] in ("circle", "rectangle", "triangle", "cross")
+        for d in dets
+    )

@@ -21,16 +21,28 @@ CALLBACKS = Path(__file__).with_name("ddp_callbacks.py")
 # differences; with SGD the 1- and 2-process runs must agree to float precision. K = 2 optimizer steps at the full
 # lr (no warmup): on an untrained model the target assignment flips on near-ties, so float-level differences
 # (summation order of a batch of 4 vs 8) grow about tenfold per step after that (measured: 6e-7, 3e-6, 6e-5, 6e-4).
-COMMON = ["epochs=1", "imgsz=64", "batch=8", "nbs=8", "workers=0", "amp=off", "optimizer=SGD", "verbose=false",
-          "exist_ok=true", "save_period=1", "warmup_epochs=0"]
+COMMON = [
+    "epochs=1",
+    "imgsz=64",
+    "batch=8",
+    "nbs=8",
+    "workers=0",
+    "amp=off",
+    "optimizer=SGD",
+    "verbose=false",
+    "exist_ok=true",
+    "save_period=1",
+    "warmup_epochs=0",
+]
 
 
 def run_cli(args, out: Path, timeout=300):
     # one thread per process in both runs (torchrun's default for its workers): the same conv kernels
     env = {**os.environ, "YT_TEST_OUT": str(out), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    return subprocess.run([sys.executable, "-m", "yolotrain", "train", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "yolotrain", "train", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +60,13 @@ def ddp_runs(ddp_data, tmp_path_factory):
     for n in (1, 2):
         out = root / f"out{n}"
         out.mkdir()
-        args = [f"data={ddp_data}", *COMMON, f"project={root}", f"name=p{n}",
-                f"callbacks={CALLBACKS}:on_train_batch_end"]
+        args = [
+            f"data={ddp_data}",
+            *COMMON,
+            f"project={root}",
+            f"name=p{n}",
+            f"callbacks={CALLBACKS}:on_train_batch_end",
+        ]
         if n == 2:
             args += ["nproc=2", "sync_bn=true"]
         t0 = time.time()
@@ -107,8 +124,19 @@ def test_elastic_restart_resumes_and_matches(ddp_runs, ddp_data, tmp_path):
     """SIGKILL one of two workers mid-epoch; torchrun restarts both, they resume from last.pt by themselves."""
     out = tmp_path / "out"
     out.mkdir()
-    r = run_cli([f"data={ddp_data}", *COMMON, f"project={tmp_path}", "name=el", "nproc=2", "sync_bn=true",
-                 "max_restarts=1", f"callbacks=on_train_batch_end={CALLBACKS}:kill_rank1_once"], out)
+    r = run_cli(
+        [
+            f"data={ddp_data}",
+            *COMMON,
+            f"project={tmp_path}",
+            "name=el",
+            "nproc=2",
+            "sync_bn=true",
+            "max_restarts=1",
+            f"callbacks=on_train_batch_end={CALLBACKS}:kill_rank1_once",
+        ],
+        out,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "killed").exists()
     assert "resume=auto: continuing" in r.stderr
@@ -122,8 +150,18 @@ def test_elastic_restart_resumes_and_matches(ddp_runs, ddp_data, tmp_path):
 
 def test_failure_on_one_rank_ends_all(ddp_data, tmp_path):
     t0 = time.time()
-    r = run_cli([f"data={ddp_data}", *COMMON, f"project={tmp_path}", "name=f", "nproc=2",
-                 f"callbacks=on_train_batch_start={CALLBACKS}:fail_on_rank1", "dist_timeout=5"], tmp_path)
+    r = run_cli(
+        [
+            f"data={ddp_data}",
+            *COMMON,
+            f"project={tmp_path}",
+            "name=f",
+            "nproc=2",
+            f"callbacks=on_train_batch_start={CALLBACKS}:fail_on_rank1",
+            "dist_timeout=5",
+        ],
+        tmp_path,
+    )
     assert r.returncode != 0
     assert "injected failure on rank 1" in r.stderr
     assert "distributed training with 2 processes failed" in r.stderr
@@ -132,8 +170,10 @@ def test_failure_on_one_rank_ends_all(ddp_data, tmp_path):
 
 @pytest.mark.parametrize("batch, words", [(7, "does not divide"), (2, "at least 2")])
 def test_bad_global_batch_is_refused(ddp_data, tmp_path, batch, words):
-    r = run_cli([f"data={ddp_data}", "epochs=1", "imgsz=64", f"batch={batch}", "workers=0", "nproc=2",
-                 f"project={tmp_path}"], tmp_path)
+    r = run_cli(
+        [f"data={ddp_data}", "epochs=1", "imgsz=64", f"batch={batch}", "workers=0", "nproc=2", f"project={tmp_path}"],
+        tmp_path,
+    )
     assert r.returncode != 0
     assert f"setting 'batch'={batch}" in r.stderr and words in r.stderr
 
@@ -149,11 +189,28 @@ def test_two_nodes_with_c10d_rendezvous(ddp_data, tmp_path):
     port = _free_port()
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     procs = []
-    for node in range(2):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-               "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=yt-test",
-               "-m", "yolotrain", "train", f"data={ddp_data}", "epochs=1", "imgsz=64", "batch=8", "workers=0",
-               "verbose=false", f"project={tmp_path}", "name=mn"]
+    for _node in range(2):
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc_per_node=1",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint=127.0.0.1:{port}",
+            "--rdzv_id=yt-test",
+            "-m",
+            "yolotrain",
+            "train",
+            f"data={ddp_data}",
+            "epochs=1",
+            "imgsz=64",
+            "batch=8",
+            "workers=0",
+            "verbose=false",
+            f"project={tmp_path}",
+            "name=mn",
+        ]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
@@ -177,9 +234,21 @@ def test_oom_on_one_rank_switches_all_and_sizes_agree(ddp_data, tmp_path):
     """An OOM injected on rank 1 only: both ranks switch to micro-batches together; multi-scale sizes agree."""
     out = tmp_path / "out"
     out.mkdir()
-    env_args = [f"data={ddp_data}", "epochs=2", "imgsz=64", "batch=8", "nbs=8", "workers=0", "amp=off",
-                "verbose=false", "nproc=2", f"project={tmp_path}", "name=oom", "multi_scale=0.5",
-                f"callbacks=on_train_batch_end={CALLBACKS}:record_size"]
+    env_args = [
+        f"data={ddp_data}",
+        "epochs=2",
+        "imgsz=64",
+        "batch=8",
+        "nbs=8",
+        "workers=0",
+        "amp=off",
+        "verbose=false",
+        "nproc=2",
+        f"project={tmp_path}",
+        "name=oom",
+        "multi_scale=0.5",
+        f"callbacks=on_train_batch_end={CALLBACKS}:record_size",
+    ]
     os.environ["YOLOTRAIN_INJECT_OOM"], os.environ["YOLOTRAIN_INJECT_OOM_RANK"] = "1:2", "1"
     try:
         r = run_cli(env_args, out)
@@ -201,11 +270,28 @@ def test_sigterm_to_launcher_saves_and_exits_75(ddp_data, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "YT_TEST_OUT": str(out), "PYTHONWARNINGS": "ignore"}
-    args = [f"data={ddp_data}", "epochs=3", "imgsz=64", "batch=4", "nbs=4", "workers=0", "amp=off", "verbose=false",
-            "nproc=2", f"project={tmp_path}", "name=st", "val=false",
-            f"callbacks=on_train_batch_end={CALLBACKS}:mark_started"]
-    proc = subprocess.Popen([sys.executable, "-m", "yolotrain", "train", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    args = [
+        f"data={ddp_data}",
+        "epochs=3",
+        "imgsz=64",
+        "batch=4",
+        "nbs=4",
+        "workers=0",
+        "amp=off",
+        "verbose=false",
+        "nproc=2",
+        f"project={tmp_path}",
+        "name=st",
+        "val=false",
+        f"callbacks=on_train_batch_end={CALLBACKS}:mark_started",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "yolotrain", "train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (out / "started").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -218,4 +304,8 @@ def test_sigterm_to_launcher_saves_and_exits_75(ddp_data, tmp_path):
     r = run_cli([f"resume={tmp_path / 'st' / 'weights' / 'last.pt'}", "nproc=2"], out)
     assert r.returncode == 0, r.stderr[-2000:]
     assert load_checkpoint(tmp_path / "st" / "weights" / "last.pt")["position"] == {
-        "epoch": 2, "iteration": 4, "complete": True, "iters_per_epoch": 4}
+        "epoch": 2,
+        "iteration": 4,
+        "complete": True,
+        "iters_per_epoch": 4,
+    }

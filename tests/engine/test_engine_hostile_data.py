@@ -14,7 +14,7 @@ def write_set(root, n=10):
         for i in range(n):
             img = rng.integers(0, 50, (64, 64, 3), dtype=np.uint8)
             x0, y0 = rng.integers(4, 30, 2)
-            img[y0:y0 + 24, x0:x0 + 20] = 255
+            img[y0 : y0 + 24, x0 : x0 + 20] = 255
             cv2.imwrite(str(root / "images" / split / f"{i}.png"), img)
             xc, yc = (x0 + 10) / 64, (y0 + 12) / 64
             (root / "labels" / split / f"{i}.txt").write_text(f"0 {xc} {yc} {20 / 64} {24 / 64}\n")
@@ -33,8 +33,9 @@ def write_set(root, n=10):
 
 def test_broken_files_are_skipped_and_counted(tmp_path, capsys):
     data = write_set(tmp_path / "ds")
-    code = main(["train", f"data={data}", "epochs=1", "imgsz=64", "batch=4", "workers=0",
-                 f"project={tmp_path / 'runs'}"])
+    code = main(
+        ["train", f"data={data}", "epochs=1", "imgsz=64", "batch=4", "workers=0", f"project={tmp_path / 'runs'}"]
+    )
     assert code == 0
     log = capsys.readouterr().err
     assert "corrupt.jpg" in log and "badlabel.txt" in log

@@ -16,7 +16,6 @@ import torch
 from yolotrain.config import resolve
 from yolotrain.data import ImageRecord
 from yolotrain.engine.callbacks import Callbacks
-from yolotrain.utils.files import append_csv_row
 from yolotrain.engine.loggers import (
     MLflowLogger,
     PlotsLogger,
@@ -26,6 +25,7 @@ from yolotrain.engine.loggers import (
     register_default_loggers,
 )
 from yolotrain.eval import DetectionEvaluator
+from yolotrain.utils.files import append_csv_row
 
 NAMES = ["circle", "rectangle", "triangle"]
 
@@ -52,11 +52,20 @@ def fake_trainer(tmp_path: Path, plots: bool = True) -> SimpleNamespace:
     records = [ImageRecord(f"/x/{i}.jpg", 64, 64, [i % 3], [[0.5, 0.5, 0.2 + 0.1 * i, 0.3]]) for i in range(6)]
     return SimpleNamespace(
         cfg=resolve({"plots": plots, "project": str(save_dir.parent), "name": "exp"}),
-        save_dir=save_dir, epoch=0, nb=3, names=NAMES, history=[], metrics=None, best=None, skipped_steps=2,
-        device=torch.device("cpu"), images_per_s=12.5,
+        save_dir=save_dir,
+        epoch=0,
+        nb=3,
+        names=NAMES,
+        history=[],
+        metrics=None,
+        best=None,
+        skipped_steps=2,
+        device=torch.device("cpu"),
+        images_per_s=12.5,
         optimizer=SimpleNamespace(param_groups=[{"lr": 0.01}, {"lr": 0.02}]),
         train_loader=SimpleNamespace(dataset=SimpleNamespace(records=records)),
-        current_batch=_batch(), loss_items=torch.tensor([1.5, 2.5, 3.5]),
+        current_batch=_batch(),
+        loss_items=torch.tensor([1.5, 2.5, 3.5]),
     )
 
 
@@ -70,10 +79,19 @@ def run_training(trainer: SimpleNamespace, callbacks: Callbacks, epochs: int = 2
             callbacks.run("on_train_batch_end", trainer)
         validated = epoch == epochs - 1
         trainer.metrics = _result() if validated else trainer.metrics
-        row = {"epoch": epoch + 1, "seconds": 1.0, "train/box_loss": 1.0 / (epoch + 1), "train/cls_loss": 0.5,
-               "train/dfl_loss": 0.7, "lr/pg0": 0.01, "lr/pg1": 0.02,
-               "metrics/precision": 0.5 if validated else "", "metrics/mAP50": 0.4 if validated else "",
-               "skipped_steps": 0, "images_per_s": 12.5}
+        row = {
+            "epoch": epoch + 1,
+            "seconds": 1.0,
+            "train/box_loss": 1.0 / (epoch + 1),
+            "train/cls_loss": 0.5,
+            "train/dfl_loss": 0.7,
+            "lr/pg0": 0.01,
+            "lr/pg1": 0.02,
+            "metrics/precision": 0.5 if validated else "",
+            "metrics/mAP50": 0.4 if validated else "",
+            "skipped_steps": 0,
+            "images_per_s": 12.5,
+        }
         trainer.history.append(row)
         append_csv_row(trainer.save_dir / "results.csv", row)
         callbacks.run("on_fit_epoch_end", trainer)
@@ -93,8 +111,16 @@ def test_tensorboard_logs_scalars_and_one_image(tmp_path: Path) -> None:
     acc = EventAccumulator(str(trainer.save_dir), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     tags = acc.Tags()
-    for tag in ("train/box_loss", "lr/pg1", "metrics/mAP50", "system/images_per_s", "system/memory_mb",
-                "system/skipped_steps_total", "batch/box_loss", "batch/lr_pg0"):
+    for tag in (
+        "train/box_loss",
+        "lr/pg1",
+        "metrics/mAP50",
+        "system/images_per_s",
+        "system/memory_mb",
+        "system/skipped_steps_total",
+        "batch/box_loss",
+        "batch/lr_pg0",
+    ):
         assert tag in tags["scalars"], tag
     assert [e.step for e in acc.Scalars("train/box_loss")] == [1, 2]
     assert [e.value for e in acc.Scalars("train/box_loss")] == pytest.approx([1.0, 0.5])
@@ -111,8 +137,15 @@ def test_plots_logger_writes_run_images(tmp_path: Path) -> None:
     PlotsLogger(n_batches=2).register(callbacks)
     run_training(trainer, callbacks)
     files = {p.name for p in trainer.save_dir.iterdir()}
-    assert {"labels.jpg", "train_batch0.jpg", "train_batch1.jpg", "results.png", "PR_curve.png",
-            "confusion_matrix.png", "confusion_matrix_normalized.png"} <= files
+    assert {
+        "labels.jpg",
+        "train_batch0.jpg",
+        "train_batch1.jpg",
+        "results.png",
+        "PR_curve.png",
+        "confusion_matrix.png",
+        "confusion_matrix_normalized.png",
+    } <= files
     assert "train_batch2.jpg" not in files
     assert all((trainer.save_dir / f).stat().st_size > 1000 for f in files if f != "results.csv")
 
@@ -141,8 +174,17 @@ def _fake_module(name: str, calls: list) -> types.ModuleType:
     def rec(fn: str):
         return lambda *a, **k: calls.append((fn, a, k))
 
-    for fn in ("set_experiment", "start_run", "log_params", "log_metrics", "log_artifact", "end_run",
-               "init", "log", "finish"):
+    for fn in (
+        "set_experiment",
+        "start_run",
+        "log_params",
+        "log_metrics",
+        "log_artifact",
+        "end_run",
+        "init",
+        "log",
+        "finish",
+    ):
         setattr(mod, fn, rec(fn))
     mod.Image = lambda path: ("image", path)
     return mod
@@ -180,8 +222,9 @@ def test_mlflow_and_wandb_activate_only_when_installed(tmp_path: Path, monkeypat
     assert any("plots/PR_curve" in c[1][0] for c in logged)
 
 
-def test_remote_logger_error_turns_it_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_remote_logger_error_turns_it_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     calls: list = []
     mod = _fake_module("mlflow", calls)
 

@@ -37,8 +37,16 @@ def test_accumulation_and_decay(batch, acc):
 
 
 def make_schedule(cos=False):
-    return Schedule(epochs=10, iters_per_epoch=10, lrf=0.01, cos_lr=cos, warmup_iters=20, warmup_bias_lr=0.1,
-                    warmup_momentum=0.8, momentum=0.9)
+    return Schedule(
+        epochs=10,
+        iters_per_epoch=10,
+        lrf=0.01,
+        cos_lr=cos,
+        warmup_iters=20,
+        warmup_bias_lr=0.1,
+        warmup_momentum=0.8,
+        momentum=0.9,
+    )
 
 
 def test_warmup_ramps():

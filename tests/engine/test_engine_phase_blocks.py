@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from yolotrain.engine.early_stop import EarlyStopping
-from yolotrain.engine.freeze import (keep_frozen_bn_eval, phase_at, resolve_freeze, scale_lr, set_frozen)
+from yolotrain.engine.freeze import keep_frozen_bn_eval, phase_at, resolve_freeze, scale_lr, set_frozen
 from yolotrain.engine.multiscale import MultiScale, pick_synchronized, resize_batch
 from yolotrain.errors import ConfigError
 from yolotrain.models import build_model
@@ -164,8 +164,13 @@ def test_min_size_mode_keeps_aspect_and_caps_long_side():
 def test_disabled_and_invalid_settings():
     ms = MultiScale(640)
     assert not ms.enabled and ms.pick(0, 0, (480, 640)) == (480, 640) and ms.largest() == (640, 640)
-    for kwargs in ({"fraction": 1.0}, {"fraction": -0.1}, {"min_sizes": [640, 0]}, {"min_sizes": [640], "max_size": 16},
-                   {"fraction": 0.5, "min_sizes": [640]}):
+    for kwargs in (
+        {"fraction": 1.0},
+        {"fraction": -0.1},
+        {"min_sizes": [640, 0]},
+        {"min_sizes": [640], "max_size": 16},
+        {"fraction": 0.5, "min_sizes": [640]},
+    ):
         with pytest.raises(ConfigError):
             MultiScale(640, stride=32, **kwargs)
 

@@ -1,6 +1,5 @@
 """Training phases through the trainer: freeze/unfreeze, multi-scale, AutoBatch, OOM recovery, early stop."""
 
-
 import pytest
 import torch
 
@@ -12,8 +11,20 @@ from yolotrain.eval import EvalResult
 
 
 def cfg_for(data, tmp_path, **kw):
-    base = dict(data=str(data), model="n", epochs=2, imgsz=64, batch=8, workers=0, project=str(tmp_path),
-                name="exp", verbose=False, val=False, plots=False, amp="off")
+    base = dict(
+        data=str(data),
+        model="n",
+        epochs=2,
+        imgsz=64,
+        batch=8,
+        workers=0,
+        project=str(tmp_path),
+        name="exp",
+        verbose=False,
+        val=False,
+        plots=False,
+        amp="off",
+    )
     base.update(kw)
     return resolve(base)
 
@@ -23,22 +34,51 @@ def record(trainer, event, fn):
 
 
 def test_freeze_phase_switch(tiny_data, tmp_path):
-    t = Trainer(cfg_for(tiny_data, tmp_path, freeze="backbone", freeze_epochs=1, freeze_batch=4, batch=8, nbs=16,
-                        optimizer="SGD", lr0=0.01, scale_lr=False))
+    t = Trainer(
+        cfg_for(
+            tiny_data,
+            tmp_path,
+            freeze="backbone",
+            freeze_epochs=1,
+            freeze_batch=4,
+            batch=8,
+            nbs=16,
+            optimizer="SGD",
+            lr0=0.01,
+            scale_lr=False,
+        )
+    )
     seen = []
 
     def on_batch(tr):
-        bb_bn = [m for n, m in tr.model.named_modules() if n.startswith("backbone") and isinstance(m, torch.nn.BatchNorm2d)]
+        bb_bn = [
+            m for n, m in tr.model.named_modules() if n.startswith("backbone") and isinstance(m, torch.nn.BatchNorm2d)
+        ]
         nk_bn = [m for n, m in tr.model.named_modules() if n.startswith("neck") and isinstance(m, torch.nn.BatchNorm2d)]
-        seen.append(dict(epoch=tr.epoch, batch=tr.current_batch["img"].shape[0] if hasattr(tr, "current_batch") else None,
-                         bb_grad=any(p.requires_grad for p in tr.model.backbone.parameters()),
-                         bb_bn_train=any(m.training for m in bb_bn), neck_bn_train=all(m.training for m in nk_bn),
-                         accumulate=tr.accumulate, nb=tr.nb))
+        seen.append(
+            dict(
+                epoch=tr.epoch,
+                batch=tr.current_batch["img"].shape[0] if hasattr(tr, "current_batch") else None,
+                bb_grad=any(p.requires_grad for p in tr.model.backbone.parameters()),
+                bb_bn_train=any(m.training for m in bb_bn),
+                neck_bn_train=all(m.training for m in nk_bn),
+                accumulate=tr.accumulate,
+                nb=tr.nb,
+            )
+        )
 
     snap = {}
-    record(t, "on_train_start", lambda tr: snap.update(start={k: v.clone() for k, v in tr.model.backbone.state_dict().items()}))
+    record(
+        t,
+        "on_train_start",
+        lambda tr: snap.update(start={k: v.clone() for k, v in tr.model.backbone.state_dict().items()}),
+    )
     record(t, "on_train_batch_start", on_batch)
-    record(t, "on_train_epoch_end", lambda tr: snap.setdefault(tr.epoch, {k: v.clone() for k, v in tr.model.backbone.state_dict().items()}))
+    record(
+        t,
+        "on_train_epoch_end",
+        lambda tr: snap.setdefault(tr.epoch, {k: v.clone() for k, v in tr.model.backbone.state_dict().items()}),
+    )
     t.fit()
     e0 = [s for s in seen if s["epoch"] == 0]
     e1 = [s for s in seen if s["epoch"] == 1]
@@ -52,8 +92,21 @@ def test_freeze_phase_switch(tiny_data, tmp_path):
 
 
 def test_scale_lr_fits_lr_to_phase_batch(tiny_data, tmp_path):
-    t = Trainer(cfg_for(tiny_data, tmp_path, freeze="backbone", freeze_epochs=1, freeze_batch=4, batch=8, nbs=64,
-                        optimizer="SGD", lr0=0.01, scale_lr=True, epochs=2))
+    t = Trainer(
+        cfg_for(
+            tiny_data,
+            tmp_path,
+            freeze="backbone",
+            freeze_epochs=1,
+            freeze_batch=4,
+            batch=8,
+            nbs=64,
+            optimizer="SGD",
+            lr0=0.01,
+            scale_lr=True,
+            epochs=2,
+        )
+    )
     lrs = {}
     record(t, "on_train_epoch_start", lambda tr: lrs.setdefault(tr.epoch, (tr.phase_lr, tr.accumulate)))
     t.fit()
@@ -77,10 +130,13 @@ def test_resume_in_unfrozen_phase_is_exact(tiny_data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("kw, allowed", [
-    (dict(multi_scale=0.5), {32, 64, 96}),
-    (dict(min_size=[32, 64], max_size=64), {32, 64}),
-])
+@pytest.mark.parametrize(
+    "kw, allowed",
+    [
+        (dict(multi_scale=0.5), {32, 64, 96}),
+        (dict(min_size=[32, 64], max_size=64), {32, 64}),
+    ],
+)
 def test_multi_scale_sizes(tiny_data, tmp_path, kw, allowed):
     t = Trainer(cfg_for(tiny_data, tmp_path, epochs=2, **kw))
     sizes = []

@@ -12,8 +12,18 @@ import torch
 from yolotrain.cli import main
 from yolotrain.engine.checkpoint import load_checkpoint
 
-ARGS = ["model=n", "epochs=3", "imgsz=64", "batch=4", "nbs=8", "workers=0", "save_period=1", "verbose=false",
-        "seed=3", "close_mosaic=1"]  # accumulate 2: saves happen only at optimizer-step boundaries
+ARGS = [
+    "model=n",
+    "epochs=3",
+    "imgsz=64",
+    "batch=4",
+    "nbs=8",
+    "workers=0",
+    "save_period=1",
+    "verbose=false",
+    "seed=3",
+    "close_mosaic=1",
+]  # accumulate 2: saves happen only at optimizer-step boundaries
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
@@ -72,14 +82,19 @@ def assert_identical(a, b):
     assert fa.keys() == fb.keys()
     diff = [k for k in fa if not torch.equal(fa[k], fb[k])]
     assert not diff, f"{len(diff)} tensors differ, e.g. {diff[:3]}"
-    assert a["ema_updates"] == b["ema_updates"] and a["history"][-1]["metrics/mAP50"] == b["history"][-1]["metrics/mAP50"]
+    assert (
+        a["ema_updates"] == b["ema_updates"] and a["history"][-1]["metrics/mAP50"] == b["history"][-1]["metrics/mAP50"]
+    )
 
 
-@pytest.mark.parametrize("event,at", [
-    ("on_train_batch_end", random.Random(0).randint(8, 12)),   # mid-epoch, in epoch 2 of 3
-    ("on_fit_epoch_end", 1),                                   # right after the epoch-1 checkpoint
-    ("on_train_epoch_end", 2),                                 # before epoch 2's validation and save
-])
+@pytest.mark.parametrize(
+    "event,at",
+    [
+        ("on_train_batch_end", random.Random(0).randint(8, 12)),  # mid-epoch, in epoch 2 of 3
+        ("on_fit_epoch_end", 1),  # right after the epoch-1 checkpoint
+        ("on_train_epoch_end", 2),  # before epoch 2's validation and save
+    ],
+)
 def test_sigkill_then_resume_is_bit_identical(tiny_data, tmp_path, reference, event, at):
     proc = run_killed(tiny_data, tmp_path, event, at)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
@@ -101,8 +116,17 @@ def test_sigterm_saves_and_exits_75_then_resume_true(tiny_data, tmp_path, refere
 
 
 def test_finished_run_and_extension(tiny_data, tmp_path, capsys):
-    base = ["train", f"data={tiny_data}", f"project={tmp_path}", "model=n", "epochs=1", "imgsz=64", "batch=8",
-            "workers=0", "verbose=false"]
+    base = [
+        "train",
+        f"data={tiny_data}",
+        f"project={tmp_path}",
+        "model=n",
+        "epochs=1",
+        "imgsz=64",
+        "batch=8",
+        "workers=0",
+        "verbose=false",
+    ]
     assert main(base) == 0
     last = tmp_path / "exp" / "weights" / "last.pt"
     assert main(["train", f"resume={last}"]) == 0
@@ -116,8 +140,21 @@ def test_finished_run_and_extension(tiny_data, tmp_path, capsys):
 
 
 def test_incompatible_changes_are_refused(tiny_data, tmp_path, capsys):
-    assert main(["train", f"data={tiny_data}", f"project={tmp_path}", "epochs=1", "imgsz=64", "batch=8",
-                 "workers=0", "verbose=false"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                f"data={tiny_data}",
+                f"project={tmp_path}",
+                "epochs=1",
+                "imgsz=64",
+                "batch=8",
+                "workers=0",
+                "verbose=false",
+            ]
+        )
+        == 0
+    )
     last = tmp_path / "exp" / "weights" / "last.pt"
     capsys.readouterr()
     assert main(["train", f"resume={last}", "imgsz=128"]) == 2

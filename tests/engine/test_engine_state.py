@@ -35,8 +35,13 @@ def test_checkpoint_round_trip_and_atomic(tmp_path):
     import numpy as np
 
     path = tmp_path / "w" / "last.pt"
-    state = {"model": {"a": torch.ones(2)}, "epoch": np.int64(3), "ver": torch.__version__, "p": tmp_path,
-             "m": {"x": np.float32(0.5)}}
+    state = {
+        "model": {"a": torch.ones(2)},
+        "epoch": np.int64(3),
+        "ver": torch.__version__,
+        "p": tmp_path,
+        "m": {"x": np.float32(0.5)},
+    }
     save_checkpoint(state, path)
     loaded = load_checkpoint(path)
     assert loaded["epoch"] == 3 and type(loaded["epoch"]) is int and loaded["ver"] == str(torch.__version__)

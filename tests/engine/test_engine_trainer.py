@@ -10,8 +10,17 @@ from yolotrain.errors import TrainingError
 
 
 def cfg_for(data, tmp_path, **kw):
-    base = dict(data=str(data), model="n", epochs=1, imgsz=64, batch=8, workers=0, project=str(tmp_path),
-                verbose=False, val=False)
+    base = dict(
+        data=str(data),
+        model="n",
+        epochs=1,
+        imgsz=64,
+        batch=8,
+        workers=0,
+        project=str(tmp_path),
+        verbose=False,
+        val=False,
+    )
     base.update(kw)
     return resolve(base)
 
@@ -43,8 +52,9 @@ def test_nonfinite_loss_never_reaches_weights(tiny_data, tmp_path):
 
     trainer.callbacks.add("on_train_start", setup_hook)
     steps = []
-    trainer.callbacks.add("on_before_optimizer_step", lambda t: steps.append(
-        all(p.grad is None for p in t.model.parameters())))
+    trainer.callbacks.add(
+        "on_before_optimizer_step", lambda t: steps.append(all(p.grad is None for p in t.model.parameters()))
+    )
     trainer.fit()
     # the first batch's NaN loss was not back-propagated, so its step was skipped before the hook
     assert steps and not any(steps)
@@ -70,8 +80,12 @@ def test_callbacks_fire_in_order(tiny_data, tmp_path):
         cbs.add(ev, lambda t, ev=ev: fired.append(ev))
     Trainer(cfg_for(tiny_data, tmp_path, val=True), callbacks=cbs).fit()
     order = [e for i, e in enumerate(fired) if i == 0 or fired[i - 1] != e]
-    assert order[:4] == ["on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start",
-                         "on_train_epoch_start"]
+    assert order[:4] == [
+        "on_pretrain_routine_start",
+        "on_pretrain_routine_end",
+        "on_train_start",
+        "on_train_epoch_start",
+    ]
     assert order[-3:] == ["on_fit_epoch_end", "on_model_save", "on_train_end"] or order[-1] == "on_train_end"
     assert "on_val_start" in fired and "on_before_optimizer_step" in fired and "on_exception" not in fired
     with pytest.raises(ValueError, match="unknown callback event"):
@@ -90,9 +104,11 @@ def write_boxes_set(root, n=32, size=64, seed=0):
         img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
         w, h = rng.integers(size // 4, size * 5 // 8, 2)
         x0, y0 = rng.integers(0, size - w), rng.integers(0, size - h)
-        img[y0:y0 + h, x0:x0 + w] = 255
+        img[y0 : y0 + h, x0 : x0 + w] = 255
         cv2.imwrite(str(root / "images" / f"{i}.png"), img)
-        (root / "labels" / f"{i}.txt").write_text(f"0 {(x0 + w / 2) / size} {(y0 + h / 2) / size} {w / size} {h / size}\n")
+        (root / "labels" / f"{i}.txt").write_text(
+            f"0 {(x0 + w / 2) / size} {(y0 + h / 2) / size} {w / size} {h / size}\n"
+        )
     # validate on the training images: this checks that the whole loop learns, not generalisation
     (root / "data.yaml").write_text("path: .\ntrain: images\nval: images\nnames: [box]\n")
     return root / "data.yaml"
@@ -101,8 +117,23 @@ def write_boxes_set(root, n=32, size=64, seed=0):
 def test_short_training_learns(tmp_path):
     """From random weights to a clearly useful detector in ~80 optimizer steps on CPU."""
     data = write_boxes_set(tmp_path / "boxes")
-    cfg = cfg_for(data, tmp_path, epochs=20, imgsz=64, batch=8, nbs=8, mosaic=0.0, val=True, val_period=20,
-                  optimizer="AdamW", lr0=0.004, warmup_epochs=1, warmup_min_iters=10, amp="off", seed=1)
+    cfg = cfg_for(
+        data,
+        tmp_path,
+        epochs=20,
+        imgsz=64,
+        batch=8,
+        nbs=8,
+        mosaic=0.0,
+        val=True,
+        val_period=20,
+        optimizer="AdamW",
+        lr0=0.004,
+        warmup_epochs=1,
+        warmup_min_iters=10,
+        amp="off",
+        seed=1,
+    )
     trainer = Trainer(cfg)
     best = trainer.fit()
     assert best is not None and best.map50 > 0.6, best.map50

@@ -63,9 +63,7 @@ def _make_dataset(seed: int, n_images: int = 40, crowd: bool = False, many: bool
                 if n_gt:
                     preds.append([*gt[0], 0.999, cls[0]])
         pred = np.asarray(preds, dtype=np.float64).reshape(-1, 6)
-        images.append(
-            {"id": 1000 + i, "w": w, "h": h, "gt": gt, "cls": cls, "crowd": is_crowd, "pred": pred}
-        )
+        images.append({"id": 1000 + i, "w": w, "h": h, "gt": gt, "cls": cls, "crowd": is_crowd, "pred": pred})
     return images
 
 

@@ -46,8 +46,12 @@ def test_pr_curves_monotone_and_hand_checked() -> None:
     assert (prec[1] == 0).all() and (prec[2] == 0).all()
     rng = np.random.default_rng(0)
     n = 500
-    prec = pr_curves(rng.uniform(size=n), rng.integers(0, 5, n), rng.choice([TP, FP, IGNORED], n).astype(np.int8),
-                     np.array([40, 30, 0, 50, 20]))
+    prec = pr_curves(
+        rng.uniform(size=n),
+        rng.integers(0, 5, n),
+        rng.choice([TP, FP, IGNORED], n).astype(np.int8),
+        np.array([40, 30, 0, 50, 20]),
+    )
     assert (np.diff(prec, axis=1) <= 1e-12).all()  # precision never rises with recall
     assert ((prec >= 0) & (prec <= 1)).all()
 
@@ -55,8 +59,18 @@ def test_pr_curves_monotone_and_hand_checked() -> None:
 def _cm(dets: list[list[float]], gts: list[list[float]], n_cls: int = 3, crowd=None, conf: float = 0.25):
     d = np.asarray(dets, dtype=float).reshape(-1, 7)  # x1 y1 x2 y2 score cls image
     g = np.asarray(gts, dtype=float).reshape(-1, 6)  # x1 y1 x2 y2 cls image
-    return confusion_matrix(d[:, :4], d[:, 4], d[:, 5], d[:, 6].astype(int), g[:, :4], g[:, 4], g[:, 5].astype(int),
-                            n_cls, gt_crowd=None if crowd is None else np.asarray(crowd, bool), conf=conf)
+    return confusion_matrix(
+        d[:, :4],
+        d[:, 4],
+        d[:, 5],
+        d[:, 6].astype(int),
+        g[:, :4],
+        g[:, 4],
+        g[:, 5].astype(int),
+        n_cls,
+        gt_crowd=None if crowd is None else np.asarray(crowd, bool),
+        conf=conf,
+    )
 
 
 def test_confusion_matrix_hand_made_counts() -> None:

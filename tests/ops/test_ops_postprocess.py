@@ -41,8 +41,8 @@ def _encode(
     t[img, 4 * REG_MAX + cls, gy, gx] = logit
     s = STRIDES[level].item()
     ax, ay = gx + 0.5, gy + 0.5
-    l, tp, r, btm = ltrb
-    return [(ax - l) * s, (ay - tp) * s, (ax + r) * s, (ay + btm) * s]
+    left, tp, r, btm = ltrb
+    return [(ax - left) * s, (ay - tp) * s, (ax + r) * s, (ay + btm) * s]
 
 
 def test_decode_shape_and_values() -> None:

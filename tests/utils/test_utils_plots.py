@@ -12,6 +12,7 @@ from PIL import Image
 
 from yolotrain.data import ImageRecord
 from yolotrain.eval import DetectionEvaluator
+from yolotrain.utils.draw import colors
 from yolotrain.utils.plots import (
     plot_confusion_matrix,
     plot_labels,
@@ -22,11 +23,22 @@ from yolotrain.utils.plots import (
     smooth,
     train_batch_image,
 )
-from yolotrain.utils.plotting import colors
 
 NAMES = ["circle", "rectangle", "triangle"]
-COLUMNS = ["epoch", "seconds", "train/box_loss", "train/cls_loss", "train/dfl_loss", "lr/pg0", "lr/pg1",
-           "metrics/precision", "metrics/recall", "metrics/mAP50", "metrics/mAP50-95", "skipped_steps"]
+COLUMNS = [
+    "epoch",
+    "seconds",
+    "train/box_loss",
+    "train/cls_loss",
+    "train/dfl_loss",
+    "lr/pg0",
+    "lr/pg1",
+    "metrics/precision",
+    "metrics/recall",
+    "metrics/mAP50",
+    "metrics/mAP50-95",
+    "skipped_steps",
+]
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -43,8 +55,16 @@ def _write_csv(path: Path, n: int, validate_every: int = 2) -> None:
         w.writeheader()
         for e in range(1, n + 1):
             val = e % validate_every == 0 or e == n
-            row = {"epoch": e, "seconds": 1.5, "train/box_loss": 2 / e, "train/cls_loss": 1 / e, "train/dfl_loss": 1.2,
-                   "lr/pg0": 0.01 * (1 - e / (n + 1)), "lr/pg1": 0.01, "skipped_steps": 0}
+            row = {
+                "epoch": e,
+                "seconds": 1.5,
+                "train/box_loss": 2 / e,
+                "train/cls_loss": 1 / e,
+                "train/dfl_loss": 1.2,
+                "lr/pg0": 0.01 * (1 - e / (n + 1)),
+                "lr/pg1": 0.01,
+                "skipped_steps": 0,
+            }
             for k in ("metrics/precision", "metrics/recall", "metrics/mAP50", "metrics/mAP50-95"):
                 row[k] = round(1 - 1 / (e + 1), 4) if val else ""
             w.writerow(row)
@@ -95,8 +115,9 @@ def _batch() -> dict:
         "img": img,
         "batch_idx": torch.tensor([0.0, 0.0, 3.0, 4.0]),
         "cls": torch.tensor([[0.0], [1.0], [2.0], [1.0]]),
-        "bboxes": torch.tensor([[0.25, 0.5, 0.3, 0.5], [0.7, 0.5, 0.2, 0.4], [0.5, 0.5, 0.5, 0.5],
-                                [0.5, 0.5, 0.9, 0.9]]),
+        "bboxes": torch.tensor(
+            [[0.25, 0.5, 0.3, 0.5], [0.7, 0.5, 0.2, 0.4], [0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.9, 0.9]]
+        ),
     }
 
 
@@ -107,7 +128,7 @@ def test_train_batch_grid_draws_boxes_in_their_tiles(tmp_path: Path) -> None:
     assert tuple(grid[64 + 32, 24]) == colors(2)
     # Image 1 has no box, so the centre of its tile is untouched grey.
     assert tuple(grid[32, 96 + 48]) == (90, 90, 90)
-    assert (grid[64:, 2 * 96 + 5:] == 255).all()  # the empty sixth tile stays white
+    assert (grid[64:, 2 * 96 + 5 :] == 255).all()  # the empty sixth tile stays white
     small = train_batch_image(_batch(), NAMES, max_images=2, max_size=100)
     assert max(small.shape[:2]) <= 100
     w, h = _image_size(plot_train_batch(_batch(), NAMES, tmp_path / "train_batch0.jpg"))
@@ -121,8 +142,14 @@ def _curves():
         gt = rng.uniform(0, 200, (4, 2))
         gt = np.concatenate([gt, gt + rng.uniform(10, 60, (4, 2))], 1)
         cls = rng.integers(0, 3, 4)
-        pred = np.concatenate([gt + rng.normal(0, 4, gt.shape), rng.uniform(0, 1, (4, 1)),
-                               ((cls + (rng.uniform(size=4) < 0.2)) % 3)[:, None]], 1)
+        pred = np.concatenate(
+            [
+                gt + rng.normal(0, 4, gt.shape),
+                rng.uniform(0, 1, (4, 1)),
+                ((cls + (rng.uniform(size=4) < 0.2)) % 3)[:, None],
+            ],
+            1,
+        )
         ev.add(i, 320, 320, gt, cls, pred)
     return ev.compute().curves
 
@@ -132,8 +159,9 @@ def test_plot_pr_curve_and_confusion_matrix(tmp_path: Path) -> None:
     w, h = _image_size(plot_pr_curve(curves, NAMES, tmp_path / "PR_curve.png"))
     assert 700 <= w <= 1200 and 450 <= h <= 800
     for normalize in (True, False):
-        out = plot_confusion_matrix(curves.confusion, NAMES, tmp_path / f"cm{normalize}.png", normalize=normalize,
-                                    conf=curves.conf)
+        out = plot_confusion_matrix(
+            curves.confusion, NAMES, tmp_path / f"cm{normalize}.png", normalize=normalize, conf=curves.conf
+        )
         w, h = _image_size(out)
         assert 400 <= w <= 1200 and 400 <= h <= 1200
     many = [f"c{i}" for i in range(60)]  # beyond the named limit: no per-cell text, still a bounded figure

@@ -59,15 +59,11 @@ def letterbox(
         img = cv2.resize(img, (uw, uh), interpolation=interp)
     left, top = dw // 2, dh // 2
     if dw or dh:
-        img = cv2.copyMakeBorder(
-            img, top, dh - top, left, dw - left, cv2.BORDER_CONSTANT, value=color
-        )
+        img = cv2.copyMakeBorder(img, top, dh - top, left, dw - left, cv2.BORDER_CONSTANT, value=color)
     return img, (uw / w0, uh / h0), (left, top)
 
 
-def random_hsv(
-    img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: np.random.Generator
-) -> np.ndarray:
+def random_hsv(img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: np.random.Generator) -> np.ndarray:
     """Random hue shift and saturation / value gains, in place.
 
     Hue is shifted additively (by up to ``hgain`` of the full colour circle) so every hue moves

@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from yolotrain.data.config import load_data_yaml
-from yolotrain.data.labels import ScanReport, scan_split
+from yolotrain.data.data_yaml import load_data_yaml
+from yolotrain.data.labels import ScanReport
 from yolotrain.data.records import ImageRecord
+from yolotrain.data.scan import scan_split
 from yolotrain.errors import DataError
 
-logger = logging.getLogger("yolotrain")
+LOGGER = logging.getLogger("yolotrain")
 
 # COCO's size ranges, on box area in original-image pixels (COCO itself uses the mask area).
 SMALL_AREA = 32**2

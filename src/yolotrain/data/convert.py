@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from yolotrain.data.config import load_data_yaml
-from yolotrain.data.labels import scan_split
+from yolotrain.data.data_yaml import load_data_yaml
 from yolotrain.data.records import ImageRecord
-from yolotrain.data.sources import img_to_label_path
+from yolotrain.data.scan import scan_split
+from yolotrain.data.yolo_paths import img_to_label_path
 from yolotrain.errors import DataError
 
-logger = logging.getLogger("yolotrain")
+LOGGER = logging.getLogger("yolotrain")
 
 TARGETS = ("yolo", "coco")
 
@@ -102,8 +102,9 @@ def coco_dict(records: list[ImageRecord], names: list[str], file_names: list[str
         y1 = (b[:, 1] - b[:, 3] / 2) * rec.height
         w, h = b[:, 2] * rec.width, b[:, 3] * rec.height
         crowd = rec.crowd if rec.crowd is not None else np.zeros(rec.num_instances, bool)
-        for c, bx, by, bw, bh, cr in zip(rec.cls.tolist(), x1.tolist(), y1.tolist(), w.tolist(), h.tolist(),
-                                         crowd.tolist()):
+        for c, bx, by, bw, bh, cr in zip(
+            rec.cls.tolist(), x1.tolist(), y1.tolist(), w.tolist(), h.tolist(), crowd.tolist()
+        ):
             annotations.append({
                 "id": len(annotations) + 1, "image_id": i, "category_id": c + 1,
                 "bbox": [round(bx, 6), round(by, 6), round(bw, 6), round(bh, 6)],
@@ -155,7 +156,7 @@ def convert_dataset(src: str | os.PathLike[str], to: str, out: str | os.PathLike
     scanned = {}
     for split in splits:  # scan everything first: fail before writing anything
         records, report = scan_split(data[split], data["nc"], split, root=data["path"])
-        logger.info(f"{split}: {report.summary()}")
+        LOGGER.info(f"{split}: {report.summary()}")
         scanned[split] = _unique(records)
     spec: dict[str, Any] = {}
     try:
@@ -164,7 +165,7 @@ def convert_dataset(src: str | os.PathLike[str], to: str, out: str | os.PathLike
             if to == "yolo":
                 skipped = _write_yolo_split(scanned[split], out, split, link)
                 if skipped:
-                    logger.info(f"{split}: {skipped} crowd/difficult boxes left out "
+                    LOGGER.info(f"{split}: {skipped} crowd/difficult boxes left out "
                                 "(YOLO labels have no crowd flag)")  # fmt: skip
                 spec[split] = f"images/{split}"
             else:
@@ -183,5 +184,5 @@ def convert_dataset(src: str | os.PathLike[str], to: str, out: str | os.PathLike
         why = f"{type(e).__name__}: {e.strerror or e}"
         raise DataError(f"{out}: cannot write the converted dataset ({why})") from None
     n = sum(len(v) for v in scanned.values())
-    logger.info(f"converted {n} images ({', '.join(splits)}) to {to} in {out}")
+    LOGGER.info(f"converted {n} images ({', '.join(splits)}) to {to} in {out}")
     return yaml_out

@@ -16,7 +16,7 @@ from yolotrain.data.image_io import read_image
 from yolotrain.data.records import ImageRecord, xywhn_to_xyxy, xyxy_to_xywhn
 from yolotrain.errors import ConfigError
 
-logger = logging.getLogger("yolotrain")
+LOGGER = logging.getLogger("yolotrain")
 
 _HYP_KEYS = (
     "mosaic", "degrees", "translate", "scale", "shear", "fliplr", "hsv_h", "hsv_s", "hsv_v"
@@ -72,9 +72,7 @@ class DetectionDataset(Dataset):
         seed: int = 0,
     ) -> None:
         if imgsz <= 0 or imgsz % stride:
-            raise ConfigError(
-                f"imgsz: {imgsz} must be a positive multiple of the model stride {stride}"
-            )
+            raise ConfigError(f"imgsz: {imgsz} must be a positive multiple of the model stride {stride}")
         if augment:
             missing = [k for k in _HYP_KEYS if not hasattr(hyp, k)]
             if missing:
@@ -103,10 +101,7 @@ class DetectionDataset(Dataset):
     # ------------------------------------------------------------------ loading
     def _cache_in_ram(self) -> None:
         # Resized images keep their aspect ratio with the long side at imgsz.
-        need = sum(
-            3 * self.imgsz**2 * min(r.height, r.width) / max(r.height, r.width, 1)
-            for r in self.records
-        )
+        need = sum(3 * self.imgsz**2 * min(r.height, r.width) / max(r.height, r.width, 1) for r in self.records)
         try:
             import psutil
 
@@ -114,7 +109,7 @@ class DetectionDataset(Dataset):
         except Exception:  # psutil missing or unsupported platform: trust the user
             available = float("inf")
         if need > 0.7 * available:
-            logger.warning(
+            LOGGER.warning(
                 "cache=ram needs %.1f GB but only %.1f GB is available; not caching images",
                 need / 1e9,
                 available / 1e9,
@@ -122,7 +117,7 @@ class DetectionDataset(Dataset):
             return
         with ThreadPoolExecutor(max_workers=4) as pool:  # decoding releases the GIL
             self._ram = list(pool.map(self._load_from_disk, range(len(self.records))))
-        logger.info("cached %d images in RAM (%.2f GB)", len(self.records), need / 1e9)
+        LOGGER.info("cached %d images in RAM (%.2f GB)", len(self.records), need / 1e9)
 
     def _load_from_disk(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
         img = read_image(self.records[i].im_file)

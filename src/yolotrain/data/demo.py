@@ -29,7 +29,7 @@ import yaml
 from yolotrain.data.records import xyxy_to_xywhn
 from yolotrain.errors import DataError
 
-logger = logging.getLogger("yolotrain")
+LOGGER = logging.getLogger("yolotrain")
 
 DEMO_VERSION = 1
 CLASS_NAMES = ("circle", "rectangle", "triangle", "cross")
@@ -71,9 +71,7 @@ def _unit_shape(cls: int, rng: np.random.Generator) -> np.ndarray:
     return pts @ np.array([[c, s], [-s, c]])
 
 
-def _random_color(
-    rng: np.random.Generator, v_lo: float, v_hi: float, s_lo: float, s_hi: float
-) -> tuple[int, int, int]:
+def _random_color(rng: np.random.Generator, v_lo: float, v_hi: float, s_lo: float, s_hi: float) -> tuple[int, int, int]:
     """Random RGB colour with value and saturation (0..1) in the given ranges."""
     h, s, v = rng.uniform(0, 180), rng.uniform(s_lo, s_hi) * 255, rng.uniform(v_lo, v_hi) * 255
     hsv = np.array([[[h, s, v]]])
@@ -249,17 +247,13 @@ def ensure_demo_dataset(
         DataError: ``root`` exists, is not a demo dataset and is not empty, or cannot be written.
     """
     if min(n_train, n_val) < 1 or size < 32:
-        raise DataError(
-            f"demo dataset: need n_train, n_val >= 1 and size >= 32, got {n_train}, {n_val}, {size}"
-        )
+        raise DataError(f"demo dataset: need n_train, n_val >= 1 and size >= 32, got {n_train}, {n_val}, {size}")
     target = Path(root).expanduser().resolve() if root is not None else default_demo_root()
     params = _params(int(n_train), int(n_val), int(size), int(seed))
     if _is_complete(target, params):
         return target / "data.yaml"
     if target.exists() and not (target / _MARKER).exists() and any(target.iterdir()):
-        raise DataError(
-            f"{target}: exists and is not a yolotrain demo dataset; choose another folder"
-        )
+        raise DataError(f"{target}: exists and is not a yolotrain demo dataset; choose another folder")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_tmp(target)
@@ -285,7 +279,7 @@ def ensure_demo_dataset(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    logger.info(
+    LOGGER.info(
         "demo dataset generated in %s (%d train / %d val images, %.1f s)",
         target,
         n_train,

@@ -14,14 +14,15 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from yolotrain.data.records import ImageRecord
 
-logger = logging.getLogger("yolotrain")
+LOGGER = logging.getLogger("yolotrain")
 
 CACHE_VERSION = 2  # 2: optional per-box crowd flags
 
@@ -49,9 +50,7 @@ def files_hash(im_files: list[str], label_files: list[str], nc: int, extra: str 
     return h.hexdigest()
 
 
-def save_cache(
-    path: Path, key: str, records: list[ImageRecord], report: dict[str, Any]
-) -> bool:
+def save_cache(path: Path, key: str, records: list[ImageRecord], report: dict[str, Any]) -> bool:
     """Write the cache atomically; skip quietly (debug log) when the folder is not writable.
 
     Args:
@@ -94,7 +93,7 @@ def save_cache(
         os.replace(tmp, path)
         return True
     except OSError as e:
-        logger.debug("label cache not written to %s (%s)", path, e)
+        LOGGER.debug("label cache not written to %s (%s)", path, e)
         if tmp is not None:
             try:
                 os.unlink(tmp)
@@ -119,7 +118,7 @@ def load_cache(path: Path, key: str) -> tuple[list[ImageRecord], dict[str, Any]]
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
         if d.get("version") != CACHE_VERSION or d.get("key") != key:
-            logger.debug("label cache %s is stale, rescanning", path)
+            LOGGER.debug("label cache %s is stale, rescanning", path)
             return None
         counts = np.asarray(d["counts"], dtype=np.int64)
         cls = np.asarray(d["cls"], dtype=np.int64).reshape(-1)
@@ -151,7 +150,7 @@ def load_cache(path: Path, key: str) -> tuple[list[ImageRecord], dict[str, Any]]
         return records, report
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         # json.JSONDecodeError is a ValueError; any damage simply means "rebuild".
-        logger.warning("label cache %s is corrupt (%s), rebuilding it", path, type(e).__name__)
+        LOGGER.warning("label cache %s is corrupt (%s), rebuilding it", path, type(e).__name__)
         return None
 
 
@@ -173,10 +172,10 @@ def cached_scan(
     """
     cached = load_cache(cache_file, key) if use_cache else None
     if cached is not None:
-        logger.debug("labels read from cache %s", cache_file)
+        LOGGER.debug("labels read from cache %s", cache_file)
         return cached[0], report_from_json(cached[1]), True
     if message:
-        logger.info(message)
+        LOGGER.info(message)
     records, report = scan()
     if use_cache and message:
         save_cache(cache_file, key, records, report.to_json())

@@ -4,7 +4,7 @@ Usage::
 
     cfg = load_data_yaml("data.yaml")
     records, report = scan_split(cfg["train"], cfg["nc"], "train", root=cfg["path"])
-    logger.info(f"train: {report.summary()}")
+    LOGGER.info(f"train: {report.summary()}")
 
 YOLO sources are scanned here; COCO and VOC sources are handed to :mod:`yolotrain.data.formats`,
 which produce the same records and the same report.
@@ -13,7 +13,6 @@ which produce the same records and the same report.
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -23,10 +22,9 @@ from PIL import Image
 from yolotrain.data import label_parse as lp
 from yolotrain.data.label_cache import cached_scan, files_hash
 from yolotrain.data.records import ImageRecord
-from yolotrain.data.sources import cache_path_for, img_to_label_path, is_image_file, list_images
-from yolotrain.errors import DataError
+from yolotrain.data.yolo_paths import cache_path_for, img_to_label_path, is_image_file, list_images
 
-logger = logging.getLogger("yolotrain")
+LOGGER = logging.getLogger("yolotrain")
 
 MAX_WARNINGS = 20
 _EXIF_ORIENTATION = 0x0112
@@ -125,8 +123,7 @@ class ScanReport:
             problems.append(f"{self.duplicate_rows} duplicate rows removed")
         if self.out_of_range_rows or self.clipped_rows:
             problems.append(
-                f"{self.out_of_range_rows + self.clipped_rows} boxes clipped "
-                f"({self.out_of_range_rows} by more than 1%)"
+                f"{self.out_of_range_rows + self.clipped_rows} boxes clipped ({self.out_of_range_rows} by more than 1%)"
             )
         tail = " (from cache)" if self.from_cache else ""
         return head + tail + ("; " + "; ".join(problems) if problems else "")
@@ -134,9 +131,9 @@ class ScanReport:
     def log_problems(self, max_lines: int = MAX_WARNINGS) -> None:
         """Log each problem as a warning, capped at ``max_lines`` plus one "... and N more" line."""
         for msg in self.messages[:max_lines]:
-            logger.warning(msg)
+            LOGGER.warning(msg)
         if len(self.messages) > max_lines:
-            logger.warning(
+            LOGGER.warning(
                 "... and %d more label/image problems in %s (counts in the summary are exact)",
                 len(self.messages) - max_lines,
                 self.split or "this split",
@@ -227,74 +224,18 @@ def check_images(im_files: list[str], workers: int) -> list[tuple[int, int] | st
         return list(pool.map(check_image, im_files))
 
 
-def _scan_yolo_source(
+def scan_yolo_source(
     source: str, nc: int, split: str, root: str | None, use_cache: bool, workers: int
 ) -> tuple[list[ImageRecord], ScanReport, bool]:
     """One YOLO folder or image list -> ``(records, report, read_from_cache)``."""
     im_files = list_images(source, root)
     label_files = [img_to_label_path(f) for f in im_files]
     key = files_hash(im_files, label_files, nc) if use_cache else ""
-    return cached_scan(cache_path_for(source), key, use_cache, lambda: _scan_files(im_files, nc, workers),
-                       ScanReport.from_json, f"{split}: scanning {len(im_files)} images in {source}" if im_files else None)
-
-
-def scan_split(
-    sources: list[str],
-    nc: int,
-    split: str = "train",
-    *,
-    root: str | None = None,
-    use_cache: bool = True,
-    workers: int | None = None,
-    log_problems: bool = True,
-) -> tuple[list[ImageRecord], ScanReport]:
-    """Scan every source of a split into records, using and refreshing the label caches.
-
-    Args:
-        sources: Split entries as from :func:`~yolotrain.data.config.load_data_yaml`: folders of
-            images and/or ``.txt`` image lists (YOLO), COCO ``.json`` files, or VOC
-            ``ImageSets/Main/*.txt`` lists. Plain path strings work too; the format then follows
-            from the path (:func:`~yolotrain.data.formats.detect_format`).
-        nc: Number of classes.
-        split: Split name, used in messages.
-        root: Dataset root, a fallback for relative lines in YOLO ``.txt`` lists.
-        use_cache: Read and write ``*.cache.json`` label caches.
-        workers: Threads for the image checks (default: a few per CPU).
-        log_problems: Log the problems as warnings (capped); ``data check`` prints them itself.
-
-    Returns:
-        ``(records, report)``; the summary is left to the caller
-        (``logger.info(f"{split}: {report.summary()}")``).
-
-    Raises:
-        DataError: A source is missing or unreadable as a whole, or the split has no usable image.
-    """
-    from yolotrain.data.formats import FORMAT_YOLO, detect_format, scan_annotated_source
-
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [sources]  # type: ignore[list-item]
-    if not sources:
-        raise DataError(f"{split}: no image sources given")
-    workers = workers or min(32, 4 * (os.cpu_count() or 1))
-    records: list[ImageRecord] = []
-    report = ScanReport(split=split, from_cache=use_cache)
-    for source in sources:
-        if detect_format(source) == FORMAT_YOLO:
-            recs, rep, hit = _scan_yolo_source(str(source), nc, split, root, use_cache, workers)
-        else:
-            recs, rep, hit = scan_annotated_source(source, nc, split, use_cache, workers)
-        report.from_cache &= hit
-        records.extend(recs)
-        report.merge(rep)
-
-    if log_problems:
-        report.log_problems()
-    if not records:
-        raise DataError(
-            f"{split}: no usable images in {', '.join(map(str, sources))} "
-            f"({report.images_found} found, {report.corrupt_images} corrupt, "
-            f"{report.missing_images} missing, "
-            f"{report.malformed_label_files} with malformed labels)"
-        )
-    logger.debug("%s: %s", split, report.summary())
-    return records, report
+    return cached_scan(
+        cache_path_for(source),
+        key,
+        use_cache,
+        lambda: _scan_files(im_files, nc, workers),
+        ScanReport.from_json,
+        f"{split}: scanning {len(im_files)} images in {source}" if im_files else None,
+    )

@@ -66,9 +66,7 @@ class EpochSampler(Sampler[SampleKey]):
         world_size: Number of processes; above 1 each rank gets its DistributedSampler share.
     """
 
-    def __init__(
-        self, dataset: Dataset, shuffle: bool, seed: int = 0, rank: int = -1, world_size: int = 1
-    ) -> None:
+    def __init__(self, dataset: Dataset, shuffle: bool, seed: int = 0, rank: int = -1, world_size: int = 1) -> None:
         self.dataset = dataset
         self.shuffle = shuffle
         self.seed = int(seed)
@@ -181,9 +179,7 @@ def build_dataloader(
     if epoch_aware:
         sampler = EpochSampler(dataset, shuffle, seed, rank, world_size)
     elif world_size > 1:
-        sampler = DistributedSampler(
-            dataset, num_replicas=world_size, rank=max(rank, 0), shuffle=shuffle, seed=seed
-        )
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=max(rank, 0), shuffle=shuffle, seed=seed)
     else:
         sampler = _PlainSampler(dataset, shuffle, seed)
     generator = torch.Generator()

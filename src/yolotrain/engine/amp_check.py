@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from . import distributed as dist
-from .precision import Precision, bf16_supported
+from yolotrain.engine import distributed as dist
+from yolotrain.engine.precision import Precision, bf16_supported
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -112,8 +112,9 @@ def choose_checked_precision(model: nn.Module, criterion, device: torch.device, 
             if result.ok:
                 chosen = cand
                 if failures:
-                    LOGGER.warning(f"AMP check: {'; '.join(failures)}; falling back to "
-                                   f"{'fp32' if cand == 'off' else cand}")
+                    LOGGER.warning(
+                        f"AMP check: {'; '.join(failures)}; falling back to {'fp32' if cand == 'off' else cand}"
+                    )
                 else:
                     LOGGER.info(f"AMP check passed: {result.detail}")
                 break

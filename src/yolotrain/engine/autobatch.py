@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, TrainingError
-from . import distributed as dist
-from .oom import free_memory, is_oom
+from yolotrain.engine import distributed as dist
+from yolotrain.engine.oom import free_memory, is_oom
+from yolotrain.errors import ConfigError, TrainingError
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -55,8 +55,10 @@ def autobatch_fraction(batch_setting: float) -> float | None:
         return b
     if b >= 1 and b == int(b):
         return None
-    raise ConfigError(f"setting 'batch'={batch_setting} must be a whole number of images >= 1, -1 (AutoBatch at "
-                      f"{DEFAULT_FRACTION:.0%} of memory) or a memory fraction in (0, 1)")
+    raise ConfigError(
+        f"setting 'batch'={batch_setting} must be a whole number of images >= 1, -1 (AutoBatch at "
+        f"{DEFAULT_FRACTION:.0%} of memory) or a memory fraction in (0, 1)"
+    )
 
 
 # ----------------------------------------------------------------------------------------- meters
@@ -168,19 +170,28 @@ def _choose(probes: list[tuple[int, float]], budget: float, ceiling: int) -> tup
     ys = np.array([mb for _, mb in probes], dtype=np.float64)
     slope, intercept = np.polyfit(xs, ys, 1)
     if not (math.isfinite(slope) and slope > 0):
-        return fallback, (f"memory did not grow with the batch (slope {slope:.3g} MiB/image); using the largest "
-                          f"probed batch that fit ({fallback})")
+        return fallback, (
+            f"memory did not grow with the batch (slope {slope:.3g} MiB/image); using the largest "
+            f"probed batch that fit ({fallback})"
+        )
     # The epsilon keeps a batch predicted exactly at the budget from losing to float rounding in the fit.
     batch = int(math.floor((budget - intercept) / slope + 1e-6))
     batch = min(max(batch, 1), ceiling)
-    return batch, (f"fit {intercept:.0f} + {slope:.1f}*batch MiB predicts {intercept + slope * batch:.0f} MiB at "
-                   f"batch {batch}")
+    return batch, (
+        f"fit {intercept:.0f} + {slope:.1f}*batch MiB predicts {intercept + slope * batch:.0f} MiB at batch {batch}"
+    )
 
 
-def autobatch(step_fn: Callable[[int], object], device: torch.device | str, fraction: float = DEFAULT_FRACTION,
-              batch_sizes: Sequence[int] = (1, 2, 4, 8, 16), measure: Callable[[], float] | None = None,
-              total: float | Callable[[], float] | None = None, multiple_of: int = 1,
-              max_batch: int = MAX_BATCH) -> int:
+def autobatch(
+    step_fn: Callable[[int], object],
+    device: torch.device | str,
+    fraction: float = DEFAULT_FRACTION,
+    batch_sizes: Sequence[int] = (1, 2, 4, 8, 16),
+    measure: Callable[[], float] | None = None,
+    total: float | Callable[[], float] | None = None,
+    multiple_of: int = 1,
+    max_batch: int = MAX_BATCH,
+) -> int:
     """Probe ``step_fn`` at increasing batch sizes and return the largest batch predicted to fit.
 
     Probing stops after the first size over the budget (``fraction * total``) or the first out-of-memory
@@ -251,8 +262,10 @@ def autobatch(step_fn: Callable[[int], object], device: torch.device | str, frac
         if note.startswith(("one probe", "memory did not")):
             LOGGER.warning(f"autobatch: {note}")
         if all(mb > budget for _, mb in probes):
-            LOGGER.warning(f"autobatch: batch 1 already uses {probes[0][1]:.0f} MiB, over the {budget:.0f} MiB "
-                           f"budget; using batch 1")
+            LOGGER.warning(
+                f"autobatch: batch 1 already uses {probes[0][1]:.0f} MiB, over the {budget:.0f} MiB "
+                f"budget; using batch 1"
+            )
         if batch >= multiple_of:
             batch -= batch % multiple_of
         else:
@@ -263,8 +276,12 @@ def autobatch(step_fn: Callable[[int], object], device: torch.device | str, frac
     # Every rank joins the reduction before anyone raises, so a failing rank cannot leave others waiting.
     chosen = int(dist.all_reduce_min(batch))
     if chosen < 1:
-        raise TrainingError(f"AutoBatch: even batch {sizes[0]} ran out of memory on {device} (on at least one "
-                            f"rank); use a smaller imgsz or model, or set batch= explicitly")
-    LOGGER.info(f"autobatch: {note}; budget {budget:.0f} MiB ({fraction:.0%} of {total_mb:.0f} MiB) "
-                f"-> batch {chosen}" + (f" (minimum over ranks; this rank chose {batch})" if chosen != batch else ""))
+        raise TrainingError(
+            f"AutoBatch: even batch {sizes[0]} ran out of memory on {device} (on at least one "
+            f"rank); use a smaller imgsz or model, or set batch= explicitly"
+        )
+    LOGGER.info(
+        f"autobatch: {note}; budget {budget:.0f} MiB ({fraction:.0%} of {total_mb:.0f} MiB) "
+        f"-> batch {chosen}" + (f" (minimum over ranks; this rank chose {batch})" if chosen != batch else "")
+    )
     return chosen

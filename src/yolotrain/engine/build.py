@@ -10,11 +10,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..config import Config
-from ..data import DetectionDataset, build_dataloader, ensure_demo_dataset, load_data_yaml, scan_split
-from ..errors import ConfigError, DataError
-from ..models import available_scales, build_model
-from .checkpoint import load_checkpoint, transfer_weights
+from yolotrain.config import Config
+from yolotrain.data import DetectionDataset, build_dataloader, ensure_demo_dataset, load_data_yaml, scan_split
+from yolotrain.engine.checkpoint import load_checkpoint, transfer_weights
+from yolotrain.errors import ConfigError, DataError
+from yolotrain.models import available_scales, build_model
 
 LOGGER = logging.getLogger("yolotrain")
 MAX_STRIDE = 32
@@ -47,11 +47,15 @@ def per_process_batch(batch: int, world: int) -> int:
     if world == 1:
         return batch
     if batch % world:
-        raise ConfigError(f"setting 'batch'={batch} does not divide over {world} processes; use a multiple of "
-                          f"{world} (batch is the global batch, each process gets batch/{world})")
+        raise ConfigError(
+            f"setting 'batch'={batch} does not divide over {world} processes; use a multiple of "
+            f"{world} (batch is the global batch, each process gets batch/{world})"
+        )
     if batch // world < 2:
-        raise ConfigError(f"setting 'batch'={batch} gives {batch // world} image per process over {world} "
-                          f"processes; BatchNorm needs at least 2: use batch >= {2 * world}")
+        raise ConfigError(
+            f"setting 'batch'={batch} gives {batch // world} image per process over {world} "
+            f"processes; BatchNorm needs at least 2: use batch >= {2 * world}"
+        )
     return batch // world
 
 
@@ -65,13 +69,37 @@ def build_records(data: dict[str, Any], split: str):
     return records
 
 
-def build_loader(records, cfg: Config, imgsz: int, batch: int, train: bool, rank: int = -1,
-                 world_size: int = 1, pin_memory: bool = False):
+def build_loader(
+    records,
+    cfg: Config,
+    imgsz: int,
+    batch: int,
+    train: bool,
+    rank: int = -1,
+    world_size: int = 1,
+    pin_memory: bool = False,
+):
     """A dataset and loader for training (augmented, shuffled) or evaluation (letterboxed, in order)."""
-    dataset = DetectionDataset(records, imgsz=imgsz, augment=train, hyp=cfg, stride=MAX_STRIDE,
-                               cache=cfg.cache if cfg.cache != "off" else False, seed=cfg.seed)
-    return build_dataloader(dataset, batch_size=batch, workers=cfg.workers, shuffle=train, seed=cfg.seed,
-                            rank=rank, world_size=world_size, pin_memory=pin_memory, drop_last=False)
+    dataset = DetectionDataset(
+        records,
+        imgsz=imgsz,
+        augment=train,
+        hyp=cfg,
+        stride=MAX_STRIDE,
+        cache=cfg.cache if cfg.cache != "off" else False,
+        seed=cfg.seed,
+    )
+    return build_dataloader(
+        dataset,
+        batch_size=batch,
+        workers=cfg.workers,
+        shuffle=train,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world_size,
+        pin_memory=pin_memory,
+        drop_last=False,
+    )
 
 
 def is_scale(model: str) -> bool:
@@ -94,17 +122,20 @@ def build_train_model(cfg: Config, nc: int) -> nn.Module:
         mcfg = dict(load_checkpoint(spec)["model_cfg"])
         model = build_model(**{**mcfg, "nc": nc})
     else:
-        raise ConfigError(f"setting 'model'={spec} is neither a scale ({', '.join(available_scales())}) "
-                          f"nor a .pt checkpoint")
+        raise ConfigError(
+            f"setting 'model'={spec} is neither a scale ({', '.join(available_scales())}) nor a .pt checkpoint"
+        )
     if source:
         state = load_checkpoint(source)
         weights = state.get("ema") or state.get("model") or {}
         if cfg.load == "backbone":
             weights = {k: v for k, v in weights.items() if k.startswith("backbone.")}
         counts = transfer_weights(model, weights)
-        LOGGER.info(f"model: loaded {cfg.load} weights from {source}: {counts['matched']} tensors matched, "
-                    f"{counts['missing']} missing, {counts['unexpected']} unexpected, "
-                    f"{counts['mismatched']} shape-mismatched")
+        LOGGER.info(
+            f"model: loaded {cfg.load} weights from {source}: {counts['matched']} tensors matched, "
+            f"{counts['missing']} missing, {counts['unexpected']} unexpected, "
+            f"{counts['mismatched']} shape-mismatched"
+        )
         model.load_counts = counts
     return model
 
@@ -115,7 +146,7 @@ def run_dir(cfg: Config, create: bool = True) -> Path:
     With ``create=False`` only the name is chosen; the trainer creates the folder once its set-up
     succeeded, so a run refused for bad settings or data leaves no empty folder behind.
     """
-    from ..utils.files import increment_path
+    from yolotrain.utils.files import increment_path
 
     path = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok)
     if create:
@@ -136,7 +167,7 @@ def load_model_spec(spec: str, nc: int = 80) -> tuple[nn.Module, dict[str, Any]]
 
     A scale gives a fresh model with ``nc`` classes; a checkpoint gives its (EMA) weights and names.
     """
-    from .checkpoint import model_from_checkpoint
+    from yolotrain.engine.checkpoint import model_from_checkpoint
 
     if is_scale(spec):
         return build_model(scale=str(spec), nc=nc), {}

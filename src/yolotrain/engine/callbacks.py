@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..errors import ConfigError
+from yolotrain.errors import ConfigError
 
 EVENTS = (
     "on_pretrain_routine_start",
@@ -75,8 +76,9 @@ def _import_ref(ref: str, entry: str) -> Any:
     except ConfigError:
         raise
     except Exception as e:  # the user's module failed to import: say which entry and why, in one line
-        raise ConfigError(f"setting 'callbacks': cannot import '{target}' of '{entry}': "
-                          f"{type(e).__name__}: {e}") from None
+        raise ConfigError(
+            f"setting 'callbacks': cannot import '{target}' of '{entry}': {type(e).__name__}: {e}"
+        ) from None
     obj = _attribute(module, attr)
     if obj is None:
         raise ConfigError(f"setting 'callbacks': '{target}' has no attribute '{attr}' (entry '{entry}')")
@@ -109,8 +111,9 @@ def load_callbacks(entries: list[str]) -> list[tuple[str, Callable[[Any], None]]
             event, ref = "", event
         event = event.strip()
         if event and event not in EVENTS:
-            raise ConfigError(f"setting 'callbacks': unknown event '{event}' in '{entry}'; events are: "
-                              f"{', '.join(EVENTS)}")
+            raise ConfigError(
+                f"setting 'callbacks': unknown event '{event}' in '{entry}'; events are: {', '.join(EVENTS)}"
+            )
         obj = _import_ref(ref.strip(), entry)
         if event or getattr(obj, "__name__", "") in EVENTS:
             if not callable(obj):
@@ -119,12 +122,13 @@ def load_callbacks(entries: list[str]) -> list[tuple[str, Callable[[Any], None]]
             continue
         mapping = obj() if callable(obj) and _takes_no_arguments(obj) else obj
         if not isinstance(mapping, dict):
-            raise ConfigError(f"setting 'callbacks': '{ref}' is not named after an event and did not return "
-                              f"{{event: function}}; write it as event=module:function")
+            raise ConfigError(
+                f"setting 'callbacks': '{ref}' is not named after an event and did not return "
+                f"{{event: function}}; write it as event=module:function"
+            )
         for ev, fn in mapping.items():
             if ev not in EVENTS or not callable(fn):
-                raise ConfigError(f"setting 'callbacks': '{ref}' returned '{ev}': {fn!r}, not an event and a "
-                                  f"function")
+                raise ConfigError(f"setting 'callbacks': '{ref}' returned '{ev}': {fn!r}, not an event and a function")
             pairs.append((ev, fn))
     return pairs
 
@@ -136,8 +140,7 @@ def _takes_no_arguments(fn: Callable) -> bool:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return False
-    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-               for p in sig.parameters.values())
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values())
 
 
 def callback_reference(event: str, fn: Callable[[Any], None]) -> str:
@@ -152,19 +155,25 @@ def callback_reference(event: str, fn: Callable[[Any], None]) -> str:
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
     what = getattr(fn, "__name__", repr(fn))
     if not module or not qualname or "<" in qualname:
-        raise ConfigError(f"callback {what} for {event} cannot be sent to the training processes: use a "
-                          f"function defined at module level (it is re-imported there by name)")
+        raise ConfigError(
+            f"callback {what} for {event} cannot be sent to the training processes: use a "
+            f"function defined at module level (it is re-imported there by name)"
+        )
     if module == "__main__" or module.startswith("yolotrain_user_callbacks_"):
         # the workers load the script by path (like multiprocessing's spawn: keep the script's own work
         # under ``if __name__ == "__main__":``); check the name leads back to fn without re-running it
         source = sys.modules.get(module)
         path = getattr(source, "__file__", None)
         if not path:
-            raise ConfigError(f"callback {what} for {event} is defined in an interactive session and cannot be "
-                              f"sent to the training processes; put it in a .py file")
+            raise ConfigError(
+                f"callback {what} for {event} is defined in an interactive session and cannot be "
+                f"sent to the training processes; put it in a .py file"
+            )
         if _attribute(source, qualname) is not fn:
-            raise ConfigError(f"callback {what} for {event} cannot be sent to the training processes: "
-                              f"'{qualname}' is not a module-level name of {path}")
+            raise ConfigError(
+                f"callback {what} for {event} cannot be sent to the training processes: "
+                f"'{qualname}' is not a module-level name of {path}"
+            )
         return f"{event}={Path(path).resolve()}:{qualname}"
     ref = f"{event}={module}:{qualname}"
     try:
@@ -172,6 +181,8 @@ def callback_reference(event: str, fn: Callable[[Any], None]) -> str:
     except ConfigError as e:
         raise ConfigError(f"callback {what} for {event} cannot be sent to the training processes ({e})") from None
     if back is not fn:
-        raise ConfigError(f"callback {what} for {event} cannot be sent to the training processes: "
-                          f"'{module}:{qualname}' names another object")
+        raise ConfigError(
+            f"callback {what} for {event} cannot be sent to the training processes: "
+            f"'{module}:{qualname}' names another object"
+        )
     return ref

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import CheckpointError
-from ..utils.files import atomic_write
+from yolotrain.errors import CheckpointError
+from yolotrain.utils.files import atomic_write
 
 FORMAT = "yolotrain-ckpt-1"
 
@@ -101,8 +101,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise CheckpointError(f"checkpoint '{p}' was refused: it holds objects other than tensors and plain "
-                              f"data ({first[:160]})") from None
+        raise CheckpointError(
+            f"checkpoint '{p}' was refused: it holds objects other than tensors and plain data ({first[:160]})"
+        ) from None
     except Exception as e:  # a damaged file can fail anywhere inside the zip reader or unpickler
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise CheckpointError(f"checkpoint '{p}' is truncated or corrupt: {detail}") from None
@@ -116,7 +117,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def model_from_checkpoint(state: dict[str, Any], prefer_ema: bool = True) -> nn.Module:
     """Rebuild the detector a checkpoint describes and load its (EMA, if present) weights."""
-    from ..models import build_model
+    from yolotrain.models import build_model
 
     cfg = state.get("model_cfg")
     if not isinstance(cfg, dict):

@@ -1,8 +1,8 @@
 """``yolotrain ckpt info|strip|diff``: look into, slim down and compare checkpoints.
 
-    yolotrain ckpt info runs/train/exp/weights/last.pt [json=true]
-    yolotrain ckpt strip runs/train/exp/weights/best.pt best-fp16.pt
-    yolotrain ckpt diff a.pt b.pt          # exit 0 only when every tensor is identical
+yolotrain ckpt info runs/train/exp/weights/last.pt [json=true]
+yolotrain ckpt strip runs/train/exp/weights/best.pt best-fp16.pt
+yolotrain ckpt diff a.pt b.pt          # exit 0 only when every tensor is identical
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
-from .checkpoint import load_checkpoint, save_checkpoint
+from yolotrain.engine.checkpoint import load_checkpoint, save_checkpoint
+from yolotrain.errors import ConfigError
 
 TENSOR_GROUPS = ("model", "ema", "optimizer", "precision", "rng")
 
@@ -67,8 +67,9 @@ def info(path: str | Path) -> dict[str, Any]:
         "names": state.get("names"),
         "metrics": state.get("metrics"),
         "best_metrics": state.get("best_metrics"),
-        "config": {k: cfg.get(k) for k in ("data", "model", "epochs", "imgsz", "batch", "optimizer", "amp", "seed")
-                   if k in cfg},
+        "config": {
+            k: cfg.get(k) for k in ("data", "model", "epochs", "imgsz", "batch", "optimizer", "amp", "seed") if k in cfg
+        },
         "precision": (state.get("precision") or {}).get("amp"),
         "tensors": dict(sizes),
         "versions": state.get("versions"),
@@ -77,18 +78,24 @@ def info(path: str | Path) -> dict[str, Any]:
 
 def format_info(d: dict[str, Any]) -> str:
     pos = d["position"]
-    lines = [f"{d['file']}: {d['bytes'] / 2**20:.1f} MB, {'resumable training state' if d['resumable'] else 'weights only'}",
-             f"  keys: {', '.join(d['keys'])}"]
+    lines = [
+        f"{d['file']}: {d['bytes'] / 2**20:.1f} MB, {'resumable training state' if d['resumable'] else 'weights only'}",
+        f"  keys: {', '.join(d['keys'])}",
+    ]
     if pos:
-        lines.append(f"  position: epoch {pos['epoch'] + 1}, iteration {pos['iteration']}/{pos['iters_per_epoch']}"
-                     f"{' (epoch complete)' if pos['complete'] else ''}")
+        lines.append(
+            f"  position: epoch {pos['epoch'] + 1}, iteration {pos['iteration']}/{pos['iters_per_epoch']}"
+            f"{' (epoch complete)' if pos['complete'] else ''}"
+        )
     if d["model"]:
         lines.append(f"  model: scale {d['model'].get('scale')}, {d['model'].get('nc')} classes")
     for key in ("metrics", "best_metrics"):
         m = d.get(key)
         if m:
-            lines.append(f"  {key}: mAP50 {m.get('mAP50', 0):.4f} mAP50-95 {m.get('mAP50-95', 0):.4f} "
-                         f"P {m.get('precision', 0):.3f} R {m.get('recall', 0):.3f}")
+            lines.append(
+                f"  {key}: mAP50 {m.get('mAP50', 0):.4f} mAP50-95 {m.get('mAP50-95', 0):.4f} "
+                f"P {m.get('precision', 0):.3f} R {m.get('recall', 0):.3f}"
+            )
     if d["config"]:
         lines.append("  config: " + " ".join(f"{k}={v}" for k, v in d["config"].items()))
     for g, s in d["tensors"].items():
@@ -104,8 +111,7 @@ def strip(src: str | Path, out: str | Path) -> Path:
     weights = state.get("ema") or state.get("model")
     if not weights:
         raise ConfigError(f"checkpoint '{src}' holds no weights to keep")
-    slim = {k: state[k] for k in ("model_cfg", "names", "config", "versions", "best_metrics", "metrics")
-            if k in state}
+    slim = {k: state[k] for k in ("model_cfg", "names", "config", "versions", "best_metrics", "metrics") if k in state}
     slim["model"] = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     slim["stripped_from"] = str(src)
     save_checkpoint(slim, out)
@@ -119,8 +125,10 @@ def diff(a: str | Path, b: str | Path) -> tuple[bool, list[str]]:
     only_a, only_b = sorted(fa.keys() - fb.keys()), sorted(fb.keys() - fa.keys())
     if only_a or only_b:
         identical = False
-        lines.append(f"tensors only in A: {len(only_a)}, only in B: {len(only_b)}"
-                     + (f" (e.g. {(only_a or only_b)[0]})" if only_a or only_b else ""))
+        lines.append(
+            f"tensors only in A: {len(only_a)}, only in B: {len(only_b)}"
+            + (f" (e.g. {(only_a or only_b)[0]})" if only_a or only_b else "")
+        )
     groups: dict[str, float] = {}
     for k in sorted(fa.keys() & fb.keys()):
         x, y = fa[k], fb[k]

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
+from yolotrain.errors import ConfigError
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -71,19 +71,28 @@ def setup(device: torch.device, timeout_minutes: float = 30.0) -> bool:
     if not torch.distributed.is_available():
         raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     if device.type == "mps":
-        raise ConfigError("setting 'device'=mps cannot train on several processes (torch.distributed has no "
-                          "MPS backend); use one process or device=cpu")
+        raise ConfigError(
+            "setting 'device'=mps cannot train on several processes (torch.distributed has no "
+            "MPS backend); use one process or device=cpu"
+        )
     if device.type == "cuda":
         torch.cuda.set_device(device)  # nccl binds each rank to its current device
     backend = backend_for(device)
     timeout = datetime.timedelta(minutes=timeout_minutes)
-    kwargs: dict[str, Any] = {"backend": backend, "timeout": timeout, "store": _attempt_store(timeout),
-                              "rank": rank(), "world_size": world_size()}
+    kwargs: dict[str, Any] = {
+        "backend": backend,
+        "timeout": timeout,
+        "store": _attempt_store(timeout),
+        "rank": rank(),
+        "world_size": world_size(),
+    }
     if device.type == "cuda":
         kwargs["device_id"] = device  # eager nccl init: a bad GPU fails here, not in the first all-reduce
     torch.distributed.init_process_group(**kwargs)
-    LOGGER.info(f"distributed: rank {rank()}/{world_size()} (local rank {local_rank()}), backend {backend}, "
-                f"device {device}, timeout {timeout_minutes:g} min")
+    LOGGER.info(
+        f"distributed: rank {rank()}/{world_size()} (local rank {local_rank()}), backend {backend}, "
+        f"device {device}, timeout {timeout_minutes:g} min"
+    )
     return True
 
 
@@ -98,8 +107,9 @@ def _attempt_store(timeout: datetime.timedelta):
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     # under torchrun the agent serves the store (TORCHELASTIC_USE_AGENT_STORE); otherwise rank 0 does
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = torch.distributed.TCPStore(host, port, world_size(), is_master=not agent and rank() == 0,
-                                       timeout=timeout, multi_tenant=not agent)
+    store = torch.distributed.TCPStore(
+        host, port, world_size(), is_master=not agent and rank() == 0, timeout=timeout, multi_tenant=not agent
+    )
     return torch.distributed.PrefixStore(f"yolotrain/attempt{restart_count()}", store)
 
 
@@ -129,8 +139,7 @@ def _no_buffer_sync() -> dict[str, Any]:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model under a DDP (or compiled) wrapper: what we save, evaluate and average."""
-    while hasattr(model, "module") and isinstance(model, (nn.parallel.DistributedDataParallel,
-                                                          nn.DataParallel)):
+    while hasattr(model, "module") and isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
     return getattr(model, "_orig_mod", model)
 
@@ -171,8 +180,11 @@ def all_reduce_list(values: list[float], op: str = "sum") -> list[float]:
     """Element-wise ``sum``, ``max`` or ``min`` of ``values`` over all ranks, in one collective."""
     if not is_initialized():
         return [float(v) for v in values]
-    ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX,
-           "min": torch.distributed.ReduceOp.MIN}
+    ops = {
+        "sum": torch.distributed.ReduceOp.SUM,
+        "max": torch.distributed.ReduceOp.MAX,
+        "min": torch.distributed.ReduceOp.MIN,
+    }
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
     torch.distributed.all_reduce(t, op=ops[op])
     return t.tolist()
@@ -221,7 +233,7 @@ def _reduce_bucket(grads: list[torch.Tensor], w: int) -> None:
     offset = 0
     for g in grads:
         n = g.numel()
-        g.copy_(flat[offset:offset + n].view_as(g))
+        g.copy_(flat[offset : offset + n].view_as(g))
         offset += n
 
 

@@ -51,8 +51,11 @@ class EarlyStopping:
             True when ``patience`` epochs have passed since the best one.
         """
         self.last_epoch = int(epoch)
-        if fitness is not None and math.isfinite(fitness) and (self.best_fitness is None
-                                                               or fitness > self.best_fitness):
+        if (
+            fitness is not None
+            and math.isfinite(fitness)
+            and (self.best_fitness is None or fitness > self.best_fitness)
+        ):
             self.best_fitness, self.best_epoch = float(fitness), int(epoch)
         if not self.enabled or self.best_epoch < 0:
             # Never validated yet: nothing to compare with, and stopping blind would be wrong.
@@ -62,9 +65,11 @@ class EarlyStopping:
     def message(self) -> str:
         """One line saying why training stopped, the best epoch (1-based, as logged) and how to go on."""
         best = f"{self.best_fitness:.4f}" if self.best_fitness is not None else "n/a"
-        return (f"early stopping: no improvement in the {self.last_epoch - self.best_epoch} epochs since the best "
-                f"epoch {self.best_epoch + 1} (fitness {best}; patience={self.patience}); to train longer raise "
-                f"patience= or set patience=0 to disable early stopping")
+        return (
+            f"early stopping: no improvement in the {self.last_epoch - self.best_epoch} epochs since the best "
+            f"epoch {self.best_epoch + 1} (fitness {best}; patience={self.patience}); to train longer raise "
+            f"patience= or set patience=0 to disable early stopping"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data for the checkpoint."""

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 
 import torch.nn as nn
 
-from ..errors import ConfigError
+from yolotrain.errors import ConfigError
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -100,8 +100,10 @@ def resolve_freeze(model: nn.Module, spec: int | str | Sequence[str] | None) -> 
     if isinstance(spec, int):
         layers = _freezable_layers(model)
         if spec < 0 or spec >= len(layers):
-            raise ConfigError(f"setting 'freeze'={spec} must count 0..{len(layers) - 1} layers of this model "
-                              f"(first: {', '.join(layers[:3])}, ...; the last one must stay trainable)")
+            raise ConfigError(
+                f"setting 'freeze'={spec} must count 0..{len(layers) - 1} layers of this model "
+                f"(first: {', '.join(layers[:3])}, ...; the last one must stay trainable)"
+            )
         return layers[:spec]
     if not isinstance(spec, (list, tuple)) or not all(isinstance(s, str) for s in spec):
         raise ConfigError(f"setting 'freeze'={spec!r} must be backbone, a layer count or a list of module names")
@@ -109,8 +111,10 @@ def resolve_freeze(model: nn.Module, spec: int | str | Sequence[str] | None) -> 
     for name in spec:
         if name not in modules or name == "":
             valid = [n for n in modules if n and n.count(".") <= 1][:8]
-            raise ConfigError(f"setting 'freeze' names unknown module {name!r}; valid names include "
-                              f"{', '.join(valid)}, ... (see model.named_modules())")
+            raise ConfigError(
+                f"setting 'freeze' names unknown module {name!r}; valid names include "
+                f"{', '.join(valid)}, ... (see model.named_modules())"
+            )
     prefixes = _dedupe_prefixes(spec)
     trainable = [n for n, _ in model.named_parameters() if not _under(n, prefixes)]
     if not trainable:
@@ -192,8 +196,7 @@ def scale_lr(batch: int, nbs: int, lr0: float, optimizer_name: str) -> float:
     """
     key = str(optimizer_name).lower()
     if key not in LR_LIMITS:
-        raise ConfigError(f"setting 'optimizer'={optimizer_name} has no scale_lr limits; use one of SGD, Adam, "
-                          f"AdamW")
+        raise ConfigError(f"setting 'optimizer'={optimizer_name} has no scale_lr limits; use one of SGD, Adam, AdamW")
     if batch <= 0 or nbs <= 0 or not (lr0 > 0 and math.isfinite(lr0)):
         raise ConfigError(f"scale_lr needs batch, nbs and lr0 > 0, got batch={batch} nbs={nbs} lr0={lr0}")
     lo, hi = LR_LIMITS[key]

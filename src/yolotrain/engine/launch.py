@@ -14,14 +14,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from ..config import Config
-from ..errors import Preempted, TrainingError
-from . import distributed as dist
+from yolotrain.config import Config
+from yolotrain.engine import distributed as dist
+from yolotrain.errors import Preempted, TrainingError
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -57,9 +58,19 @@ def _install_forwarding(proc: subprocess.Popen, received: list[int]) -> dict:
 
 def torchrun_command(n: int, cfg_file: Path, max_restarts: int = 0) -> list[str]:
     """The torchrun command line for ``n`` processes on this machine."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-            f"--nproc_per_node={n}", f"--max_restarts={max_restarts}", "-m", "yolotrain", "train",
-            f"cfg={cfg_file}"]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc_per_node={n}",
+        f"--max_restarts={max_restarts}",
+        "-m",
+        "yolotrain",
+        "train",
+        f"cfg={cfg_file}",
+    ]
 
 
 def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any], None]]] = ()) -> Path:
@@ -75,10 +86,10 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
         ConfigError: When a callback cannot be referenced by name from another process.
         TrainingError: When the workers fail (their error message is printed above by the failing rank).
     """
-    from ..utils.torch_utils import select_device
-    from .build import per_process_batch, run_dir
-    from .callbacks import callback_reference
-    from .resume import checkpoint_path
+    from yolotrain.engine.build import per_process_batch, run_dir
+    from yolotrain.engine.callbacks import callback_reference
+    from yolotrain.engine.resume import checkpoint_path
+    from yolotrain.utils.torch_utils import select_device
 
     select_device(cfg.device)  # e.g. device=0,1 without CUDA: refused here, not once per worker
     if isinstance(cfg.batch, int) and cfg.batch > 0:
@@ -115,9 +126,12 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     finally:
         cfg_file.unlink(missing_ok=True)
     if received:
-        raise Preempted(f"stopped by {signal.Signals(received[0]).name}; continue with "
-                        f"resume={save_dir / 'weights' / 'last.pt'}")
+        raise Preempted(
+            f"stopped by {signal.Signals(received[0]).name}; continue with resume={save_dir / 'weights' / 'last.pt'}"
+        )
     if rc != 0:
-        raise TrainingError(f"distributed training with {n} processes failed (torchrun exit code {rc}); the "
-                            f"failing rank's error is printed above; outputs so far are in {save_dir}")
+        raise TrainingError(
+            f"distributed training with {n} processes failed (torchrun exit code {rc}); the "
+            f"failing rank's error is printed above; outputs so far are in {save_dir}"
+        )
     return save_dir

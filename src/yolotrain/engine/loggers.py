@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .callbacks import EVENTS, Callbacks
-from .distributed import is_main
+from yolotrain.engine.callbacks import EVENTS, Callbacks
+from yolotrain.engine.distributed import is_main
 
 LOGGER = logging.getLogger("yolotrain")
 LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
@@ -48,7 +48,7 @@ def _epoch_scalars(trainer: Any) -> tuple[int, dict[str, float]]:
     scalars = {(k if "/" in k else f"system/{k}"): v for k, v in _numeric(row).items()}
     scalars["system/skipped_steps_total"] = float(getattr(trainer, "skipped_steps", 0))
     if getattr(trainer, "device", None) is not None:
-        from ..utils.torch_utils import memory_mb
+        from yolotrain.utils.torch_utils import memory_mb
 
         scalars["system/memory_mb"] = memory_mb(trainer.device)
     return epoch, scalars
@@ -84,8 +84,10 @@ class LoggerCallback:
                 fn(trainer)
             except Exception as e:  # a logger must never end a training run
                 if event not in self._failed:
-                    LOGGER.warning(f"{type(self).__name__}.{event} failed: {type(e).__name__}: {e}"
-                                   + ("; this logger is off for the rest of the run" if self.disable_on_error else ""))
+                    LOGGER.warning(
+                        f"{type(self).__name__}.{event} failed: {type(e).__name__}: {e}"
+                        + ("; this logger is off for the rest of the run" if self.disable_on_error else "")
+                    )
                 self._failed.add(event)
                 self.disabled = self.disable_on_error
 
@@ -130,7 +132,7 @@ class TensorBoardLogger(LoggerCallback):
         self.iteration += 1
         batch = getattr(trainer, "current_batch", None)
         if not self.image_logged and batch is not None:
-            from ..utils.plots import train_batch_image
+            from yolotrain.utils.plots import train_batch_image
 
             self.writer.add_image("train/batch", train_batch_image(batch, trainer.names), step, dataformats="HWC")
             self.image_logged = True
@@ -156,8 +158,11 @@ class TensorBoardLogger(LoggerCallback):
             return
         best = getattr(trainer, "best", None)
         if best is not None:
-            self.writer.add_text("best", f"mAP50 {best.map50:.4f}, mAP50-95 {best.map50_95:.4f}, "
-                                         f"P {best.precision:.4f}, R {best.recall:.4f}", 0)
+            self.writer.add_text(
+                "best",
+                f"mAP50 {best.map50:.4f}, mAP50-95 {best.map50_95:.4f}, P {best.precision:.4f}, R {best.recall:.4f}",
+                0,
+            )
         self.close()
 
     def on_exception(self, trainer: Any) -> None:
@@ -201,7 +206,7 @@ class PlotsLogger(LoggerCallback):
         out = self._dir(trainer)
         records = getattr(getattr(trainer.train_loader, "dataset", None), "records", None)
         if out is not None and records is not None:
-            from ..utils.plots import plot_labels
+            from yolotrain.utils.plots import plot_labels
 
             plot_labels(records, trainer.names, out / "labels.jpg")
 
@@ -211,7 +216,7 @@ class PlotsLogger(LoggerCallback):
             return
         out = self._dir(trainer)
         if out is not None:
-            from ..utils.plots import plot_train_batch
+            from yolotrain.utils.plots import plot_train_batch
 
             plot_train_batch(batch, trainer.names, out / f"train_batch{self.batches_done}.jpg")
         self.batches_done += 1
@@ -219,7 +224,7 @@ class PlotsLogger(LoggerCallback):
     def _plot_results(self, trainer: Any) -> None:
         out = self._dir(trainer)
         if out is not None and (out / "results.csv").is_file():
-            from ..utils.plots import plot_results
+            from yolotrain.utils.plots import plot_results
 
             plot_results(out / "results.csv", out / "results.png")
 
@@ -236,12 +241,13 @@ class PlotsLogger(LoggerCallback):
         curves = getattr(result, "curves", None)
         if out is None or curves is None:
             return
-        from ..utils.plots import plot_confusion_matrix, plot_pr_curve
+        from yolotrain.utils.plots import plot_confusion_matrix, plot_pr_curve
 
         plot_pr_curve(curves, trainer.names, out / "PR_curve.png")
         for normalize, name in ((False, "confusion_matrix.png"), (True, "confusion_matrix_normalized.png")):
-            plot_confusion_matrix(curves.confusion, trainer.names, out / name, normalize=normalize,
-                                  conf=curves.conf, iou=curves.iou)
+            plot_confusion_matrix(
+                curves.confusion, trainer.names, out / name, normalize=normalize, conf=curves.conf, iou=curves.iou
+            )
 
 
 # ------------------------------------------------------------------------------------------ remote
@@ -309,8 +315,12 @@ class WandbLogger(LoggerCallback):
     def on_train_start(self, trainer: Any) -> None:
         wandb = importlib.import_module("wandb")
         save_dir = Path(trainer.save_dir)
-        wandb.init(project=self.project or save_dir.parent.name or "yolotrain", name=save_dir.name,
-                   config=trainer.cfg.to_dict(), dir=str(save_dir))
+        wandb.init(
+            project=self.project or save_dir.parent.name or "yolotrain",
+            name=save_dir.name,
+            config=trainer.cfg.to_dict(),
+            dir=str(save_dir),
+        )
         self.wandb = wandb
 
     def on_fit_epoch_end(self, trainer: Any) -> None:

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from . import distributed as dist
+from yolotrain.engine import distributed as dist
+from yolotrain.errors import ConfigError
 
 Size = tuple[int, int]
 
@@ -46,8 +46,15 @@ class MultiScale:
         ConfigError: For out-of-range settings or both modes at once.
     """
 
-    def __init__(self, imgsz: int, stride: int = 32, fraction: float = 0.0, min_sizes: Sequence[int] | None = None,
-                 max_size: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        imgsz: int,
+        stride: int = 32,
+        fraction: float = 0.0,
+        min_sizes: Sequence[int] | None = None,
+        max_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
         if stride < 1:
             raise ConfigError(f"multi-scale: stride must be >= 1, got {stride}")
         if imgsz < 1:

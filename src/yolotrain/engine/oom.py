@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from yolotrain.errors import ConfigError
 
 ENV_VAR = "YOLOTRAIN_INJECT_OOM"
 
@@ -31,12 +31,16 @@ ENV_VAR = "YOLOTRAIN_INJECT_OOM"
 # cuBLAS failing to get a workspace.
 _OOM_MESSAGES = ("out of memory", "can't allocate memory", "cublas_status_alloc_failed")
 _OOM_TYPES: tuple[type[BaseException], ...] = tuple(
-    {t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
-     if isinstance(t, type)}
+    {
+        t
+        for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+        if isinstance(t, type)
+    }
 ) + (MemoryError,)  # MemoryError: Python/numpy allocations on the CPU side (e.g. in collate)
 # The exception the injector raises: the real torch class, so code paths see what a GPU would raise.
 _INJECTED_TYPE: type[Exception] = getattr(torch, "OutOfMemoryError", None) or getattr(
-    torch.cuda, "OutOfMemoryError", RuntimeError)
+    torch.cuda, "OutOfMemoryError", RuntimeError
+)
 
 
 class RankOutOfMemory(RuntimeError):
@@ -153,8 +157,9 @@ class OOMInjector:
         for entry in text.split(","):
             m = _ENTRY.match(entry.strip())
             if m is None:
-                raise ConfigError(f"{ENV_VAR}={text!r}: entry {entry.strip()!r} is not [WHERE@]STEP:LIMIT "
-                                  f"(e.g. 3:4,7:2)")
+                raise ConfigError(
+                    f"{ENV_VAR}={text!r}: entry {entry.strip()!r} is not [WHERE@]STEP:LIMIT (e.g. 3:4,7:2)"
+                )
             step, limit = int(m["step"]), int(m["limit"])
             steps[(m["where"], step) if m["where"] else step] = limit
         return cls(steps)
@@ -170,5 +175,7 @@ class OOMInjector:
         limit = self.limits.get((where, step), self.limits.get((None, step)))
         if limit is not None and micro_batch_size > limit:
             self.fired.append((step, where, micro_batch_size))
-            raise _INJECTED_TYPE(f"out of memory (injected by {ENV_VAR} at step {step}, {where}: micro-batch "
-                                 f"{micro_batch_size} > {limit} images)")
+            raise _INJECTED_TYPE(
+                f"out of memory (injected by {ENV_VAR} at step {step}, {where}: micro-batch "
+                f"{micro_batch_size} > {limit} images)"
+            )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
+from yolotrain.errors import ConfigError
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -52,8 +52,9 @@ def param_groups(model: nn.Module) -> tuple[list, list, list]:
     return decay, no_decay_norm, bias
 
 
-def build_optimizer(model: nn.Module, name: str, lr0: float, momentum: float, weight_decay: float,
-                    total_iters: int, nc: int) -> tuple[torch.optim.Optimizer, str, float]:
+def build_optimizer(
+    model: nn.Module, name: str, lr0: float, momentum: float, weight_decay: float, total_iters: int, nc: int
+) -> tuple[torch.optim.Optimizer, str, float]:
     """Make the optimizer with three parameter groups: [decayed weights, norm weights, biases].
 
     ``auto`` picks AdamW with a small, class-count-aware lr for short runs and SGD otherwise.
@@ -67,8 +68,7 @@ def build_optimizer(model: nn.Module, name: str, lr0: float, momentum: float, we
         else:
             # Fewer classes tolerate a larger step; cap at 2e-3 which is stable for these heads.
             name, lr = "AdamW", round(min(0.002, max(2e-4, 0.01 / (4 + nc))), 6)
-        LOGGER.info(f"optimizer: auto chose {name}(lr={lr:g}, momentum={momentum:g}) for {total_iters} "
-                    f"optimizer steps")
+        LOGGER.info(f"optimizer: auto chose {name}(lr={lr:g}, momentum={momentum:g}) for {total_iters} optimizer steps")
     else:
         lr = lr0
     g_decay, g_norm, g_bias = param_groups(model)

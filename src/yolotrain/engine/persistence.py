@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from .. import __version__
-from ..errors import CheckpointError, Preempted
-from . import distributed as dist
-from .checkpoint import save_checkpoint
-from .resume import rng_state, set_rng_state
-from ..utils.files import append_csv_row
+from yolotrain import __version__
+from yolotrain.engine import distributed as dist
+from yolotrain.engine.checkpoint import save_checkpoint
+from yolotrain.engine.resume import rng_state, set_rng_state
+from yolotrain.errors import CheckpointError, Preempted
+from yolotrain.utils.files import append_csv_row
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -46,10 +46,13 @@ class CheckpointMixin:
         # mid-epoch, the position counts batches of this loader; at an epoch end the next epoch may be in
         # another phase (freeze_batch) with another batch count
         if not pos["complete"] and pos["iters_per_epoch"] != self.nb:
-            raise CheckpointError(f"cannot resume: the run had {pos['iters_per_epoch']} iterations per epoch, the "
-                                  f"data now gives {self.nb} (images were added or removed)")
-        self.start_epoch, self.start_iter = ((pos["epoch"] + 1, 0) if pos["complete"]
-                                             else (pos["epoch"], pos["iteration"]))
+            raise CheckpointError(
+                f"cannot resume: the run had {pos['iters_per_epoch']} iterations per epoch, the "
+                f"data now gives {self.nb} (images were added or removed)"
+            )
+        self.start_epoch, self.start_iter = (
+            (pos["epoch"] + 1, 0) if pos["complete"] else (pos["epoch"], pos["iteration"])
+        )
         ranks = state.get("rng_ranks") or []
         # each rank continues its own random streams; with another number of processes, rank 0's
         set_rng_state(ranks[dist.rank()] if len(ranks) == self.world else state["rng"])
@@ -75,7 +78,8 @@ class CheckpointMixin:
         cfg = self.cfg
         due = done is not None and (
             (cfg.save_period > 0 and done - self.last_save_iter >= cfg.save_period)
-            or (cfg.save_minutes > 0 and time.monotonic() - self.last_save_time >= cfg.save_minutes * 60))
+            or (cfg.save_minutes > 0 and time.monotonic() - self.last_save_time >= cfg.save_minutes * 60)
+        )
         if self.world > 1:
             signum, stop, due = dist.all_reduce_list([self.signal_received, float(self.stop), float(due)], "max")
             self.signal_received, self.stop = int(signum), bool(stop)
@@ -95,8 +99,10 @@ class CheckpointMixin:
             save_checkpoint(self.checkpoint_state(epoch, done, complete=False, rngs=rngs), self.wdir / "last.pt")
             self.callbacks.run("on_model_save", self)
         if self.signal_received:
-            raise Preempted(f"stopped by {signal.Signals(self.signal_received).name} at epoch {epoch + 1}, "
-                            f"iteration {done}/{self.nb}; continue with resume={self.wdir / 'last.pt'}")
+            raise Preempted(
+                f"stopped by {signal.Signals(self.signal_received).name} at epoch {epoch + 1}, "
+                f"iteration {done}/{self.nb}; continue with resume={self.wdir / 'last.pt'}"
+            )
 
     def install_signal_handlers(self) -> dict:
         """Turn SIGTERM/SIGINT into a save-then-exit (main thread only; signals cannot be set elsewhere)."""
@@ -117,8 +123,9 @@ class CheckpointMixin:
     def write_csv(self, row: dict[str, Any]) -> None:
         append_csv_row(self.save_dir / "results.csv", row)
 
-    def checkpoint_state(self, epoch: int, iteration: int, complete: bool,
-                         rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def checkpoint_state(
+        self, epoch: int, iteration: int, complete: bool, rngs: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         """The whole training state as tensors and plain data (loadable with ``weights_only=True``).
 
         ``iteration`` batches of ``epoch`` are done; ``complete`` marks the end of the epoch (including
@@ -147,9 +154,14 @@ class CheckpointMixin:
             "skipped_steps": self.skipped_steps,
             "early_stop": self.early_stop.state_dict(),
             # derived from the epoch on resume; recorded for inspection (yolotrain ckpt info)
-            "phase": {"name": self.phase, "freeze": list(self.freeze_prefixes), "batch": self.phase_global_batch,
-                      "accumulate": self.accumulate, "micro_batches": self.micro_batches,
-                      "mosaic": bool(getattr(self.train_loader.dataset, "mosaic_enabled", True))},
+            "phase": {
+                "name": self.phase,
+                "freeze": list(self.freeze_prefixes),
+                "batch": self.phase_global_batch,
+                "accumulate": self.accumulate,
+                "micro_batches": self.micro_batches,
+                "mosaic": bool(getattr(self.train_loader.dataset, "mosaic_enabled", True)),
+            },
             "rng": rngs[0],
             "rng_ranks": rngs,
             "versions": {"yolotrain": __version__, "torch": torch.__version__},

@@ -21,14 +21,14 @@ from typing import Any
 
 import torch
 
-from ..errors import TrainingError
-from . import distributed as dist
-from .autobatch import autobatch, autobatch_fraction
-from .build import MAX_STRIDE, build_loader, per_process_batch
-from .freeze import FROZEN, keep_frozen_bn_eval, phase_at, resolve_freeze, scale_lr, set_frozen
-from .multiscale import MultiScale, pick_synchronized
-from .oom import OOMInjector, RankOutOfMemory, free_memory, is_oom
-from .optim import accumulation, scaled_weight_decay
+from yolotrain.engine import distributed as dist
+from yolotrain.engine.autobatch import autobatch, autobatch_fraction
+from yolotrain.engine.build import MAX_STRIDE, build_loader, per_process_batch
+from yolotrain.engine.freeze import FROZEN, keep_frozen_bn_eval, phase_at, resolve_freeze, scale_lr, set_frozen
+from yolotrain.engine.multiscale import MultiScale, pick_synchronized
+from yolotrain.engine.oom import OOMInjector, RankOutOfMemory, free_memory, is_oom
+from yolotrain.engine.optim import accumulation, scaled_weight_decay
+from yolotrain.errors import TrainingError
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -48,8 +48,14 @@ class PhaseMixin:
         self.freeze_until = (cfg.freeze_epochs or cfg.epochs) if self.freeze_prefixes else 0
         self.phase: str | None = None
         max_size = cfg.max_size or (round(self.imgsz * 1.667) if cfg.min_size else None)
-        self.multiscale = MultiScale(self.imgsz, stride=MAX_STRIDE, fraction=cfg.multi_scale,
-                                     min_sizes=cfg.min_size or None, max_size=max_size, seed=cfg.seed)
+        self.multiscale = MultiScale(
+            self.imgsz,
+            stride=MAX_STRIDE,
+            fraction=cfg.multi_scale,
+            min_sizes=cfg.min_size or None,
+            max_size=max_size,
+            seed=cfg.seed,
+        )
         if self.multiscale.enabled:
             h, w = self.multiscale.largest((self.imgsz, self.imgsz))
             LOGGER.info(f"multi-scale: a new size every iteration, up to {h}x{w} (decided on rank 0)")
@@ -58,7 +64,7 @@ class PhaseMixin:
         only = os.environ.get("YOLOTRAIN_INJECT_OOM_RANK")
         if only is not None and only.strip() != str(dist.rank()):  # inject on one rank of a DDP job only
             self.oom_injector = None
-        from .early_stop import EarlyStopping
+        from yolotrain.engine.early_stop import EarlyStopping
 
         self.early_stop = EarlyStopping(cfg.patience)
 
@@ -81,16 +87,25 @@ class PhaseMixin:
             n = set_frozen(self.model, self.freeze_prefixes, phase == FROZEN)
             self.train_model = dist.wrap(self.model, self.device)  # DDP registers the trainable set at wrap
             if n:
-                LOGGER.info(f"phase: {phase} from epoch {epoch + 1} ({n:,} parameters "
-                            f"{'frozen' if phase == FROZEN else 'unfrozen'}: {', '.join(self.freeze_prefixes)})")
+                LOGGER.info(
+                    f"phase: {phase} from epoch {epoch + 1} ({n:,} parameters "
+                    f"{'frozen' if phase == FROZEN else 'unfrozen'}: {', '.join(self.freeze_prefixes)})"
+                )
         batch = self.phase_batch(phase)
         rank_batch = per_process_batch(batch, self.world)
         if first or rank_batch != self.rank_batch:
             self.rank_batch = rank_batch
             if not first:
-                self.train_loader = build_loader(self.train_records, cfg, self.imgsz, rank_batch, train=True,
-                                                 rank=self.rank_or_none, world_size=self.world,
-                                                 pin_memory=self.pin)
+                self.train_loader = build_loader(
+                    self.train_records,
+                    cfg,
+                    self.imgsz,
+                    rank_batch,
+                    train=True,
+                    rank=self.rank_or_none,
+                    world_size=self.world,
+                    pin_memory=self.pin,
+                )
             self.nb = len(self.train_loader)
             self.schedule.iters_per_epoch = self.nb
         self.phase_global_batch = batch
@@ -105,8 +120,10 @@ class PhaseMixin:
             g["initial_lr"], g["weight_decay"] = lr, wd
         self.phase_lr = lr
         if not first or self.freeze_prefixes:
-            LOGGER.info(f"phase: {phase}, batch {batch}, accumulate {self.accumulate}, lr {lr:g}, weight decay "
-                        f"{self.weight_decay:g}, {self.nb} iterations/epoch")
+            LOGGER.info(
+                f"phase: {phase}, batch {batch}, accumulate {self.accumulate}, lr {lr:g}, weight decay "
+                f"{self.weight_decay:g}, {self.nb} iterations/epoch"
+            )
 
     def set_train_mode(self) -> None:
         """``train()`` the model, keeping the BatchNorm of a frozen part in eval mode (its statistics fixed)."""
@@ -125,10 +142,17 @@ class PhaseMixin:
         if fraction is None:
             return int(self.cfg.batch)
         h, w = self.multiscale.largest((self.imgsz, self.imgsz))
-        LOGGER.info(f"AutoBatch: probing the {self.precision.amp} training step at {h}x{w} for {fraction:.0%} of "
-                    f"{'device' if self.device.type == 'cuda' else 'available'} memory")
-        per_rank = autobatch(lambda b: self.probe_step(b, (h, w)), self.device, fraction=fraction,
-                             batch_sizes=(1, 2, 4, 8, 16, 32), multiple_of=1)
+        LOGGER.info(
+            f"AutoBatch: probing the {self.precision.amp} training step at {h}x{w} for {fraction:.0%} of "
+            f"{'device' if self.device.type == 'cuda' else 'available'} memory"
+        )
+        per_rank = autobatch(
+            lambda b: self.probe_step(b, (h, w)),
+            self.device,
+            fraction=fraction,
+            batch_sizes=(1, 2, 4, 8, 16, 32),
+            multiple_of=1,
+        )
         if self.world > 1:
             per_rank = max(per_rank, 2)  # BatchNorm needs 2 per process; the minimum over ranks came back
         batch = per_rank * self.world
@@ -143,9 +167,11 @@ class PhaseMixin:
         n = 8 * b  # a few boxes per image: the assigner's memory grows with them
         xy = torch.rand(n, 2, generator=g) * 0.8 + 0.1
         wh = torch.rand(n, 2, generator=g) * 0.2 + 0.05
-        batch = {"cls": torch.randint(0, self.model.nc, (n, 1), generator=g).float().to(self.device),
-                 "bboxes": torch.cat([xy, wh], 1).to(self.device),
-                 "batch_idx": torch.arange(b).repeat_interleave(8).float().to(self.device)}
+        batch = {
+            "cls": torch.randint(0, self.model.nc, (n, 1), generator=g).float().to(self.device),
+            "bboxes": torch.cat([xy, wh], 1).to(self.device),
+            "batch_idx": torch.arange(b).repeat_interleave(8).float().to(self.device),
+        }
         try:
             self.model.train()
             with self.precision.autocast():
@@ -194,14 +220,18 @@ class PhaseMixin:
         free_memory(self.device)
         per_micro = math.ceil(self.rank_batch / (self.micro_batches * 2))
         if self.micro_batches >= self.rank_batch:
-            raise TrainingError(f"out of memory at epoch {epoch + 1}, iteration {i} even with one image per "
-                                f"micro-batch (imgsz {self.imgsz}); lower imgsz or use a smaller model")
+            raise TrainingError(
+                f"out of memory at epoch {epoch + 1}, iteration {i} even with one image per "
+                f"micro-batch (imgsz {self.imgsz}); lower imgsz or use a smaller model"
+            )
         self.micro_batches = min(self.micro_batches * 2, self.rank_batch)
         self.oom_events += 1
-        LOGGER.warning(f"out of memory at epoch {epoch + 1}, iteration {i}"
-                       + (" (on another rank)" if isinstance(err, RankOutOfMemory) else f" ({type(err).__name__})")
-                       + f": retrying with {self.micro_batches} micro-batches of <= {per_micro} images "
-                       f"(same effective batch {self.phase_global_batch} and lr)")
+        LOGGER.warning(
+            f"out of memory at epoch {epoch + 1}, iteration {i}"
+            + (" (on another rank)" if isinstance(err, RankOutOfMemory) else f" ({type(err).__name__})")
+            + f": retrying with {self.micro_batches} micro-batches of <= {per_micro} images "
+            f"(same effective batch {self.phase_global_batch} and lr)"
+        )
 
     def replay_window(self, epoch: int) -> tuple[torch.Tensor | None, BaseException | None]:
         """Recompute the gradient of the window's batches (each at its own iteration) with the current split.

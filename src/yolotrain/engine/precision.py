@@ -61,13 +61,18 @@ class Precision:
         amp: ``auto``, ``off``, ``bf16`` or ``fp16``.
     """
 
-    def __init__(self, device: torch.device, amp: str = "off", growth_interval: int = 2000,
-                 init_scale: float = 2.0**16):
+    def __init__(
+        self, device: torch.device, amp: str = "off", growth_interval: int = 2000, init_scale: float = 2.0**16
+    ):
         self.device_type = device.type
         self.amp, self.reason = choose_amp(amp, device)
         self.dtype = _DTYPES[self.amp]
-        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype is torch.float16,
-                                           growth_interval=growth_interval, init_scale=init_scale)
+        self.scaler = torch.amp.GradScaler(
+            self.device_type,
+            enabled=self.dtype is torch.float16,
+            growth_interval=growth_interval,
+            init_scale=init_scale,
+        )
 
     @property
     def enabled(self) -> bool:

@@ -17,17 +17,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import Config, resolve
-from ..errors import CheckpointError
-from ..utils.files import atomic_write
-from .checkpoint import load_checkpoint
-from .distributed import restart_count
+from yolotrain.config import Config, resolve
+from yolotrain.engine.checkpoint import load_checkpoint
+from yolotrain.engine.distributed import restart_count
+from yolotrain.errors import CheckpointError
+from yolotrain.utils.files import atomic_write
 
 LOGGER = logging.getLogger("yolotrain")
 
 # Settings that do not change what is computed, or (epochs) extend it on purpose.
-OVERRIDABLE = {"epochs", "device", "workers", "verbose", "plots", "save_period", "save_minutes", "save_epochs",
-               "resume", "exist_ok", "amp_check", "nproc", "dist_timeout", "max_restarts", "callbacks", "patience"}
+OVERRIDABLE = {
+    "epochs",
+    "device",
+    "workers",
+    "verbose",
+    "plots",
+    "save_period",
+    "save_minutes",
+    "save_epochs",
+    "resume",
+    "exist_ok",
+    "amp_check",
+    "nproc",
+    "dist_timeout",
+    "max_restarts",
+    "callbacks",
+    "patience",
+}
 # Settings whose change makes the checkpoint meaningless for this run.
 INCOMPATIBLE = ("data", "model", "imgsz", "batch")
 
@@ -65,23 +81,32 @@ def prepare_resume(cfg: Config) -> tuple[Config, dict[str, Any], Path]:
     state = load_checkpoint(path)
     saved = state.get("config")
     if not isinstance(saved, dict) or "position" not in state:
-        raise CheckpointError(f"checkpoint '{path}' holds no training state to resume (weights only?); "
-                              f"use model={path} to fine-tune from it instead")
+        raise CheckpointError(
+            f"checkpoint '{path}' holds no training state to resume (weights only?); "
+            f"use model={path} to fine-tune from it instead"
+        )
     given = {k: getattr(cfg, k) for k in cfg.explicit if k != "cfg"}
     for key in INCOMPATIBLE:
         if key in given and str(given[key]) != str(saved.get(key)):
-            raise CheckpointError(f"cannot resume '{path}' with {key}={given[key]}: the run was trained with "
-                                  f"{key}={saved.get(key)} (start a new run, or fine-tune with model={path})")
-    ignored = sorted(k for k in given if k not in OVERRIDABLE and k not in INCOMPATIBLE
-                     and str(given[k]) != str(saved.get(k)))
+            raise CheckpointError(
+                f"cannot resume '{path}' with {key}={given[key]}: the run was trained with "
+                f"{key}={saved.get(key)} (start a new run, or fine-tune with model={path})"
+            )
+    ignored = sorted(
+        k for k in given if k not in OVERRIDABLE and k not in INCOMPATIBLE and str(given[k]) != str(saved.get(k))
+    )
     if ignored:
-        LOGGER.warning(f"resume: {', '.join(ignored)} {'comes' if len(ignored) == 1 else 'come'} from the checkpoint; "
-                       f"the new value{'s are' if len(ignored) > 1 else ' is'} ignored")
+        LOGGER.warning(
+            f"resume: {', '.join(ignored)} {'comes' if len(ignored) == 1 else 'come'} from the checkpoint; "
+            f"the new value{'s are' if len(ignored) > 1 else ' is'} ignored"
+        )
     values = dict(saved)
     values.update({k: v for k, v in given.items() if k in OVERRIDABLE})
     if values["epochs"] < saved["epochs"]:
-        raise CheckpointError(f"cannot resume '{path}' with epochs={values['epochs']}: fewer than the "
-                              f"{saved['epochs']} it was started with")
+        raise CheckpointError(
+            f"cannot resume '{path}' with epochs={values['epochs']}: fewer than the "
+            f"{saved['epochs']} it was started with"
+        )
     values["resume"] = str(path)
     values["exist_ok"] = True
     return resolve(values), state, path
@@ -92,8 +117,12 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
         "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2]],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -162,10 +191,10 @@ def elastic_resume(cfg: Config) -> Config:
     if last is not None and last.is_file():
         # a warning, so it shows with verbose=false too: a restart is worth knowing about
         (LOGGER.warning if restart_count() else LOGGER.info)(
-            f"resume=auto: continuing {last}" + (f" (torchrun restart {restart_count()})" if restart_count() else ""))
+            f"resume=auto: continuing {last}" + (f" (torchrun restart {restart_count()})" if restart_count() else "")
+        )
         return cfg.replace(resume=str(last))
     if folder is not None:  # restarted before the first checkpoint: start again in the same folder
         LOGGER.info(f"resume=auto: no checkpoint in {folder} yet; starting the run there")
         return cfg.replace(resume="", name=folder.name, project=str(folder.parent), exist_ok=True)
     return cfg.replace(resume="")
-

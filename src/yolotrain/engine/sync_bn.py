@@ -14,7 +14,7 @@ import logging
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
+from yolotrain.errors import ConfigError
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -77,8 +77,9 @@ def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
 
 def _convert_cpu(module: nn.Module) -> nn.Module:
     if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlooSyncBatchNorm):
-        new = GlooSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                module.track_running_stats)
+        new = GlooSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         new.load_state_dict(module.state_dict())  # same names: checkpoints stay interchangeable
         new.train(module.training)
         if module.affine:

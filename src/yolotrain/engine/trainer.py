@@ -17,21 +17,21 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ..config import Config
-from ..errors import Preempted, TrainingError
-from ..eval import EvalResult, format_table
-from ..utils.torch_utils import memory_mb, select_device
-from . import distributed as dist
-from .build import to_device_batch
-from .callbacks import Callbacks, load_callbacks
-from .checkpoint import save_checkpoint
-from .loggers import register_default_loggers
-from .multiscale import resize_batch
-from .oom import RankOutOfMemory, is_oom, split_batch
-from .persistence import CheckpointMixin
-from .phases import PhaseMixin
-from .resume import rng_state
-from .setup import SetupMixin
+from yolotrain.config import Config
+from yolotrain.engine import distributed as dist
+from yolotrain.engine.build import to_device_batch
+from yolotrain.engine.callbacks import Callbacks, load_callbacks
+from yolotrain.engine.checkpoint import save_checkpoint
+from yolotrain.engine.loggers import register_default_loggers
+from yolotrain.engine.multiscale import resize_batch
+from yolotrain.engine.oom import RankOutOfMemory, is_oom, split_batch
+from yolotrain.engine.persistence import CheckpointMixin
+from yolotrain.engine.phases import PhaseMixin
+from yolotrain.engine.resume import rng_state
+from yolotrain.engine.setup import SetupMixin
+from yolotrain.errors import Preempted, TrainingError
+from yolotrain.eval import EvalResult, format_table
+from yolotrain.utils.torch_utils import memory_mb, select_device
 
 LOGGER = logging.getLogger("yolotrain")
 LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
@@ -88,8 +88,9 @@ class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
             self.callbacks.run("on_train_start", self)
             t0 = time.perf_counter()
             if self.start_epoch >= self.cfg.epochs:
-                LOGGER.info(f"resume: this run already finished its {self.cfg.epochs} epochs; raise epochs= to "
-                            f"train longer")
+                LOGGER.info(
+                    f"resume: this run already finished its {self.cfg.epochs} epochs; raise epochs= to train longer"
+                )
                 self.train_seconds = 0.0
                 return self.best
             old_handlers = self.install_signal_handlers()
@@ -111,8 +112,10 @@ class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
                     self.callbacks.run("on_fit_epoch_end", self)
                     self.agree_on_flags()
                     if self.signal_received:
-                        raise Preempted(f"stopped by {signal.Signals(self.signal_received).name} after epoch "
-                                        f"{epoch + 1}; continue with resume={self.wdir / 'last.pt'}")
+                        raise Preempted(
+                            f"stopped by {signal.Signals(self.signal_received).name} after epoch "
+                            f"{epoch + 1}; continue with resume={self.wdir / 'last.pt'}"
+                        )
                     if self.stop:
                         break
             finally:
@@ -130,7 +133,7 @@ class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
 
     def train_one_epoch(self, epoch: int, start: int = 0) -> dict[str, float]:
         """One pass over the training loader from batch ``start``; returns the epoch's mean losses."""
-        from ..data import set_loader_epoch
+        from yolotrain.data import set_loader_epoch
 
         cfg = self.cfg
         # a function of the epoch, so a run resumed in its last epochs has mosaic off too
@@ -142,9 +145,15 @@ class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
         mean = torch.zeros(3)
         seen = 0
         t0 = time.perf_counter()
-        bar = tqdm(enumerate(self.train_loader, start=start), total=self.nb, initial=start,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.verbose and dist.is_main()),
-                   dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(
+            enumerate(self.train_loader, start=start),
+            total=self.nb,
+            initial=start,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (cfg.verbose and dist.is_main()),
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
         for i, batch in bar:
             self.callbacks.run("on_train_batch_start", self)
             self.schedule.apply(self.optimizer, epoch, i)
@@ -165,7 +174,8 @@ class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
                 " ".join(f"{n.split('_')[0]} {v:.3f}" for n, v in zip(LOSS_NAMES, mean.tolist()))
                 + f" inst {batch['cls'].shape[0]} size {self.input_size[-1]}"
                 + (f" skipped {self.epoch_skipped}" if self.epoch_skipped else "")
-                + f" {seen / (time.perf_counter() - t0):.1f} img/s")
+                + f" {seen / (time.perf_counter() - t0):.1f} img/s"
+            )
         self.images_per_s = seen / max(time.perf_counter() - t0, 1e-9)
         return dict(zip(LOSS_NAMES, mean.tolist()))
 
@@ -239,8 +249,10 @@ class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
             self.nonfinite_streak += 1
             LOGGER.warning(f"non-finite loss at iteration {ni}; batch skipped")
             if self.nonfinite_streak >= self.cfg.max_nonfinite:
-                raise TrainingError(f"{self.nonfinite_streak} consecutive non-finite losses at iteration {ni}; "
-                                    f"lower lr0 or check the data (see README: NaN losses)")
+                raise TrainingError(
+                    f"{self.nonfinite_streak} consecutive non-finite losses at iteration {ni}; "
+                    f"lower lr0 or check the data (see README: NaN losses)"
+                )
         else:
             self.nonfinite_streak = 0
         return total
@@ -284,8 +296,9 @@ class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
         scaler.unscale_(self.optimizer)
         self.callbacks.run("on_before_optimizer_step", self)
         max_norm = self.cfg.clip_grad if self.cfg.clip_grad > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
-                                              max_norm=max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.grad is not None], max_norm=max_norm
+        )
         if scaler.is_enabled():
             scale = scaler.get_scale()
             scaler.step(self.optimizer)  # skips the step itself when gradients hold inf/NaN
@@ -331,8 +344,12 @@ class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
         row = {"epoch": epoch + 1, "seconds": round(seconds, 2)}
         row.update({f"train/{k}": round(v, 5) for k, v in losses.items()})
         row.update({f"lr/pg{j}": g["lr"] for j, g in enumerate(self.optimizer.param_groups)})
-        for key, name in (("precision", "precision"), ("recall", "recall"), ("map50", "mAP50"),
-                          ("map50_95", "mAP50-95")):
+        for key, name in (
+            ("precision", "precision"),
+            ("recall", "recall"),
+            ("map50", "mAP50"),
+            ("map50_95", "mAP50-95"),
+        ):
             row[f"metrics/{name}"] = round(float(getattr(m, key)), 5) if m is not None else ""
         row["skipped_steps"] = self.epoch_skipped
         row["amp_scale"] = self.precision.scale if self.precision.scale is not None else ""
@@ -343,11 +360,15 @@ class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
         if improved:
             self.best_fitness, self.best, self.best_metrics = fitness, m, m.to_dict()
         phase = f" ({self.phase}, batch {self.phase_global_batch})" if self.freeze_prefixes else ""
-        line = (f"epoch {epoch + 1}{phase}: {self.images_per_s:.1f} images/s, "
-                f"{1000 / max(self.images_per_s, 1e-9):.1f} ms/image, mem {memory_mb(self.device):.0f} MB")
+        line = (
+            f"epoch {epoch + 1}{phase}: {self.images_per_s:.1f} images/s, "
+            f"{1000 / max(self.images_per_s, 1e-9):.1f} ms/image, mem {memory_mb(self.device):.0f} MB"
+        )
         if m is not None:
-            line += (f"; P {m.precision:.3f} R {m.recall:.3f} mAP50 {m.map50:.3f} mAP50-95 {m.map50_95:.3f} "
-                     f"({seconds:.1f}s, val {self.validator.seconds:.1f}s)")
+            line += (
+                f"; P {m.precision:.3f} R {m.recall:.3f} mAP50 {m.map50:.3f} mAP50-95 {m.map50_95:.3f} "
+                f"({seconds:.1f}s, val {self.validator.seconds:.1f}s)"
+            )
         LOGGER.info(line)
         rngs = dist.all_gather_object(rng_state())  # a collective: before rank 0 goes its own way
         if not dist.is_main():
@@ -368,8 +389,7 @@ class Trainer(SetupMixin, CheckpointMixin, PhaseMixin):
         if self.best is not None and self.cfg.verbose:
             LOGGER.info("best epoch, per class:\n" + format_table(self.best, self.names))
         b = self.best_metrics
-        summary = (f"done: {self.cfg.epochs} epochs in {self.train_seconds / 60:.1f} min; "
-                   f"results in {self.save_dir}")
+        summary = f"done: {self.cfg.epochs} epochs in {self.train_seconds / 60:.1f} min; results in {self.save_dir}"
         if b:
             summary += f"; best mAP50 {b['mAP50']:.3f} mAP50-95 {b['mAP50-95']:.3f}"
         LOGGER.info(summary)

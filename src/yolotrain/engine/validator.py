@@ -9,14 +9,13 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ..data.records import xywhn_to_xyxy
-from ..eval import DetectionEvaluator, EvalResult
-from ..errors import TrainingError
-from ..ops import Postprocessor, scale_boxes
-from . import distributed as dist
-from .oom import free_memory, is_oom
-from .precision import Precision
-
+from yolotrain.data.records import xywhn_to_xyxy
+from yolotrain.engine import distributed as dist
+from yolotrain.engine.oom import free_memory, is_oom
+from yolotrain.engine.precision import Precision
+from yolotrain.errors import TrainingError
+from yolotrain.eval import DetectionEvaluator, EvalResult
+from yolotrain.ops import Postprocessor, scale_boxes
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -36,9 +35,18 @@ class Validator:
         progress: Show a progress bar.
     """
 
-    def __init__(self, loader, names: list[str], device: torch.device, precision: Precision,
-                 conf: float = 0.001, iou: float = 0.7, max_det: int = 300, agnostic: bool = False,
-                 progress: bool = True):
+    def __init__(
+        self,
+        loader,
+        names: list[str],
+        device: torch.device,
+        precision: Precision,
+        conf: float = 0.001,
+        iou: float = 0.7,
+        max_det: int = 300,
+        agnostic: bool = False,
+        progress: bool = True,
+    ):
         self.loader = loader
         self.records = loader.dataset.records
         self.names = names
@@ -103,8 +111,10 @@ class Validator:
                 if not is_oom(e):
                     raise
                 if chunk == 1:
-                    raise TrainingError("out of memory in validation even with one image per batch; lower imgsz "
-                                        "or validate on a larger device") from None
+                    raise TrainingError(
+                        "out of memory in validation even with one image per batch; lower imgsz "
+                        "or validate on a larger device"
+                    ) from None
                 chunk = max(chunk // 2, 1)
                 self.chunk = chunk
                 free_memory(imgs.device)

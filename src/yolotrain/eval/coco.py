@@ -162,7 +162,10 @@ class DetectionEvaluator:
                 self._state[key].extend(other[key])
 
     def _unique_indices(self) -> list[int]:
-        """Indices of the first record of each image id, noting dropped duplicates (DDP samplers repeat images to even out shards)."""
+        """Indices of the first record of each image id, noting dropped duplicates.
+
+        DDP samplers repeat images to even out shards.
+        """
         ids = np.asarray(self._state["image_ids"], dtype=np.int64)
         _, first = np.unique(ids, return_index=True)
         first.sort()
@@ -206,8 +209,19 @@ class DetectionEvaluator:
             recall=RECALL_POINTS.copy(),
             precision=pr_curves(preds[:, 4], preds[:, 5], status, n_gt),
             present=n_gt > 0,
-            confusion=confusion_matrix(preds[:, :4], preds[:, 4], preds[:, 5], det_img, gt_boxes, gt_cls, gt_img,
-                                       n_cls, gt_crowd, conf=cm_conf, iou_thr=0.5),
+            confusion=confusion_matrix(
+                preds[:, :4],
+                preds[:, 4],
+                preds[:, 5],
+                det_img,
+                gt_boxes,
+                gt_cls,
+                gt_img,
+                n_cls,
+                gt_crowd,
+                conf=cm_conf,
+                iou_thr=0.5,
+            ),
             conf=cm_conf,
         )
 
@@ -238,7 +252,13 @@ class DetectionEvaluator:
         )
         LOGGER.info(
             "evaluation: %d images, %d instances, P %.4f R %.4f mAP50 %.4f mAP50-95 %.4f (conf %.3f)",
-            n_images, instances, result.precision, result.recall, result.map50, result.map50_95, conf,
+            n_images,
+            instances,
+            result.precision,
+            result.recall,
+            result.map50,
+            result.map50_95,
+            conf,
         )
         return result
 

@@ -64,8 +64,9 @@ def crowd_iou(det: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
     area_d = (det[..., 2] - det[..., 0]) * (det[..., 3] - det[..., 1])
     area_g = (gt[..., 2] - gt[..., 0]) * (gt[..., 3] - gt[..., 1])
     union = np.where(crowd, area_d, area_d + area_g - inter)
-    return np.divide(inter, union, out=np.zeros(np.shape(inter), dtype=np.result_type(inter, np.float32)),
-                     where=union > 0)
+    return np.divide(
+        inter, union, out=np.zeros(np.shape(inter), dtype=np.result_type(inter, np.float32)), where=union > 0
+    )
 
 
 def _chunk_iou(det: np.ndarray, gt: np.ndarray, gt_crowd: np.ndarray) -> np.ndarray:

@@ -56,11 +56,18 @@ class EvalResult:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EvalResult":
+    def from_dict(cls, d: dict[str, Any]) -> EvalResult:
         """Inverse of :meth:`to_dict` (curves are not stored, so they stay None)."""
-        return cls(map50=d["mAP50"], map50_95=d["mAP50-95"], precision=d["precision"], recall=d["recall"],
-                   best_conf=d["best_conf"], images=d["images"], instances=d["instances"],
-                   per_class=list(d.get("per_class") or []))
+        return cls(
+            map50=d["mAP50"],
+            map50_95=d["mAP50-95"],
+            precision=d["precision"],
+            recall=d["recall"],
+            best_conf=d["best_conf"],
+            images=d["images"],
+            instances=d["instances"],
+            per_class=list(d.get("per_class") or []),
+        )
 
 
 def _plain_row(row: dict[str, Any]) -> dict[str, Any]:

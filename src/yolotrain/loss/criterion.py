@@ -133,11 +133,19 @@ class DetectionLoss:
             gt_bboxes,
             mask_gt,
         )
-        return {"b": b, "pred_dist": pred_dist, "pred_logits": pred_logits, "pred_bboxes": pred_bboxes,
-                "anchor_points": anchor_points, "stride_tensor": stride_tensor, "target_bboxes": target_bboxes,
-                "target_scores": target_scores, "fg_mask": fg_mask,
-                "target_scores_total": target_scores.sum().detach(),  # unclamped: summed over ranks under DDP
-                "target_scores_sum": target_scores.sum().clamp(min=1).detach()}
+        return {
+            "b": b,
+            "pred_dist": pred_dist,
+            "pred_logits": pred_logits,
+            "pred_bboxes": pred_bboxes,
+            "anchor_points": anchor_points,
+            "stride_tensor": stride_tensor,
+            "target_bboxes": target_bboxes,
+            "target_scores": target_scores,
+            "fg_mask": fg_mask,
+            "target_scores_total": target_scores.sum().detach(),  # unclamped: summed over ranks under DDP
+            "target_scores_sum": target_scores.sum().clamp(min=1).detach(),
+        }
 
     def _finish(self, t: dict[str, Any], target_scores_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, pred_dist, pred_logits, pred_bboxes = t["b"], t["pred_dist"], t["pred_logits"], t["pred_bboxes"]

@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .plotting import _as_numpy, colors, draw_detections
+from yolotrain.utils.draw import _as_numpy, colors, draw_detections
 
 _PANEL_IN = 3.2  # inches per subplot side
 _MAX_NAMED = 30  # more classes than this: no per-class tick labels / cell annotations
@@ -204,8 +204,9 @@ def train_batch_image(
     canvas = grid.transpose(0, 2, 1, 3, 4).reshape(nrows * h, ncols * w, 3)
     scale = min(1.0, max_size / max(canvas.shape[:2]))
     if scale < 1.0:
-        canvas = cv2.resize(canvas, (round(canvas.shape[1] * scale), round(canvas.shape[0] * scale)),
-                            interpolation=cv2.INTER_AREA)
+        canvas = cv2.resize(
+            canvas, (round(canvas.shape[1] * scale), round(canvas.shape[0] * scale)), interpolation=cv2.INTER_AREA
+        )
     th, tw = h * scale, w * scale
 
     idx = _as_numpy(batch["batch_idx"]).reshape(-1).astype(np.int64)
@@ -248,13 +249,19 @@ def plot_pr_curve(curves: Any, names: Sequence[str], out_png: str | Path) -> Pat
     ap = curves.ap50
     for k in present:
         if legend:
-            ax.plot(curves.recall, curves.precision[k], linewidth=1, color=np.array(colors(k)) / 255,
-                    label=f"{names[k] if k < len(names) else k} {ap[k]:.3f}")
+            ax.plot(
+                curves.recall,
+                curves.precision[k],
+                linewidth=1,
+                color=np.array(colors(k)) / 255,
+                label=f"{names[k] if k < len(names) else k} {ap[k]:.3f}",
+            )
         else:
             ax.plot(curves.recall, curves.precision[k], linewidth=0.5, color="grey")
     mean_ap = float(ap[present].mean()) if present.size else 0.0
-    ax.plot(curves.recall, curves.mean_precision, linewidth=3, color="tab:blue",
-            label=f"all classes {mean_ap:.3f} mAP50")
+    ax.plot(
+        curves.recall, curves.mean_precision, linewidth=3, color="tab:blue", label=f"all classes {mean_ap:.3f} mAP50"
+    )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
@@ -302,8 +309,15 @@ def plot_confusion_matrix(
         dark = 0.5 * (1.0 if normalize else max(m.max(), 1.0))  # white text on the darker half of the scale
         for (r, c), v in np.ndenumerate(m):
             if v > 0:
-                ax.text(c, r, f"{v:.2f}" if normalize else f"{int(v)}", ha="center", va="center", fontsize=7,
-                        color="white" if v > dark else "black")
+                ax.text(
+                    c,
+                    r,
+                    f"{v:.2f}" if normalize else f"{int(v)}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if v > dark else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     title = "confusion matrix" + (" (row-normalized)" if normalize else "")

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from yolotrain.errors import ConfigError
 
 
 def select_device(device: str = "") -> torch.device:

@@ -11,7 +11,7 @@ import os
 
 from yolotrain.data.formats.coco import check_category_count, coco_image_files, records_from_index
 from yolotrain.data.formats.coco_index import coco_names, load_coco_index
-from yolotrain.data.formats.source import (
+from yolotrain.data.formats.split_source import (
     FORMAT_COCO,
     FORMAT_VOC,
     FORMAT_YOLO,
@@ -24,10 +24,10 @@ from yolotrain.data.formats.voc import records_from_voc, voc_files, voc_names
 from yolotrain.data.label_cache import cached_scan, files_hash
 from yolotrain.data.labels import ScanReport
 from yolotrain.data.records import ImageRecord
-from yolotrain.data.sources import cache_path_for
+from yolotrain.data.yolo_paths import cache_path_for
 from yolotrain.errors import DataError
 
-logger = logging.getLogger("yolotrain")
+LOGGER = logging.getLogger("yolotrain")
 
 __all__ = [
     "FORMATS",
@@ -75,7 +75,7 @@ def scan_annotated_source(
         index, img_dir, im_files = coco_image_files(source, split)
         check_category_count(index, nc)
         key_files, extra = [index.json_file], f"coco|{img_dir}"
-        logger.debug("%s: images of %s are in %s", split, source, img_dir)
+        LOGGER.debug("%s: images of %s are in %s", split, source, img_dir)
 
         def scan() -> tuple[list[ImageRecord], ScanReport]:
             return records_from_index(index, im_files, nc, workers)
@@ -84,8 +84,9 @@ def scan_annotated_source(
         if names is None:
             # A bare path (not from load_data_yaml): this list's own names. Other splits may differ.
             names = voc_names([str(source)])
-            logger.info("%s: no class names given for %s, using the %d found in its XML files", split, source,
-                        len(names))
+            LOGGER.info(
+                "%s: no class names given for %s, using the %d found in its XML files", split, source, len(names)
+            )
         if len(names) != nc:
             raise DataError(f"{source}: {len(names)} VOC class names but {nc} classes are expected")
         _, im_files, key_files = voc_files(source)
@@ -97,5 +98,11 @@ def scan_annotated_source(
         raise DataError(f"{source}: not a COCO or VOC split entry")
 
     key = files_hash(im_files, key_files, nc, extra) if use_cache else ""
-    return cached_scan(cache_path_for(source), key, use_cache, scan, ScanReport.from_json,
-                       f"{split}: scanning {len(im_files)} images of {source}" if im_files else None)
+    return cached_scan(
+        cache_path_for(source),
+        key,
+        use_cache,
+        scan,
+        ScanReport.from_json,
+        f"{split}: scanning {len(im_files)} images of {source}" if im_files else None,
+    )

@@ -36,7 +36,7 @@ from yolotrain.data.labels import ScanReport, check_images
 from yolotrain.data.records import ImageRecord
 from yolotrain.errors import DataError
 
-logger = logging.getLogger("yolotrain")
+LOGGER = logging.getLogger("yolotrain")
 
 DROP_UNKNOWN_IMAGE = "unknown_image"
 DROP_UNKNOWN_CATEGORY = "unknown_category"

@@ -104,9 +104,7 @@ def _categories(raw: list[Any], json_file: str) -> tuple[np.ndarray, list[str]]:
     by_id: dict[int, str] = {}
     for i, c in enumerate(raw):
         if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(c.get("name"), str):
-            raise DataError(
-                f"{json_file}: COCO category {i} needs an integer 'id' and a string 'name', got {c!r:.80}"
-            )
+            raise DataError(f"{json_file}: COCO category {i} needs an integer 'id' and a string 'name', got {c!r:.80}")
         if c["id"] in by_id:
             raise DataError(f"{json_file}: COCO category id {c['id']} appears twice")
         by_id[c["id"]] = c["name"]
@@ -123,8 +121,12 @@ def _images(
     hs: list[int] = []
     seen: set[int] = set()
     for i, im in enumerate(raw):
-        if not isinstance(im, dict) or not _is_int(im.get("id")) or not isinstance(im.get("file_name"), str) \
-                or not im["file_name"].strip():
+        if (
+            not isinstance(im, dict)
+            or not _is_int(im.get("id"))
+            or not isinstance(im.get("file_name"), str)
+            or not im["file_name"].strip()
+        ):
             malformed.append(f"{json_file}: image entry {i} needs an integer 'id' and a 'file_name', skipped")
             continue
         if im["id"] in seen:

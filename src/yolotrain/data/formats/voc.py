@@ -28,7 +28,7 @@ from yolotrain.data.formats.voc_xml import VocAnnotation, parse_voc_xml
 from yolotrain.data.label_parse import DROP_NON_FINITE, DROP_ZERO_SIZE, SMALL_OVERSHOOT
 from yolotrain.data.labels import ScanReport, check_images
 from yolotrain.data.records import ImageRecord
-from yolotrain.data.sources import IMG_EXTS
+from yolotrain.data.yolo_paths import IMG_EXTS
 from yolotrain.errors import DataError
 
 DROP_UNKNOWN_CLASS = "unknown_class"
@@ -94,6 +94,7 @@ def _boxes_for_image(
     xml_file: str, ann: VocAnnotation, lookup: dict[str, int], hw: tuple[int, int], rep: ScanReport
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validated (cls, xywhn, crowd) of one XML file; problems are counted into ``rep``."""
+
     def drop(mask: np.ndarray, reason: str, what: str) -> None:
         n = int(mask.sum())
         if n:

@@ -45,7 +45,7 @@ from yolotrain.data.formats import (
 )
 from yolotrain.errors import DataError
 
-logger = logging.getLogger("yolotrain")
+LOGGER = logging.getLogger("yolotrain")
 
 _SPLITS_REQUIRED = ("train", "val")
 _SPLITS = ("train", "val", "test")
@@ -132,8 +132,9 @@ def _resolve_images(value: Any, root: Path, yaml_file: Path, fmt: str, check_exi
     if value is None:
         return {}
     if fmt != FORMAT_COCO:
-        logger.warning("%s: key 'images' is only used with COCO .json splits; ignored for this %s dataset",
-                       yaml_file, fmt)
+        LOGGER.warning(
+            "%s: key 'images' is only used with COCO .json splits; ignored for this %s dataset", yaml_file, fmt
+        )
         return {}
     if isinstance(value, (str, os.PathLike)):
         value = {split: value for split in _SPLITS}
@@ -192,9 +193,7 @@ def _resolve_root(value: Any, yaml_file: Path) -> Path:
     return (p if p.is_absolute() else yaml_file.parent / p).resolve()
 
 
-def _resolve_entries(
-    value: Any, split: str, root: Path, yaml_file: Path, check_exists: bool
-) -> list[str]:
+def _resolve_entries(value: Any, split: str, root: Path, yaml_file: Path, check_exists: bool) -> list[str]:
     """Turn a split value (str or list of str) into absolute paths."""
     entries = [value] if isinstance(value, (str, os.PathLike)) else value
     if not isinstance(entries, list) or not entries:
@@ -206,9 +205,7 @@ def _resolve_entries(
         p = Path(os.path.expandvars(str(entry).strip())).expanduser()
         p = (p if p.is_absolute() else root / p).resolve()
         if check_exists and not p.exists():
-            raise DataError(
-                f"{yaml_file}: key '{split}' entry '{entry}' not found (looked for {p})"
-            )
+            raise DataError(f"{yaml_file}: key '{split}' entry '{entry}' not found (looked for {p})")
         if check_exists and p.is_file() and p.suffix.lower() not in (".txt", ".json"):
             raise DataError(
                 f"{yaml_file}: key '{split}' entry '{entry}' must be a folder, a .txt image list, "
@@ -233,10 +230,7 @@ def _parse_names(value: Any, yaml_file: Path) -> list[str]:
                 raise DataError(f"{yaml_file}: key 'names' has a non-integer class id {k!r}")
             ids.append(int(k))
         if sorted(ids) != list(range(len(ids))):
-            raise DataError(
-                f"{yaml_file}: key 'names' class ids must be exactly 0..{len(ids) - 1}, "
-                f"got {sorted(ids)}"
-            )
+            raise DataError(f"{yaml_file}: key 'names' class ids must be exactly 0..{len(ids) - 1}, got {sorted(ids)}")
         by_id = {int(k): v for k, v in value.items()}
         names = [by_id[i] for i in range(len(ids))]
     else:

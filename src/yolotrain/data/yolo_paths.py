@@ -64,9 +64,7 @@ def cache_path_for(source: str | os.PathLike[str]) -> Path:
     return label_dir.with_name(label_dir.name + ".cache.json")
 
 
-def list_images(
-    source: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
-) -> list[str]:
+def list_images(source: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> list[str]:
     """List the images of one split source, sorted for determinism.
 
     Args:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from yolotrain.utils.plotting import colors, draw_detections
+from yolotrain.utils.draw import colors, draw_detections
 
 
 def test_colors_fixed_and_cycling() -> None:
