@@ -14,6 +14,8 @@ Examples::
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 
 from yolotrain.config import Config, help_text, parse_cli_args, resolve
@@ -115,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             command
         ](cfg)
     except Preempted as e:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # a worker that saved and is leaving: the agent's late copy of the stop signal must not turn exit
+            # code 75 into a kill
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
         print(f"preempted: {_rank_prefix()}{e}", file=sys.stderr)
         return Preempted.exit_code
     except YoloTrainError as e:
@@ -126,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _rank_prefix() -> str:
-    import os
-
     return f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
 
 

@@ -134,6 +134,16 @@ SETTINGS: dict[str, Setting] = {
     "save_period": S(0, "int", "also write last.pt every N iterations within an epoch (0: off)", lo=0),
     "save_minutes": S(0.0, "float", "also write last.pt every M minutes within an epoch (0: off)", lo=0.0),
     "save_epochs": S(-1, "int", "also keep weights/epochN.pt every N epochs (-1: off)", lo=-1),
+    # preemption on clusters; see README "Preemption on clusters"
+    "save_signal": S(
+        "",
+        "str",
+        "a warning signal that saves last.pt at the next optimizer step and keeps training (e.g. USR1; empty: off)",
+        choices=("", "USR1", "USR2", "HUP", "ALRM"),
+    ),
+    "requeue": S(
+        False, "bool", "after a save_signal save under SLURM, requeue the job (scontrol requeue $SLURM_JOB_ID)"
+    ),
     "pretrained": S(
         None, "str", "initialise from this checkpoint's weights (names and shapes that match)", nullable=True
     ),

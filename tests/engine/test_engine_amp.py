@@ -42,30 +42,30 @@ def test_amp_setting_aliases():
 
 def test_inf_gradient_skips_step_and_halves_scale(tiny_data, tmp_path):
     t = make_trainer(tiny_data, tmp_path, amp="fp16", amp_check=False, nbs=16)  # accumulate 2
-    assert t.precision.amp == "fp16" and t.precision.scaler.is_enabled() and t.accumulate == 2
+    assert t.run.precision.amp == "fp16" and t.run.precision.scaler.is_enabled() and t.run.step.accumulate == 2
     batch = next(iter(t.train_loader))
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
-    t.train_step(batch, 0, 0)  # scaled backward, no step yet
-    scale0 = t.precision.scale
+    t.run.step.forward_backward(batch, 0, 0)  # scaled backward, no step yet
+    scale0 = t.run.precision.scale
     g = next(t.model.parameters()).grad
     g[(0,) * g.dim()] = float("inf")  # injected overflow
-    t.optimizer_step()
-    assert t.precision.scale == scale0 * 0.5
-    assert t.skipped_steps == 1 and t.epoch_skipped == 1
+    t.run.step.optimizer_step()
+    assert t.run.precision.scale == scale0 * 0.5
+    assert t.skipped_steps == 1 and t.run.state.epoch_skipped == 1
     after = t.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k)
-    assert t.ema.updates == 0  # the EMA did not average a skipped step
+    assert t.run.ema.updates == 0  # the EMA did not average a skipped step
 
 
 def test_scale_grows_after_growth_interval(tiny_data, tmp_path):
     t = make_trainer(tiny_data, tmp_path, amp="fp16", amp_check=False)  # accumulate 1: a step per batch
     # a small initial scale, so that these gradients never overflow
-    t.precision = Precision(t.device, "fp16", growth_interval=3, init_scale=256.0)
+    t.run.step.precision = Precision(t.device, "fp16", growth_interval=3, init_scale=256.0)
     batch = next(iter(t.train_loader))
     scales = []
     for i in range(4):
-        t.run_step_with_recovery(batch, 0, i)  # forward/backward + the step (accumulate 1)
-        scales.append(t.precision.scale)
+        t.run.step(batch, 0, i)  # forward/backward + the step (accumulate 1)
+        scales.append(t.run.step.precision.scale)
     assert scales == [256.0, 256.0, 512.0, 512.0]  # doubled after 3 clean steps
     assert t.skipped_steps == 0
 
@@ -96,8 +96,8 @@ def loss_trajectory(data, tmp_path, amp, steps=4):
     it = iter(t.train_loader)
     batch = next(it)
     for i in range(steps):  # the same batch each step: differences come from precision only
-        t.schedule.apply(t.optimizer, 0, i + 1000)
-        items = t.run_step_with_recovery(batch, 0, i)
+        t.run.schedule.apply(t.optimizer, 0, i + 1000)
+        items = t.run.step(batch, 0, i).items
         out.append(float(items.sum()))
     return out
 

@@ -58,11 +58,11 @@ def test_freeze_phase_switch(tiny_data, tmp_path):
         seen.append(
             dict(
                 epoch=tr.epoch,
-                batch=tr.current_batch["img"].shape[0] if hasattr(tr, "current_batch") else None,
+                batch=tr.current_batch["img"].shape[0] if tr.current_batch is not None else None,
                 bb_grad=any(p.requires_grad for p in tr.model.backbone.parameters()),
                 bb_bn_train=any(m.training for m in bb_bn),
                 neck_bn_train=all(m.training for m in nk_bn),
-                accumulate=tr.accumulate,
+                accumulate=tr.run.step.accumulate,
                 nb=tr.nb,
             )
         )
@@ -108,7 +108,7 @@ def test_scale_lr_fits_lr_to_phase_batch(tiny_data, tmp_path):
         )
     )
     lrs = {}
-    record(t, "on_train_epoch_start", lambda tr: lrs.setdefault(tr.epoch, (tr.phase_lr, tr.accumulate)))
+    record(t, "on_train_epoch_start", lambda tr: lrs.setdefault(tr.epoch, (tr.phase.lr, tr.run.step.accumulate)))
     t.fit()
     assert lrs[0] == (pytest.approx(max(4 / 64 * 0.01, 5e-4)), 1)
     assert lrs[1] == (pytest.approx(8 / 64 * 0.01), 1)
@@ -122,7 +122,7 @@ def test_resume_in_unfrozen_phase_is_exact(tiny_data, tmp_path):
     t.fit()
     r = Trainer(cfg_for(tiny_data, tmp_path, resume=str(tmp_path / "cut" / "weights" / "last.pt"), epochs=2))
     phases = []
-    record(r, "on_train_epoch_start", lambda tr: phases.append((tr.phase, tr.rank_batch)))
+    record(r, "on_train_epoch_start", lambda tr: phases.append((tr.phase.name, tr.run.loaders.rank_batch)))
     r.fit()
     assert phases == [("unfrozen", 8)]
     a = load_checkpoint(tmp_path / "full" / "weights" / "last.pt")["model"]
@@ -148,7 +148,7 @@ def test_multi_scale_sizes(tiny_data, tmp_path, kw, allowed):
 
 
 def test_autobatch_picks_and_records_a_batch(tiny_data, tmp_path, monkeypatch):
-    import yolotrain.engine.phases as phases
+    import yolotrain.engine.autobatch_probe as autobatch_probe
 
     calls = []
 
@@ -157,10 +157,10 @@ def test_autobatch_picks_and_records_a_batch(tiny_data, tmp_path, monkeypatch):
         calls.append(fraction)
         return 4
 
-    monkeypatch.setattr(phases, "autobatch", fake_autobatch)
+    monkeypatch.setattr(autobatch_probe, "autobatch", fake_autobatch)
     t = Trainer(cfg_for(tiny_data, tmp_path, batch=0.7, epochs=1))
     t.fit()
-    assert calls == [0.7] and t.batch == 4 and t.cfg.batch == 4
+    assert calls == [0.7] and t.run.planner.batch == 4 and t.cfg.batch == 4
     assert "batch: 4" in (t.save_dir / "args.yaml").read_text()
     assert load_checkpoint(t.wdir / "last.pt")["config"]["batch"] == 4
 
@@ -168,15 +168,15 @@ def test_autobatch_picks_and_records_a_batch(tiny_data, tmp_path, monkeypatch):
 def test_autobatch_real_probe_on_cpu(tiny_data, tmp_path):
     t = Trainer(cfg_for(tiny_data, tmp_path, batch=-1, epochs=1))
     t.fit()
-    assert isinstance(t.batch, int) and 1 <= t.batch <= 1024
+    assert isinstance(t.run.planner.batch, int) and 1 <= t.run.planner.batch <= 1024
 
 
 def test_oom_is_recovered_with_micro_batches(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("YOLOTRAIN_INJECT_OOM", "1:4,4:2")  # step 1: > 4 images fail; step 4: > 2 fail
     t = Trainer(cfg_for(tiny_data, tmp_path, batch=8, nbs=16, epochs=2))  # accumulate 2: step 1 replays batch 0
     t.fit()
-    assert t.oom_events == 2 and t.micro_batches == 4
-    assert [f[0] for f in t.oom_injector.fired][:1] == [1]
+    assert t.run.state.oom_events == 2 and t.run.state.micro_batches == 4
+    assert [f[0] for f in t.run.step.oom_injector.fired][:1] == [1]
     assert load_checkpoint(t.wdir / "last.pt")["phase"]["micro_batches"] == 4
     for v in t.model.state_dict().values():
         assert torch.isfinite(v.float()).all()
@@ -192,7 +192,7 @@ def test_oom_in_validation_halves_the_batch(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("YOLOTRAIN_INJECT_OOM", "val@0:3")
     t = Trainer(cfg_for(tiny_data, tmp_path, batch=8, epochs=1, val=True))
     t.fit()
-    assert t.validator.chunk == 2 and t.metrics.images == 8
+    assert t.run.validator.chunk == 2 and t.metrics.images == 8
 
 
 def scripted_validation(trainer, values):
@@ -208,7 +208,7 @@ def test_early_stopping_and_its_state_across_resume(tiny_data, tmp_path):
     t = Trainer(cfg_for(tiny_data, tmp_path, epochs=6, patience=2, val=True))
     record(t, "on_pretrain_routine_end", lambda tr: scripted_validation(tr, [0.5, 0.4, 0.3, 0.2, 0.1, 0.0]))
     t.fit()
-    assert t.stopped_early and t.epoch == 2  # best at epoch 1, two epochs without improvement
+    assert t.run.state.stopped_early and t.epoch == 2  # best at epoch 1, two epochs without improvement
     # a run that ended before patience ran out keeps its early-stop state in the checkpoint
     t2 = Trainer(cfg_for(tiny_data, tmp_path, name="b", epochs=2, patience=2, val=True))
     record(t2, "on_pretrain_routine_end", lambda tr: scripted_validation(tr, [0.5, 0.4]))
@@ -218,7 +218,7 @@ def test_early_stopping_and_its_state_across_resume(tiny_data, tmp_path):
     r = Trainer(cfg_for(tiny_data, tmp_path, resume=str(t2.wdir / "last.pt"), epochs=6, patience=2))
     record(r, "on_pretrain_routine_end", lambda tr: scripted_validation(tr, [0.3, 0.9]))
     r.fit()
-    assert r.stopped_early and r.epoch == 2  # not reset by the resume: stops after one more epoch
+    assert r.run.state.stopped_early and r.epoch == 2  # not reset by the resume: stops after one more epoch
 
 
 def test_close_mosaic_applies_after_resume(tiny_data, tmp_path):
@@ -231,3 +231,30 @@ def test_close_mosaic_applies_after_resume(tiny_data, tmp_path):
     record(r, "on_train_batch_start", lambda tr: mosaic.append(tr.train_loader.dataset.mosaic_enabled))
     r.fit()
     assert mosaic and not any(mosaic)
+
+
+def test_phase_plan_is_a_pure_function_of_the_epoch():
+    from yolotrain.engine.phases import PhasePlan, PhasePlanner
+
+    cfg = resolve(dict(data="x", epochs=5, freeze_epochs=2, freeze_batch=4, nbs=64, weight_decay=0.0005))
+    planner = PhasePlanner(cfg, ["backbone"], batch=16, base_lr=0.01, optimizer_name="SGD")
+    # frozen: batch 4 accumulates 16 batches to the nominal 64; decay 0.0005 * 4 * 16 / 64
+    assert planner.plan(0) == PhasePlan("frozen", ("backbone",), 4, 16, 0.01, 0.0005)
+    assert planner.plan(1) == planner.plan(0)
+    # unfrozen from epoch 2: batch 16, accumulate 4, decay 0.0005 * 16 * 4 / 64
+    assert planner.plan(2) == PhasePlan("unfrozen", (), 16, 4, 0.01, 0.0005)
+    scaled = PhasePlanner(cfg.replace(scale_lr=True), ["backbone"], 16, 0.01, "SGD")
+    assert scaled.plan(3) == PhasePlan("unfrozen", (), 16, 1, pytest.approx(16 / 64 * 0.01), 0.0005 * 16 / 64)
+    assert PhasePlanner(cfg, [], 16, 0.01, "SGD").plan(0).name == "unfrozen"  # nothing to freeze
+
+
+def test_build_run_returns_autobatch_choice_without_touching_the_callers_config(tiny_data, tmp_path, monkeypatch):
+    import yolotrain.engine.autobatch_probe as autobatch_probe
+    from yolotrain.engine.build import build_run
+
+    monkeypatch.setattr(autobatch_probe, "autobatch", lambda *a, **k: 4)
+    cfg = cfg_for(tiny_data, tmp_path, batch=0.7, epochs=1)
+    run = build_run(cfg, None, tmp_path / "exp")
+    assert cfg.batch == 0.7 and run.cfg.batch == 4 and run.planner.batch == 4
+    assert run.loaders.train_loader.batch_size == 4 and (tmp_path / "exp" / "args.yaml").is_file()
+    assert {type(p).__name__ for p in run.checkpointer.parts} >= {"TrainState", "RngStreams", "Precision", "ModelEMA"}

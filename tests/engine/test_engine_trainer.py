@@ -47,7 +47,7 @@ def test_nonfinite_loss_never_reaches_weights(tiny_data, tmp_path):
     snapshots = []
 
     def setup_hook(t):
-        t.criterion = NaNAt(t.criterion, {1})
+        t.run.step.criterion = NaNAt(t.run.step.criterion, {1})
         snapshots.append({k: v.clone() for k, v in t.model.state_dict().items()})
 
     trainer.callbacks.add("on_train_start", setup_hook)
@@ -65,7 +65,9 @@ def test_nonfinite_loss_never_reaches_weights(tiny_data, tmp_path):
 
 def test_repeated_nonfinite_loss_stops_with_clear_error(tiny_data, tmp_path):
     trainer = Trainer(cfg_for(tiny_data, tmp_path, max_nonfinite=2))
-    trainer.callbacks.add("on_train_start", lambda t: setattr(t, "criterion", NaNAt(t.criterion, {"all"})))
+    trainer.callbacks.add(
+        "on_train_start", lambda t: setattr(t.run.step, "criterion", NaNAt(t.run.step.criterion, {"all"}))
+    )
     seen = []
     trainer.callbacks.add("on_exception", lambda t: seen.append(True))
     with pytest.raises(TrainingError, match="2 consecutive non-finite losses"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from collections.abc import Iterator, Sized
 from typing import Any
 
@@ -26,6 +27,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from yolotrain.data.dataset import SampleKey
+
+# the signals a scheduler or a terminal sends to stop a job
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -138,6 +142,20 @@ def _seed_worker(worker_id: int) -> None:
     s = torch.initial_seed() % 2**32
     random.seed(s)
     np.random.seed(s)
+    ignore_stop_signals()
+
+
+def ignore_stop_signals() -> None:
+    """In a loader worker: ignore SIGTERM/SIGINT; the main process saves first, then shuts the workers down.
+
+    PyTorch's workers die on a SIGTERM that does not come from their parent, which is what a scheduler
+    signalling the whole process group sends (SLURM); the main process would then fail with "DataLoader
+    worker ... killed by signal" before it could save. The trainer blocks these signals while it starts the
+    workers (:func:`yolotrain.engine.preempt.fork_safe_iter`); a signal held back then is discarded here.
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def build_dataloader(

@@ -1,20 +1,45 @@
-"""Builders that turn a resolved config into the objects the trainer runs: data, model, loaders."""
+"""Turning a resolved config into a training run: data, model, loaders, and :func:`build_run`'s parts.
+
+:func:`build_run` builds every part in one visible order: data, model and loss, precision, input sizes and
+batch, loaders, optimizer and schedule, EMA, train state, step, validator, checkpointer, run folder.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from yolotrain import __version__
 from yolotrain.config import Config
 from yolotrain.data import DetectionDataset, build_dataloader, ensure_demo_dataset, load_data_yaml, scan_split
-from yolotrain.engine.checkpoint import load_checkpoint, transfer_weights
-from yolotrain.errors import ConfigError, DataError
-from yolotrain.models import available_scales, build_model
+from yolotrain.engine import distributed as dist
+from yolotrain.engine.amp_check import choose_checked_precision
+from yolotrain.engine.autobatch_probe import choose_batch
+from yolotrain.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from yolotrain.engine.checkpoint import Checkpointer, StatefulModule, load_checkpoint, transfer_weights
+from yolotrain.engine.ema import ModelEMA
+from yolotrain.engine.freeze import resolve_freeze
+from yolotrain.engine.multiscale import MultiScale
+from yolotrain.engine.oom import OOMInjector
+from yolotrain.engine.optim import Schedule, build_optimizer
+from yolotrain.engine.phases import PhasePlanner
+from yolotrain.engine.precision import Precision, choose_amp
+from yolotrain.engine.resume import elastic_resume, mark_elastic_run, prepare_resume
+from yolotrain.engine.state import Position, RngStreams, TrainState
+from yolotrain.engine.step import TrainStep
+from yolotrain.engine.sync_bn import convert_sync_bn
+from yolotrain.engine.validator import Validator
+from yolotrain.errors import CheckpointError, ConfigError, DataError
+from yolotrain.loss import DetectionLoss
+from yolotrain.models import available_scales, build_model, model_info
+from yolotrain.utils.torch_utils import configure_backend, init_seeds, select_device
 
 LOGGER = logging.getLogger("yolotrain")
 MAX_STRIDE = 32
@@ -154,14 +179,6 @@ def run_dir(cfg: Config, create: bool = True) -> Path:
     return path
 
 
-def to_device_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move the tensors the loss needs onto ``device``."""
-    out = dict(batch)
-    for k in ("cls", "bboxes", "batch_idx"):
-        out[k] = batch[k].to(device, non_blocking=True)
-    return out
-
-
 def load_model_spec(spec: str, nc: int = 80) -> tuple[nn.Module, dict[str, Any]]:
     """The model ``model=`` names for val/predict/export/info, and its checkpoint state (empty for a scale).
 
@@ -182,3 +199,230 @@ def inference_imgsz(cfg: Config, state: dict[str, Any], default: int = 640) -> i
     if "imgsz" in cfg.explicit or not state:
         return cfg.imgsz if "imgsz" in cfg.explicit else default
     return state["config"]["imgsz"]
+
+
+# ------------------------------------------------------------------------------------------------ the run
+class TrainLoaders:
+    """The training and validation loaders; the training loader is rebuilt when a phase changes the batch.
+
+    Args:
+        cfg: The run's config.
+        train_records: The training split's records.
+        val_records: The validation split's records (None: no validation).
+        imgsz: The training image size.
+        device: Where the model runs (pinned memory on CUDA).
+        val_batch: The validation batch per process.
+    """
+
+    def __init__(self, cfg: Config, train_records, val_records, imgsz: int, device: torch.device, val_batch: int):
+        self.cfg, self.train_records, self.imgsz = cfg, train_records, imgsz
+        self.world = dist.world_size()
+        self.rank = dist.rank() if self.world > 1 else -1
+        self.pin = device.type == "cuda"
+        self.rank_batch = 0
+        self.train_loader = None
+        self.val_loader = (
+            build_loader(val_records, cfg, imgsz, val_batch, False, self.rank, self.world, self.pin)
+            if val_records
+            else None
+        )
+
+    def use_batch(self, batch: int) -> int:
+        """Make the training loader serve ``batch`` (global) images per step; returns its batches per epoch."""
+        rank_batch = per_process_batch(batch, self.world)
+        if rank_batch != self.rank_batch:
+            self.rank_batch = rank_batch
+            self.train_loader = build_loader(
+                self.train_records, self.cfg, self.imgsz, rank_batch, True, self.rank, self.world, self.pin
+            )
+        return len(self.train_loader)
+
+
+@dataclass
+class Run:
+    """The parts a training run is made of, built in one visible order by :func:`build_run`."""
+
+    cfg: Config  # the resolved settings, with the batch AutoBatch chose recorded in it
+    save_dir: Path
+    data: dict[str, Any]
+    names: list[str]
+    imgsz: int
+    device: torch.device
+    model: nn.Module  # plain (unwrapped); the step holds the DDP-wrapped one
+    criterion: DetectionLoss
+    precision: Precision
+    loaders: TrainLoaders
+    optimizer: torch.optim.Optimizer
+    optimizer_name: str
+    base_lr: float
+    schedule: Schedule
+    ema: ModelEMA | None
+    state: TrainState
+    rngs: RngStreams
+    step: TrainStep
+    planner: PhasePlanner
+    validator: Validator | None
+    checkpointer: Checkpointer
+    first_epoch: int  # where training (re)starts
+
+    @property
+    def wdir(self) -> Path:
+        return self.save_dir / "weights"
+
+
+def resolve_run(cfg: Config) -> tuple[Config, dict[str, Any] | None, Path]:
+    """Choose the run folder and the checkpoint to resume from on rank 0; every rank gets both.
+
+    Rank 0 alone reads the checkpoint and broadcasts it, so ranks on other machines need no shared
+    filesystem.
+
+    Returns:
+        The config (the checkpoint's when resuming), the checkpoint's state or None, and the run folder.
+    """
+    shared = None
+    if dist.is_main():
+        cfg = elastic_resume(cfg)
+        state, save_dir = None, None
+        if cfg.resume:
+            cfg, state, ckpt = prepare_resume(cfg)
+            LOGGER.info(f"resume: continuing {ckpt} (epochs={cfg.epochs})")
+            save_dir = ckpt.parent.parent
+        save_dir = save_dir or run_dir(cfg, create=False)
+        shared = (cfg.to_dict(), sorted(cfg.explicit), state, str(save_dir))
+    values, explicit, state, save_dir = dist.broadcast_object(shared)
+    return Config(values, explicit), state, Path(save_dir)
+
+
+def build_run(cfg: Config, resume_state: dict[str, Any] | None, save_dir: Path, before_optimizer_step=None) -> Run:
+    """Build every part of a run, in order, on every rank; restore ``resume_state`` when given.
+
+    Args:
+        cfg: The settings (from :func:`resolve_run`).
+        resume_state: The checkpoint to continue, or None for a new run.
+        save_dir: The run folder (created here, on rank 0, once everything else succeeded).
+        before_optimizer_step: Called by the step after unscaling (the ``on_before_optimizer_step`` event).
+    """
+    state_in = resume_state
+    device = select_device(cfg.device)
+    init_seeds(cfg.seed, cfg.deterministic)  # the same on every rank: identical initial weights
+    configure_backend(device, cfg.deterministic)
+    world = dist.world_size()
+
+    # data: the YAML, then every split scanned (every rank scans; rank 0 reports the problems)
+    data = resolve_data(cfg)
+    names, imgsz = data["names"], check_imgsz(cfg.imgsz)
+    with dist.main_rank_warnings(LOGGER):
+        train_records = build_records(data, "train")
+        val_records = build_records(data, "val") if cfg.val else None
+
+    # model and loss
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = build_model(**state_in["model_cfg"]) if state_in else build_train_model(cfg, data["nc"])
+    if model.nc != data["nc"]:
+        raise CheckpointError(f"cannot resume: the checkpoint's model has {model.nc} classes, the data {data['nc']}")
+    model = model.to(device, memory_format=memory_format)
+    model.names = names
+    info = model_info(model, imgsz=imgsz)
+    LOGGER.info(
+        f"model: scale {model.scale}, {info['params']:,} parameters, {info['layers']} layers, "
+        f"{info['gflops']:.1f} GFLOPs at {imgsz}"
+    )
+    criterion = DetectionLoss.from_model(model, cfg)
+
+    # precision: checked on rank 0 alone, so before anything that needs the other ranks (SyncBN)
+    if state_in:
+        precision = Precision(device, state_in["precision"]["amp"])
+    else:
+        precision = build_precision(cfg, model, criterion, device, imgsz)
+
+    # input sizes and the batch (AutoBatch probes the plain model, before SyncBN and DDP)
+    max_size = cfg.max_size or (round(imgsz * 1.667) if cfg.min_size else None)
+    multiscale = MultiScale(
+        imgsz, stride=MAX_STRIDE, fraction=cfg.multi_scale, min_sizes=cfg.min_size or None, max_size=max_size,
+        seed=cfg.seed,
+    )  # fmt: skip
+    if multiscale.enabled:
+        h, w = multiscale.largest((imgsz, imgsz))
+        LOGGER.info(f"multi-scale: a new size every iteration, up to {h}x{w} (decided on rank 0)")
+    largest = multiscale.largest((imgsz, imgsz))
+    batch = choose_batch(cfg.batch, model, criterion, precision, device, largest, world, memory_format)
+    # recorded in the config, so args.yaml and checkpoints hold the batch a resume must reuse
+    cfg = cfg.replace(batch=batch)
+    if cfg.sync_bn and world > 1:
+        model = convert_sync_bn(model, device)
+        LOGGER.info("sync_bn: BatchNorm statistics are computed over the global batch")
+    elif cfg.sync_bn:
+        LOGGER.warning("sync_bn=true has no effect in one process")
+
+    # loaders, optimizer and schedule
+    loaders = TrainLoaders(cfg, train_records, val_records, imgsz, device, per_process_batch(batch, world) * 2)
+    position = Position(**state_in["position"]) if state_in else Position()
+    first_epoch = position.next_start()[0]
+    spec = cfg.freeze
+    if isinstance(spec, str) and "," in spec:
+        spec = [s.strip() for s in spec.split(",") if s.strip()]
+    freeze_prefixes = resolve_freeze(model, spec)
+    # on resume, the optimizer that optimizer=auto chose then (extending epochs could change its choice)
+    name, lr0 = (state_in["optimizer_name"], state_in["base_lr"]) if state_in else (cfg.optimizer, cfg.lr0)
+    total_iters = math.ceil(len(train_records) / max(batch, cfg.nbs)) * cfg.epochs
+    # built over every parameter before anything is frozen: frozen ones get no gradient and are skipped
+    # by the step, and unfreezing needs no new optimizer
+    optimizer, optimizer_name, base_lr = build_optimizer(
+        model, name, lr0, cfg.momentum, cfg.weight_decay, total_iters, data["nc"]
+    )
+    planner = PhasePlanner(cfg, freeze_prefixes, batch, base_lr, optimizer_name)
+    nb = loaders.use_batch(planner.plan(first_epoch).batch)  # the loader of the phase training starts in
+    warmup = max(round(cfg.warmup_epochs * nb), cfg.warmup_min_iters) if cfg.warmup_epochs > 0 else 0
+    schedule = Schedule(
+        cfg.epochs, nb, cfg.lrf, cfg.cos_lr, warmup, cfg.warmup_bias_lr, cfg.warmup_momentum, cfg.momentum
+    )
+
+    # the step and what it updates
+    ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None
+    state = TrainState(patience=cfg.patience)
+    oom_injector = OOMInjector.from_env()  # YOLOTRAIN_INJECT_OOM, for tests and drills
+    only = os.environ.get("YOLOTRAIN_INJECT_OOM_RANK")
+    if only is not None and only.strip() != str(dist.rank()):  # inject on one rank of a DDP job only
+        oom_injector = None
+    step = TrainStep(
+        model, criterion, optimizer, precision, ema, state, device=device, memory_format=memory_format,
+        multiscale=multiscale, clip_grad=cfg.clip_grad, max_nonfinite=cfg.max_nonfinite,
+        oom_injector=oom_injector, before_optimizer_step=before_optimizer_step,
+    )  # fmt: skip
+    validator = None
+    if loaders.val_loader is not None:
+        conf = cfg.conf if cfg.conf is not None else 0.001
+        progress = cfg.verbose and dist.is_main()
+        validator = Validator(loaders.val_loader, names, device, precision, conf, cfg.iou, cfg.max_det, False, progress)
+        validator.oom_injector = oom_injector
+
+    # the checkpoint: the run description and the union of the parts' states
+    rngs = RngStreams(dist.rank(), world)
+    parts = [StatefulModule("model", model, copy=True), StatefulModule("optimizer", optimizer), precision, state, rngs]
+    if ema is not None:
+        parts.append(ema)
+    run_info = {
+        "format": CHECKPOINT_FORMAT, "model_cfg": model.config(), "names": list(names), "config": cfg.to_dict(),
+        "data_yaml": data["yaml_file"], "optimizer_name": optimizer_name, "base_lr": base_lr,
+        "versions": {"yolotrain": __version__, "torch": torch.__version__},
+    }  # fmt: skip
+    checkpointer = Checkpointer(save_dir / "weights", parts, run_info)
+    if dist.is_main():  # the set-up succeeded: now the run folder exists
+        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+        mark_elastic_run(save_dir)
+        cfg.dump(save_dir / "args.yaml")
+    return Run(
+        cfg, save_dir, data, names, imgsz, device, model, criterion, precision, loaders, optimizer, optimizer_name,
+        base_lr, schedule, ema, state, rngs, step, planner, validator, checkpointer, first_epoch,
+    )  # fmt: skip
+
+
+def build_precision(cfg: Config, model: nn.Module, criterion, device: torch.device, imgsz: int) -> Precision:
+    """Resolve ``amp`` for the device, check it on this model (rank 0, broadcast), log the choice."""
+    amp, reason = choose_amp(cfg.amp, device)
+    if cfg.amp_check and amp != "off":
+        checked = choose_checked_precision(model, criterion, device, amp, imgsz)
+        if checked != amp:
+            amp, reason = checked, f"{amp} failed the AMP check"
+    LOGGER.info(f"precision: {'fp32' if amp == 'off' else amp} (amp={cfg.amp}: {reason})")
+    return Precision(device, amp)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from yolotrain.engine import distributed as dist
 from yolotrain.errors import CheckpointError
 from yolotrain.utils.files import atomic_write
 
@@ -146,3 +147,87 @@ def transfer_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict
         "unexpected": len([k for k in weights if k not in own]),
         "mismatched": len(mismatched),
     }
+
+
+# Keys the checkpointer itself writes: what the run is (read by resume, fine-tuning, val and predict).
+RUN_KEYS = ("format", "model_cfg", "names", "config", "data_yaml", "versions", "optimizer_name", "base_lr")
+
+
+class Checkpointer:
+    """Writes the whole training state as the union of its parts' states, and restores it.
+
+    Every part has ``KEYS`` (the checkpoint keys it owns), ``state_dict()`` returning exactly those keys and
+    ``load_state_dict(state)``. A checkpoint key that neither a part nor the run description claims is an
+    error on restore, not silently ignored.
+
+    Args:
+        wdir: The run's ``weights`` folder.
+        parts: The stateful parts, each owning its keys.
+        run_info: The run description (:data:`RUN_KEYS` less ``format``).
+    """
+
+    def __init__(self, wdir: Path, parts: list[Any], run_info: dict[str, Any]):
+        self.wdir, self.parts, self.run_info = Path(wdir), parts, run_info
+        owners: dict[str, Any] = {k: "run" for k in RUN_KEYS}
+        for part in parts:
+            for key in part.KEYS:
+                if key in owners:
+                    raise ValueError(f"checkpoint key '{key}' is claimed by two parts")
+                owners[key] = part
+        self.owners = owners
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state: the run description and every part's keys."""
+        state: dict[str, Any] = dict(self.run_info)
+        for part in self.parts:
+            got = part.state_dict()
+            if set(got) != set(part.KEYS):
+                raise ValueError(f"{type(part).__name__}.state_dict() gave {sorted(got)}, it owns {list(part.KEYS)}")
+            state.update(got)
+        return state
+
+    def save(self, names: list[str]) -> None:
+        """Write the state to each of ``names`` in the weights folder (atomically), on rank 0.
+
+        Every rank must call it: parts may gather from all ranks first (the RNG streams do).
+        """
+        for part in self.parts:
+            if hasattr(part, "gather"):
+                part.gather()
+        if dist.is_main():
+            state = self.state_dict()
+            for name in names:
+                save_checkpoint(state, self.wdir / name)
+        if dist.world_size() > 1:  # no rank leaves before rank 0 has written (a preempted job exits next)
+            dist.all_reduce_list([0.0])
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Give each part its keys.
+
+        Raises:
+            CheckpointError: For keys no part claims, or keys a part needs that the file lacks.
+        """
+        unclaimed = sorted(k for k in state if k not in self.owners and k != "integrity")
+        if unclaimed:
+            raise CheckpointError(f"checkpoint has keys this trainer does not know: {', '.join(unclaimed)}")
+        for part in self.parts:
+            missing = [k for k in part.KEYS if k not in state]
+            if missing:
+                raise CheckpointError(f"checkpoint lacks {', '.join(missing)} (needed by {type(part).__name__})")
+            part.load_state_dict({k: state[k] for k in part.KEYS})
+
+
+class StatefulModule:
+    """Adapts a module or optimizer to the checkpointer: its ``state_dict`` under one key."""
+
+    def __init__(self, key: str, obj: Any, copy: bool = False):
+        self.KEYS, self.obj, self.copy = (key,), obj, copy
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = self.obj.state_dict()
+        if self.copy:  # the weights keep changing after a save is taken, until it is written
+            sd = {k: v.detach().clone() for k, v in sd.items()}
+        return {self.KEYS[0]: sd}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.obj.load_state_dict(state[self.KEYS[0]])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import logging
 import os
 from typing import Any
@@ -131,8 +132,6 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
 
 def _no_buffer_sync() -> dict[str, Any]:
     # broadcast_buffers was renamed forward_sync_buffers in recent torch (with a FutureWarning on the old name)
-    import inspect
-
     params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 

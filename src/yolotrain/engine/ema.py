@@ -49,9 +49,13 @@ class ModelEMA:
         # cost ~10% of a CPU training step when the optimizer steps every batch.
         torch._foreach_lerp_(self._float_tensors, model_t, 1.0 - d)
 
+    KEYS = ("ema", "ema_updates")  # its checkpoint keys
+
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.ema.state_dict(), "updates": self.updates}
+        return {"ema": {k: v.detach().clone() for k, v in self.ema.state_dict().items()}, "ema_updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.ema.load_state_dict(state["model"])
-        self.updates = int(state["updates"])
+        if state["ema"] is None:  # a run trained with ema=false, resumed with the EMA on: start it afresh
+            return
+        self.ema.load_state_dict(state["ema"])
+        self.updates = int(state["ema_updates"])

@@ -1,7 +1,11 @@
-"""``yolotrain train nproc=N`` / ``device=0,1,...``: start the training processes with torchrun.
+"""``yolotrain train nproc=N`` / ``device=0,1,...``: start the training processes with torch elastic.
 
-The launch is PyTorch's own ``torch.distributed.run`` (torchrun) with the same settings, written to a
-YAML file the workers read; nothing here re-implements process management. Under torchrun already
+The launch is PyTorch's own elastic agent (what ``torchrun --standalone`` runs), called in this process
+with the same settings written to a YAML file the workers read; nothing here re-implements process
+management. Owning the agent lets a preemption end as one line and exit code 75: a stop signal to this
+process (or to every process of the job, as SLURM sends it) makes the agent pass SIGTERM to the workers,
+which save and exit 75, and the agent's ``SignalException`` or the workers' exit codes become
+:class:`~yolotrain.errors.Preempted` here instead of torchrun's traceback. Under torchrun already
 (``WORLD_SIZE`` set) nothing is launched. The user's callbacks travel as ``callbacks=module:function``
 entries, so the workers import and run them too.
 """
@@ -11,18 +15,25 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from yolotrain.config import Config
 from yolotrain.engine import distributed as dist
+from yolotrain.engine.build import per_process_batch, run_dir
+from yolotrain.engine.callbacks import callback_reference
+from yolotrain.engine.resume import checkpoint_path
 from yolotrain.errors import Preempted, TrainingError
+from yolotrain.utils.torch_utils import select_device
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -42,39 +53,22 @@ def processes_wanted(cfg: Config) -> int:
     return 1
 
 
-def _install_forwarding(proc: subprocess.Popen, received: list[int]) -> dict:
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def forward(signum, _frame):
-        received.append(signum)
-        if signum == signal.SIGTERM:
-            proc.send_signal(signum)
-
-    return {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-
-def torchrun_command(n: int, cfg_file: Path, max_restarts: int = 0) -> list[str]:
-    """The torchrun command line for ``n`` processes on this machine."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
-        f"--nproc_per_node={n}",
-        f"--max_restarts={max_restarts}",
-        "-m",
-        "yolotrain",
-        "train",
-        f"cfg={cfg_file}",
-    ]
+def launch_config(n: int, max_restarts: int = 0) -> LaunchConfig:
+    """The elastic agent's settings for ``n`` processes on this machine (``torchrun --standalone``'s)."""
+    return LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=n,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=max_restarts,
+        monitor_interval=0.1,
+    )
 
 
 def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any], None]]] = ()) -> Path:
-    """Run training in ``n`` torchrun workers and wait for them.
+    """Run training in ``n`` worker processes (torch elastic) and wait for them.
 
     The run folder is chosen here (so every restart of the workers finds the same one) and passed down with
     ``exist_ok=true``. Callbacks registered in Python are passed as importable references.
@@ -85,11 +79,8 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     Raises:
         ConfigError: When a callback cannot be referenced by name from another process.
         TrainingError: When the workers fail (their error message is printed above by the failing rank).
+        Preempted: When this process or the workers were signalled to stop (the workers saved last.pt).
     """
-    from yolotrain.engine.build import per_process_batch, run_dir
-    from yolotrain.engine.callbacks import callback_reference
-    from yolotrain.engine.resume import checkpoint_path
-    from yolotrain.utils.torch_utils import select_device
 
     select_device(cfg.device)  # e.g. device=0,1 without CUDA: refused here, not once per worker
     if isinstance(cfg.batch, int) and cfg.batch > 0:
@@ -106,32 +97,33 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="yolotrain-launch-", delete=False) as f:
         yaml.safe_dump(values, f, sort_keys=False)
         cfg_file = Path(f.name)
-    cmd = torchrun_command(n, cfg_file, cfg.max_restarts)
-    LOGGER.info(f"distributed: starting {n} processes: {' '.join(cmd)}")
-    env = dict(os.environ)
+    last = save_dir / "weights" / "last.pt"
+    LOGGER.info(f"distributed: starting {n} processes (torch elastic, standalone)")
     # what this process can import (the user's callback modules included), the workers can too
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd(), *sys.path] if p and os.path.isdir(p))
-    received: list[int] = []
+    path = os.pathsep.join(p for p in [os.getcwd(), *sys.path] if p and os.path.isdir(p))
+    # torchrun's default: one thread per worker, so N processes do not oversubscribe the cores
+    env = {"PYTHONPATH": path, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    saved_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
-        proc = subprocess.Popen(cmd, env=env)
-        # SIGTERM (a scheduler's preemption) goes to torchrun, which passes it to the workers: they save at
-        # the next optimizer step and exit 75. SIGINT from a terminal reaches the whole process group by
-        # itself, so it is only recorded here, not sent twice.
-        old = _install_forwarding(proc, received)
-        try:
-            rc = proc.wait()
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
+        elastic_launch(launch_config(n, cfg.max_restarts), sys.executable)(
+            "-m", "yolotrain", "train", f"cfg={cfg_file}"
+        )
+    except SignalException as e:  # this process was signalled: the agent stopped the workers (they saved)
+        raise Preempted(f"stopped by {signal.Signals(e.sigval).name}; continue with resume={last}") from None
+    except ChildFailedError as e:
+        codes = sorted({f.exitcode for f in e.failures.values()})
+        if set(codes) <= {Preempted.exit_code, -signal.SIGTERM}:  # the workers were signalled and saved
+            raise Preempted(f"stopped by a signal; continue with resume={last}") from None
+        raise TrainingError(
+            f"distributed training with {n} processes failed (worker exit codes {codes}); the failing rank's error "
+            f"is printed above; outputs so far are in {save_dir}"
+        ) from None
     finally:
         cfg_file.unlink(missing_ok=True)
-    if received:
-        raise Preempted(
-            f"stopped by {signal.Signals(received[0]).name}; continue with resume={save_dir / 'weights' / 'last.pt'}"
-        )
-    if rc != 0:
-        raise TrainingError(
-            f"distributed training with {n} processes failed (torchrun exit code {rc}); the "
-            f"failing rank's error is printed above; outputs so far are in {save_dir}"
-        )
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return save_dir

@@ -19,12 +19,24 @@ import importlib
 import importlib.util
 import logging
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from yolotrain.engine.callbacks import EVENTS, Callbacks
 from yolotrain.engine.distributed import is_main
+from yolotrain.utils.plots import (
+    plot_confusion_matrix,
+    plot_labels,
+    plot_pr_curve,
+    plot_results,
+    plot_train_batch,
+    train_batch_image,
+)
+from yolotrain.utils.torch_utils import memory_mb
 
 LOGGER = logging.getLogger("yolotrain")
 LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
@@ -48,8 +60,6 @@ def _epoch_scalars(trainer: Any) -> tuple[int, dict[str, float]]:
     scalars = {(k if "/" in k else f"system/{k}"): v for k, v in _numeric(row).items()}
     scalars["system/skipped_steps_total"] = float(getattr(trainer, "skipped_steps", 0))
     if getattr(trainer, "device", None) is not None:
-        from yolotrain.utils.torch_utils import memory_mb
-
         scalars["system/memory_mb"] = memory_mb(trainer.device)
     return epoch, scalars
 
@@ -112,7 +122,7 @@ class TensorBoardLogger(LoggerCallback):
         self.image_logged = False
 
     def on_train_start(self, trainer: Any) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - tensorboard loads only when logging
 
         log_dir = self.log_dir or Path(trainer.save_dir)
         self.writer = SummaryWriter(str(log_dir))
@@ -120,8 +130,6 @@ class TensorBoardLogger(LoggerCallback):
         self.iteration = int(trainer.epoch) * int(getattr(trainer, "nb", 0) or 0)
         cfg = getattr(trainer, "cfg", None)
         if cfg is not None and hasattr(cfg, "to_dict"):
-            import yaml
-
             self.writer.add_text("config", "```\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False) + "```", 0)
         LOGGER.info(f"tensorboard: view with 'tensorboard --logdir {log_dir.parent}'")
 
@@ -132,8 +140,6 @@ class TensorBoardLogger(LoggerCallback):
         self.iteration += 1
         batch = getattr(trainer, "current_batch", None)
         if not self.image_logged and batch is not None:
-            from yolotrain.utils.plots import train_batch_image
-
             self.writer.add_image("train/batch", train_batch_image(batch, trainer.names), step, dataformats="HWC")
             self.image_logged = True
         if step % self.batch_every:
@@ -206,8 +212,6 @@ class PlotsLogger(LoggerCallback):
         out = self._dir(trainer)
         records = getattr(getattr(trainer.train_loader, "dataset", None), "records", None)
         if out is not None and records is not None:
-            from yolotrain.utils.plots import plot_labels
-
             plot_labels(records, trainer.names, out / "labels.jpg")
 
     def on_train_batch_end(self, trainer: Any) -> None:
@@ -216,16 +220,12 @@ class PlotsLogger(LoggerCallback):
             return
         out = self._dir(trainer)
         if out is not None:
-            from yolotrain.utils.plots import plot_train_batch
-
             plot_train_batch(batch, trainer.names, out / f"train_batch{self.batches_done}.jpg")
         self.batches_done += 1
 
     def _plot_results(self, trainer: Any) -> None:
         out = self._dir(trainer)
         if out is not None and (out / "results.csv").is_file():
-            from yolotrain.utils.plots import plot_results
-
             plot_results(out / "results.csv", out / "results.png")
 
     def on_fit_epoch_end(self, trainer: Any) -> None:
@@ -241,7 +241,6 @@ class PlotsLogger(LoggerCallback):
         curves = getattr(result, "curves", None)
         if out is None or curves is None:
             return
-        from yolotrain.utils.plots import plot_confusion_matrix, plot_pr_curve
 
         plot_pr_curve(curves, trainer.names, out / "PR_curve.png")
         for normalize, name in ((False, "confusion_matrix.png"), (True, "confusion_matrix_normalized.png")):
@@ -348,8 +347,6 @@ def _installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a stub in sys.modules without a spec raises ValueError
-        import sys
-
         return module in sys.modules
 
 

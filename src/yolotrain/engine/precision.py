@@ -84,12 +84,15 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
+    KEYS = ("precision",)  # its checkpoint key
+
     def state_dict(self) -> dict[str, Any]:
-        return {"amp": self.amp, "scaler": self.scaler.state_dict()}
+        return {"precision": {"amp": self.amp, "scaler": self.scaler.state_dict()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
+        saved = state["precision"]
+        if saved.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(saved["scaler"])
 
     @property
     def scale(self) -> float | None:

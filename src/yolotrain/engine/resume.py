@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from yolotrain.config import Config, resolve
 from yolotrain.engine.checkpoint import load_checkpoint
@@ -43,6 +39,8 @@ OVERRIDABLE = {
     "max_restarts",
     "callbacks",
     "patience",
+    "save_signal",
+    "requeue",
 }
 # Settings whose change makes the checkpoint meaningless for this run.
 INCOMPATIBLE = ("data", "model", "imgsz", "batch")
@@ -112,49 +110,41 @@ def prepare_resume(cfg: Config) -> tuple[Config, dict[str, Any], Path]:
     return resolve(values), state, path
 
 
-def rng_state() -> dict[str, Any]:
-    """Python, numpy, torch CPU and every CUDA device's RNG state, as plain data."""
-    np_state = np.random.get_state()
-    return {
-        "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2]],
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "gauss": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` recorded (CUDA states only for devices that exist here)."""
-    py = state["python"]
-    random.setstate((py[-2], tuple(py[:-2]), py[-1]))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(s, i)
-
-
 ELASTIC_MARKER = ".torchelastic_run"
 
 
-def elastic_job_key() -> str | None:
-    """What identifies this torchrun job across worker restarts (None outside torchrun).
+def slurm_restart_count() -> int:
+    """How many times SLURM has requeued or restarted this job (0 outside SLURM)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    except ValueError:
+        return 0
 
-    torchrun's run id when the user gave one (``--rdzv_id``; ``--standalone`` makes a random one), else the
-    host and the elastic agent's pid, which survive restarts because the agent restarts the workers.
+
+def elastic_job_key() -> str | None:
+    """What identifies this job across restarts (None when neither SLURM nor torchrun runs it).
+
+    Under SLURM the job id, which a requeued job keeps. Under torchrun, its run id when the user gave one
+    (``--rdzv_id``; ``--standalone`` makes a random one), else the host and the elastic agent's pid, which
+    survive restarts because the agent restarts the workers.
     """
+    slurm_job = os.environ.get("SLURM_JOB_ID", "").strip()
+    if slurm_job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID", "").strip()
+        return f"slurm:{slurm_job}" + (f":{task}" if task else "")
     if "TORCHELASTIC_RUN_ID" not in os.environ and "TORCHELASTIC_RESTART_COUNT" not in os.environ:
         return None
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
     if run_id and run_id != "none":
         return f"run:{run_id}"
     return f"agent:{socket.gethostname()}:{os.getppid()}"
+
+
+def restart_note() -> str:
+    """`` (torchrun restart N)`` / `` (SLURM restart N)`` for the log, empty for a first start."""
+    if restart_count():
+        return f" (torchrun restart {restart_count()})"
+    return f" (SLURM restart {slurm_restart_count()})" if slurm_restart_count() else ""
 
 
 def mark_elastic_run(save_dir: Path) -> None:
@@ -175,7 +165,8 @@ def elastic_resume(cfg: Config) -> Config:
         The config, ``resume`` set to a path or cleared (unchanged unless ``resume=auto`` applies).
     """
     value = str(cfg.resume).strip().lower()
-    auto = value == "auto" or (value == "" and restart_count() > 0)
+    restarts = restart_count() or slurm_restart_count()
+    auto = value == "auto" or (value == "" and restarts > 0)
     if not auto:
         return cfg
     folder = None
@@ -190,9 +181,7 @@ def elastic_resume(cfg: Config) -> Config:
     last = folder / "weights" / "last.pt" if folder is not None else None
     if last is not None and last.is_file():
         # a warning, so it shows with verbose=false too: a restart is worth knowing about
-        (LOGGER.warning if restart_count() else LOGGER.info)(
-            f"resume=auto: continuing {last}" + (f" (torchrun restart {restart_count()})" if restart_count() else "")
-        )
+        (LOGGER.warning if restarts else LOGGER.info)(f"resume=auto: continuing {last}" + restart_note())
         return cfg.replace(resume=str(last))
     if folder is not None:  # restarted before the first checkpoint: start again in the same folder
         LOGGER.info(f"resume=auto: no checkpoint in {folder} yet; starting the run there")

@@ -1,0 +1,121 @@
+"""TrainStep on its own: the window boundary, micro-batch gradients, and the out-of-memory replay."""
+
+import copy
+
+import pytest
+import torch
+
+from yolotrain.engine.oom import OOMInjector
+from yolotrain.engine.precision import Precision
+from yolotrain.engine.state import TrainState
+from yolotrain.engine.step import TrainStep
+from yolotrain.loss import DetectionLoss
+from yolotrain.models import build_model
+
+CPU = torch.device("cpu")
+
+
+def make_batch() -> dict:
+    """4 images of 64 px; image 0 has one box, images 1-3 have four each (unequal targets per part)."""
+    g = torch.Generator().manual_seed(0)
+    counts = [1, 4, 4, 4]
+    n = sum(counts)
+    xy = torch.rand(n, 2, generator=g) * 0.6 + 0.2
+    wh = torch.rand(n, 2, generator=g) * 0.2 + 0.1
+    return {
+        "img": (torch.rand(4, 3, 64, 64, generator=g) * 255).to(torch.uint8),
+        "cls": torch.randint(0, 2, (n, 1), generator=g).float(),
+        "bboxes": torch.cat([xy, wh], 1),
+        "batch_idx": torch.repeat_interleave(torch.arange(4), torch.tensor(counts)).float(),
+    }
+
+
+def make_step(model, micro_batches=1, injector=None, accumulate=1, iters=10):
+    state = TrainState()
+    state.micro_batches = micro_batches
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    step = TrainStep(
+        model, DetectionLoss.from_model(model), opt, Precision(CPU, "off"), None, state, device=CPU,
+        oom_injector=injector,
+    )  # fmt: skip
+    step.configure(accumulate, iters)
+    return step
+
+
+def grads(model):
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return build_model("n", nc=2)
+
+
+def test_boundary_every_accumulate_and_at_the_epoch_end(model):
+    step = make_step(model, accumulate=3, iters=7)
+    assert [i for i in range(7) if step.is_boundary(i)] == [2, 5, 6]
+
+
+def test_split_batch_gives_the_unsplit_gradient(model):
+    # BatchNorm in eval mode uses its running statistics, so splitting changes nothing but the normaliser:
+    # the part with one box and the part with twelve must still be weighted by the whole batch's targets
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    other = copy.deepcopy(model)
+    batch = make_batch()
+    whole = make_step(model, micro_batches=1)
+    items_whole = whole.forward_backward(batch, 0, 0)
+    split = make_step(other, micro_batches=2)
+    items_split = split.forward_backward(batch, 0, 0)
+    for a, b in zip(grads(model), grads(other)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7 + 1e-4 * a.abs().max().item())
+    assert torch.allclose(items_whole, items_split, rtol=1e-4)
+
+
+def test_split_gradient_adds_to_the_windows_earlier_gradient(model):
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    other = copy.deepcopy(model)
+    batch = make_batch()
+    whole = make_step(model, micro_batches=1, accumulate=2)
+    whole.forward_backward(batch, 0, 0)
+    whole.forward_backward(batch, 0, 1)
+    split = make_step(other, micro_batches=1, accumulate=2)
+    split.forward_backward(batch, 0, 0)
+    split.state.micro_batches = 2  # an out-of-memory split between two batches of one window
+    split.forward_backward(batch, 0, 1)
+    for a, b in zip(grads(model), grads(other)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7 + 1e-4 * a.abs().max().item())
+
+
+def test_oom_replay_equals_a_window_split_from_the_start(model):
+    model.train()  # BatchNorm in training mode: its running statistics move with every forward
+    reference = copy.deepcopy(model)
+    batch = make_batch()
+    # iteration 0's backward fails for micro-batches above 2 images: the first (whole-batch) attempt ran
+    # its forward, updating BatchNorm statistics, before failing
+    failing = make_step(model, injector=OOMInjector({("backward", 0): 2}))
+    failing(batch, 0, 0)
+    assert failing.state.oom_events == 1 and failing.state.micro_batches == 2
+    clean = make_step(reference, micro_batches=2)
+    clean(batch, 0, 0)
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name  # weights after the step and BatchNorm statistics
+
+
+def test_nonfinite_gradient_skips_the_step_and_counts_it(model):
+    step = make_step(model)
+    before = copy.deepcopy(model.state_dict())
+    step.forward_backward(make_batch(), 0, 0)
+    p = next(model.parameters())
+    p.grad[(0,) * p.grad.dim()] = float("nan")
+    step.optimizer_step()
+    assert step.state.skipped_steps == 1 and step.state.epoch_skipped == 1
+    assert all(
+        torch.equal(before[k], v) for k, v in model.state_dict().items() if "running" not in k and "num" not in k
+    )
