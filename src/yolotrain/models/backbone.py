@@ -44,7 +44,8 @@ class Backbone(nn.Module):
         outs = list(block_channels or channels[1:])
         if len(channels) != 5 or len(depths) != 4 or len(outs) != 4:
             raise ValueError(
-                f"Backbone needs 5 channels, 4 depths and 4 block widths, got {len(channels)}, {len(depths)}, {len(outs)}"
+                f"Backbone needs 5 channels, 4 depths and 4 block widths, "
+                f"got {len(channels)}, {len(depths)}, {len(outs)}"
             )
         self.stem = Conv(3, channels[0], 3, 2)
         prev = channels[0]
