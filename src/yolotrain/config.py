@@ -213,6 +213,12 @@ SETTINGS: dict[str, Setting] = {
     "iou": S(0.7, "float", "NMS IoU threshold", lo=0.0, hi=1.0),
     "max_det": S(300, "int", "maximum detections per image", lo=1),
     "agnostic_nms": S(False, "bool", "class-agnostic NMS"),
+    "multi_label": S(
+        False,
+        "bool",
+        "validation NMS keeps every class above conf per box, as Ultralytics' val does (off: the best class only, "
+        "the detections predict shows)",
+    ),
     "json": S(False, "bool", "print one JSON object as the last stdout line"),
     "source": S(None, "str", "image, folder or glob for predict", nullable=True),
     "save_txt": S(True, "bool", "predict: write YOLO-format prediction files"),

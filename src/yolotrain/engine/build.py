@@ -12,9 +12,8 @@ import torch.nn as nn
 
 from yolotrain.config import Config
 from yolotrain.data import DetectionDataset, build_dataloader, ensure_demo_dataset, load_data_yaml, scan_split
-from yolotrain.engine.checkpoint import load_checkpoint, transfer_weights
 from yolotrain.errors import ConfigError, DataError
-from yolotrain.models import available_scales, build_model
+from yolotrain.models import available_scales, weights_io
 
 LOGGER = logging.getLogger("yolotrain")
 MAX_STRIDE = 32
@@ -107,37 +106,12 @@ def is_scale(model: str) -> bool:
 
 
 def build_train_model(cfg: Config, nc: int) -> nn.Module:
-    """A fresh model, optionally initialised from a checkpoint's weights (fine-tuning, not resuming).
+    """A fresh model, optionally initialised from a weights file (fine-tuning, not resuming).
 
-    ``model=n pretrained=w.pt`` builds scale n; ``model=w.pt`` builds the checkpoint's scale. Tensors
-    whose names and shapes match are copied (so the number of classes may change); ``load=backbone``
-    copies only the backbone. The counts are logged.
+    See :func:`yolotrain.models.weights_io.build_train_model`: yolotrain checkpoints, Ultralytics
+    YOLOv8/YOLO11 checkpoints and ``.safetensors`` files; counts logged and kept in ``model.load_counts``.
     """
-    spec = str(cfg.model)
-    source = cfg.pretrained
-    if is_scale(spec):
-        model = build_model(scale=spec, nc=nc)
-    elif spec.endswith(".pt"):
-        source = source or spec
-        mcfg = dict(load_checkpoint(spec)["model_cfg"])
-        model = build_model(**{**mcfg, "nc": nc})
-    else:
-        raise ConfigError(
-            f"setting 'model'={spec} is neither a scale ({', '.join(available_scales())}) nor a .pt checkpoint"
-        )
-    if source:
-        state = load_checkpoint(source)
-        weights = state.get("ema") or state.get("model") or {}
-        if cfg.load == "backbone":
-            weights = {k: v for k, v in weights.items() if k.startswith("backbone.")}
-        counts = transfer_weights(model, weights)
-        LOGGER.info(
-            f"model: loaded {cfg.load} weights from {source}: {counts['matched']} tensors matched, "
-            f"{counts['missing']} missing, {counts['unexpected']} unexpected, "
-            f"{counts['mismatched']} shape-mismatched"
-        )
-        model.load_counts = counts
-    return model
+    return weights_io.build_train_model(str(cfg.model), cfg.pretrained, cfg.load, nc)
 
 
 def run_dir(cfg: Config, create: bool = True) -> Path:
@@ -165,16 +139,9 @@ def to_device_batch(batch: dict[str, Any], device: torch.device) -> dict[str, An
 def load_model_spec(spec: str, nc: int = 80) -> tuple[nn.Module, dict[str, Any]]:
     """The model ``model=`` names for val/predict/export/info, and its checkpoint state (empty for a scale).
 
-    A scale gives a fresh model with ``nc`` classes; a checkpoint gives its (EMA) weights and names.
+    See :func:`yolotrain.models.weights_io.load_model_spec` (any weights file it reads).
     """
-    from yolotrain.engine.checkpoint import model_from_checkpoint
-
-    if is_scale(spec):
-        return build_model(scale=str(spec), nc=nc), {}
-    state = load_checkpoint(spec)
-    model = model_from_checkpoint(state)
-    model.names = state.get("names") or [str(i) for i in range(model.nc)]
-    return model, state
+    return weights_io.load_model_spec(spec, nc)
 
 
 def inference_imgsz(cfg: Config, state: dict[str, Any], default: int = 640) -> int:

@@ -140,6 +140,7 @@ class SetupMixin:
                 conf=cfg.conf if cfg.conf is not None else 0.001,
                 iou=cfg.iou,
                 max_det=cfg.max_det,
+                multi_label=cfg.multi_label,
                 progress=cfg.verbose and dist.is_main(),
             )
             if self.val_loader
