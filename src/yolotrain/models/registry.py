@@ -125,6 +125,11 @@ def _count_params_on_meta(cfg: dict) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def registered_archs() -> dict[str, dict]:
+    """The architecture (family, depth, width, max_channels, c3k) of each built-in scale."""
+    return {k: dict(v) for k, v in _ARCH.items()}
+
+
 def scale_for_arch(arch: dict) -> str | None:
     """The registered scale whose architecture is ``arch`` (family, depth, width, max_channels, c3k), if any."""
     want = {k: arch[k] for k in ARCH_KEYS if k in arch}

@@ -19,7 +19,7 @@ import torch
 
 from yolotrain.errors import CheckpointError, ConfigError
 from yolotrain.models.detector import Detector
-from yolotrain.models.registry import validate_model_cfg
+from yolotrain.models.registry import registered_archs, validate_model_cfg
 from yolotrain.models.safe_pickle import Inert, pickle_mentions, safe_load
 from yolotrain.models.ultralytics_map import map_state_dict
 
@@ -142,18 +142,27 @@ def _shapes_of(cfg: dict) -> dict[str, torch.Tensor]:
 
 
 def _arch_from_shapes(family: str, tensors: dict[str, torch.Tensor], nc: int, c3k: bool) -> dict | None:
-    """Try the published multipliers until one gives exactly the file's tensor shapes."""
-    for depth in _DEPTHS:
-        for width in _WIDTHS:
-            for mc in _MAX_CHANNELS:
-                cfg = {"family": family, "depth": depth, "width": width, "max_channels": mc, "nc": nc}
-                if family == "11":
-                    cfg["c3k"] = c3k
-                try:
-                    map_state_dict(family, tensors, _shapes_of(cfg), "?")
-                except CheckpointError:
-                    continue
-                return cfg
+    """Try the published scales, then other published multipliers, until one gives exactly the file's shapes.
+
+    Some multipliers give the same network (YOLO11's repeat counts of 2 round to 1 for depth 0.33 and
+    0.5 alike); trying the registered scales first names such a file by its published scale.
+    """
+    known = [a for a in registered_archs().values() if a["family"] == family]
+    grid = [
+        {"family": family, "depth": d, "width": w, "max_channels": mc}
+        for d in _DEPTHS
+        for w in _WIDTHS
+        for mc in _MAX_CHANNELS
+    ]
+    for arch in known + grid:
+        cfg = {**arch, "nc": nc}
+        if family == "11":
+            cfg["c3k"] = c3k
+        try:
+            map_state_dict(family, tensors, _shapes_of(cfg), "?")
+        except CheckpointError:
+            continue
+        return cfg
     return None
 
 
