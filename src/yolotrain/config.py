@@ -81,14 +81,19 @@ def _sizes_check(v: Any) -> str | None:
 
 
 def _model_check(v: Any) -> str | None:
-    return None if str(v).strip() else "expected a scale name (n/s/m/l/x) or a .pt path"
+    return None if str(v).strip() else "expected a scale name (n/s/m/l/x, 11n..11x) or a weights file"
 
 
 S = Setting
 SETTINGS: dict[str, Setting] = {
     # what to run on
     "data": S(None, "str", "data YAML; empty trains on the built-in demo set", nullable=True),
-    "model": S("n", "str", "model scale (n/s/m/l/x) or a checkpoint .pt", check=_model_check),
+    "model": S(
+        "n",
+        "str",
+        "scale (YOLOv8 n..x, YOLO11 11n..11x) or weights (yolotrain/Ultralytics .pt, .safetensors)",
+        check=_model_check,
+    ),
     "epochs": S(100, "int", "number of training epochs", lo=1, hi=100000),
     "batch": S(
         16,
