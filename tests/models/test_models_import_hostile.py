@@ -103,9 +103,11 @@ def test_hostile_setstate_of_a_named_class_never_runs(tmp_path):
     fakes = []
     model = build_model("n", nc=2).eval()
     path = write_ultralytics_checkpoint(tmp_path / "hooked.pt", model, "v8", mutate=mutate, fakes_out=fakes)
-    lw = read_weights(path)  # loads: the class is only data here
+    with fakes[0]:  # even with the hostile class importable (as if ultralytics were installed) ...
+        fakes[0].register()
+        lw = read_weights(path)  # ... it loads: the class is only a name here
+        inert = safe_load(path)["ema"].get("criterion")
     assert lw.model_cfg == {"scale": "n", "nc": 2}
-    inert = safe_load(path)["ema"].get("criterion")
     assert inert.cls_name == "ultralytics.nn.modules.block.Hooked" and inert.state == {"marker": str(marker)}
     assert not marker.exists()
     _proves_payload_runs(path, marker, fakes[0])  # with the class importable, plain pickle runs __setstate__
