@@ -81,14 +81,19 @@ def _sizes_check(v: Any) -> str | None:
 
 
 def _model_check(v: Any) -> str | None:
-    return None if str(v).strip() else "expected a scale name (n/s/m/l/x) or a .pt path"
+    return None if str(v).strip() else "expected a scale name (n/s/m/l/x, 11n..11x) or a weights file"
 
 
 S = Setting
 SETTINGS: dict[str, Setting] = {
     # what to run on
     "data": S(None, "str", "data YAML; empty trains on the built-in demo set", nullable=True),
-    "model": S("n", "str", "model scale (n/s/m/l/x) or a checkpoint .pt", check=_model_check),
+    "model": S(
+        "n",
+        "str",
+        "scale (YOLOv8 n..x, YOLO11 11n..11x) or weights (yolotrain/Ultralytics .pt, .safetensors)",
+        check=_model_check,
+    ),
     "epochs": S(100, "int", "number of training epochs", lo=1, hi=100000),
     "batch": S(
         16,
@@ -223,6 +228,12 @@ SETTINGS: dict[str, Setting] = {
     "iou": S(0.7, "float", "NMS IoU threshold", lo=0.0, hi=1.0),
     "max_det": S(300, "int", "maximum detections per image", lo=1),
     "agnostic_nms": S(False, "bool", "class-agnostic NMS"),
+    "multi_label": S(
+        False,
+        "bool",
+        "validation NMS keeps every class above conf per box, as Ultralytics' val does (off: the best class only, "
+        "the detections predict shows)",
+    ),
     "json": S(False, "bool", "print one JSON object as the last stdout line"),
     "source": S(None, "str", "image, folder or glob for predict", nullable=True),
     "save_txt": S(True, "bool", "predict: write YOLO-format prediction files"),

@@ -61,6 +61,7 @@ def run_val(cfg: Config):
         iou=cfg.iou,
         max_det=cfg.max_det,
         agnostic=cfg.agnostic_nms,
+        multi_label=cfg.multi_label,
         progress=cfg.verbose and not cfg.json,
     )
     result = validator(model)

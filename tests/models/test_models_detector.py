@@ -35,7 +35,7 @@ def test_rectangular_input() -> None:
 
 
 def test_registered_scales() -> None:
-    assert available_scales() == ["n", "s", "m", "l", "x"]
+    assert available_scales() == ["n", "s", "m", "l", "x", "11n", "11s", "11m", "11l", "11x"]
 
 
 def test_param_count_n80_matches_reference() -> None:
@@ -46,7 +46,7 @@ def test_param_count_n80_matches_reference() -> None:
 
 
 def test_unknown_scale_raises_config_error() -> None:
-    with pytest.raises(ConfigError, match="allowed: n, s, m, l, x"):
+    with pytest.raises(ConfigError, match="allowed: n, s, m, l, x, 11n"):
         build_model("q", nc=80)
     with pytest.raises(ConfigError, match="nc"):
         build_model("n", nc=0)

@@ -114,3 +114,22 @@ def test_scale_boxes_clips_to_image() -> None:
     boxes = torch.tensor([[-10.0, 0.0, 700.0, 100.0]])
     out = scale_boxes(boxes, ((2.0, 2.0), (0.0, 20.0)), (200, 300))
     assert out.tolist() == [[0.0, 0.0, 300.0, 40.0]]
+
+
+def test_multi_label_nms_keeps_every_class_above_conf() -> None:
+    # Anchor 0 scores 0.9 for class 0 and 0.6 for class 2; anchor 1 overlaps anchor 0 (IoU 0.81) with
+    # class 0 at 0.5; anchor 2 is elsewhere, class 1 at 0.2 (below conf 0.3).
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 9.0, 9.0], [50.0, 50.0, 60.0, 60.0]])
+    scores = torch.tensor([[0.9, 0.1, 0.6], [0.5, 0.0, 0.0], [0.0, 0.2, 0.0]])
+    decoded = torch.cat((boxes, scores), dim=1)[None]
+    single = non_max_suppression(decoded, conf=0.3, iou=0.7)[0]
+    multi = non_max_suppression(decoded, conf=0.3, iou=0.7, multi_label=True)[0]
+    # Single label: anchor 0 as class 0 only; anchor 1 (class 0) suppressed by it.
+    assert single[:, 4:].tolist() == [[pytest.approx(0.9), 0.0]]
+    # Multi label: anchor 0 twice (class 0 and class 2), anchor 1 still suppressed within class 0.
+    assert multi[:, 4:].tolist() == [[pytest.approx(0.9), 0.0], [pytest.approx(0.6), 2.0]]
+    assert torch.equal(multi[1, :4], boxes[0])
+    # max_det and classes apply to the (anchor, class) pairs.
+    assert len(non_max_suppression(decoded, conf=0.3, iou=0.7, multi_label=True, max_det=1)[0]) == 1
+    only2 = non_max_suppression(decoded, conf=0.3, iou=0.7, multi_label=True, classes=[2])[0]
+    assert only2[:, 5].tolist() == [2.0]

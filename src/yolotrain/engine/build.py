@@ -23,7 +23,7 @@ from yolotrain.engine import distributed as dist
 from yolotrain.engine.amp_check import choose_checked_precision
 from yolotrain.engine.autobatch_probe import choose_batch
 from yolotrain.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from yolotrain.engine.checkpoint import Checkpointer, StatefulModule, load_checkpoint, transfer_weights
+from yolotrain.engine.checkpoint import Checkpointer, StatefulModule
 from yolotrain.engine.ema import ModelEMA
 from yolotrain.engine.freeze import resolve_freeze
 from yolotrain.engine.multiscale import MultiScale
@@ -38,7 +38,7 @@ from yolotrain.engine.sync_bn import convert_sync_bn
 from yolotrain.engine.validator import Validator
 from yolotrain.errors import CheckpointError, ConfigError, DataError
 from yolotrain.loss import DetectionLoss
-from yolotrain.models import available_scales, build_model, model_info
+from yolotrain.models import available_scales, build_model, model_info, weights_io
 from yolotrain.utils.torch_utils import configure_backend, init_seeds, select_device
 
 LOGGER = logging.getLogger("yolotrain")
@@ -132,37 +132,12 @@ def is_scale(model: str) -> bool:
 
 
 def build_train_model(cfg: Config, nc: int) -> nn.Module:
-    """A fresh model, optionally initialised from a checkpoint's weights (fine-tuning, not resuming).
+    """A fresh model, optionally initialised from a weights file (fine-tuning, not resuming).
 
-    ``model=n pretrained=w.pt`` builds scale n; ``model=w.pt`` builds the checkpoint's scale. Tensors
-    whose names and shapes match are copied (so the number of classes may change); ``load=backbone``
-    copies only the backbone. The counts are logged.
+    See :func:`yolotrain.models.weights_io.build_train_model`: yolotrain checkpoints, Ultralytics
+    YOLOv8/YOLO11 checkpoints and ``.safetensors`` files; counts logged and kept in ``model.load_counts``.
     """
-    spec = str(cfg.model)
-    source = cfg.pretrained
-    if is_scale(spec):
-        model = build_model(scale=spec, nc=nc)
-    elif spec.endswith(".pt"):
-        source = source or spec
-        mcfg = dict(load_checkpoint(spec)["model_cfg"])
-        model = build_model(**{**mcfg, "nc": nc})
-    else:
-        raise ConfigError(
-            f"setting 'model'={spec} is neither a scale ({', '.join(available_scales())}) nor a .pt checkpoint"
-        )
-    if source:
-        state = load_checkpoint(source)
-        weights = state.get("ema") or state.get("model") or {}
-        if cfg.load == "backbone":
-            weights = {k: v for k, v in weights.items() if k.startswith("backbone.")}
-        counts = transfer_weights(model, weights)
-        LOGGER.info(
-            f"model: loaded {cfg.load} weights from {source}: {counts['matched']} tensors matched, "
-            f"{counts['missing']} missing, {counts['unexpected']} unexpected, "
-            f"{counts['mismatched']} shape-mismatched"
-        )
-        model.load_counts = counts
-    return model
+    return weights_io.build_train_model(str(cfg.model), cfg.pretrained, cfg.load, nc)
 
 
 def run_dir(cfg: Config, create: bool = True) -> Path:
@@ -182,16 +157,9 @@ def run_dir(cfg: Config, create: bool = True) -> Path:
 def load_model_spec(spec: str, nc: int = 80) -> tuple[nn.Module, dict[str, Any]]:
     """The model ``model=`` names for val/predict/export/info, and its checkpoint state (empty for a scale).
 
-    A scale gives a fresh model with ``nc`` classes; a checkpoint gives its (EMA) weights and names.
+    See :func:`yolotrain.models.weights_io.load_model_spec` (any weights file it reads).
     """
-    from yolotrain.engine.checkpoint import model_from_checkpoint
-
-    if is_scale(spec):
-        return build_model(scale=str(spec), nc=nc), {}
-    state = load_checkpoint(spec)
-    model = model_from_checkpoint(state)
-    model.names = state.get("names") or [str(i) for i in range(model.nc)]
-    return model, state
+    return weights_io.load_model_spec(spec, nc)
 
 
 def inference_imgsz(cfg: Config, state: dict[str, Any], default: int = 640) -> int:
@@ -393,7 +361,10 @@ def build_run(cfg: Config, resume_state: dict[str, Any] | None, save_dir: Path, 
     if loaders.val_loader is not None:
         conf = cfg.conf if cfg.conf is not None else 0.001
         progress = cfg.verbose and dist.is_main()
-        validator = Validator(loaders.val_loader, names, device, precision, conf, cfg.iou, cfg.max_det, False, progress)
+        validator = Validator(
+            loaders.val_loader, names, device, precision, conf=conf, iou=cfg.iou, max_det=cfg.max_det,
+            progress=progress, multi_label=cfg.multi_label,
+        )  # fmt: skip
         validator.oom_injector = oom_injector
 
     # the checkpoint: the run description and the union of the parts' states

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from yolotrain.engine import distributed as dist
 from yolotrain.errors import CheckpointError
+from yolotrain.models import transfer as models_transfer
 from yolotrain.utils.files import atomic_write
 
 FORMAT = "yolotrain-ckpt-1"
@@ -131,22 +132,12 @@ def model_from_checkpoint(state: dict[str, Any], prefer_ema: bool = True) -> nn.
     return model.float().eval()
 
 
-def transfer_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, int]:
+def transfer_weights(model: nn.Module, weights: dict[str, torch.Tensor], load: str = "all") -> dict:
     """Load the tensors of ``weights`` whose names and shapes match ``model`` (fine-tuning).
 
-    Returns:
-        Counts of matched, missing (in the model, not the file), unexpected and shape-mismatched tensors.
+    See :func:`yolotrain.models.transfer.transfer_weights` (counts, and why tensors were re-initialised).
     """
-    own = model.state_dict()
-    matched = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
-    model.load_state_dict(matched, strict=False)
-    return {
-        "matched": len(matched),
-        "missing": len([k for k in own if k not in weights]),
-        "unexpected": len([k for k in weights if k not in own]),
-        "mismatched": len(mismatched),
-    }
+    return models_transfer.transfer_weights(model, weights, load)
 
 
 # Keys the checkpointer itself writes: what the run is (read by resume, fine-tuning, val and predict).

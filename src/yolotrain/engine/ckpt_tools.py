@@ -2,6 +2,7 @@
 
 yolotrain ckpt info runs/train/exp/weights/last.pt [json=true]
 yolotrain ckpt strip runs/train/exp/weights/best.pt best-fp16.pt
+yolotrain ckpt strip best.pt best.safetensors format=safetensors   # also from an Ultralytics .pt
 yolotrain ckpt diff a.pt b.pt          # exit 0 only when every tensor is identical
 """
 
@@ -16,6 +17,7 @@ import torch
 
 from yolotrain.engine.checkpoint import load_checkpoint, save_checkpoint
 from yolotrain.errors import ConfigError
+from yolotrain.models.weights_io import read_weights, save_safetensors
 
 TENSOR_GROUPS = ("model", "ema", "optimizer", "precision", "rng")
 
@@ -105,8 +107,14 @@ def format_info(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def strip(src: str | Path, out: str | Path) -> Path:
-    """Write a deployment checkpoint: the EMA (else raw) weights in fp16, the model description, names."""
+def strip(src: str | Path, out: str | Path, fmt: str = "pt") -> Path:
+    """Write a deployment checkpoint: the EMA (else raw) weights in fp16, the model description, names.
+
+    ``fmt="safetensors"`` writes a ``.safetensors`` file instead (description and names in its metadata),
+    from any file ``model=`` accepts, Ultralytics checkpoints included.
+    """
+    if fmt == "safetensors":
+        return save_safetensors(read_weights(src), out, half=True)
     state = load_checkpoint(src)
     weights = state.get("ema") or state.get("model")
     if not weights:
@@ -151,9 +159,12 @@ def run_ckpt_command(args: list[str]) -> int:
     pos = [a for a in args if "=" not in a]
     opts = dict(a.split("=", 1) for a in args if "=" in a)
     as_json = opts.pop("json", "false").lower() in ("1", "true", "yes")
+    fmt = opts.pop("format", "pt")
     if opts:
-        raise ConfigError(f"ckpt: unknown option(s) {', '.join(opts)}; only json=true is accepted")
-    usage = "usage: yolotrain ckpt info PATH [json=true] | strip PATH OUT | diff A B"
+        raise ConfigError(f"ckpt: unknown option(s) {', '.join(opts)}; only json= and format= are accepted")
+    if fmt not in ("pt", "safetensors"):
+        raise ConfigError(f"ckpt strip: format={fmt!r} is not one of pt, safetensors")
+    usage = "usage: yolotrain ckpt info PATH [json=true] | strip PATH OUT [format=pt|safetensors] | diff A B"
     if not pos or pos[0] not in ("info", "strip", "diff"):
         raise ConfigError(usage)
     verb, rest = pos[0], pos[1:]
@@ -165,7 +176,7 @@ def run_ckpt_command(args: list[str]) -> int:
         print(json.dumps(d, default=str) if as_json else format_info(d))
         return 0
     if verb == "strip":
-        out = strip(rest[0], rest[1])
+        out = strip(rest[0], rest[1], fmt)
         print(f"stripped {rest[0]} -> {out} ({out.stat().st_size / 2**20:.1f} MB)")
         return 0
     same, lines = diff(rest[0], rest[1])

@@ -32,6 +32,7 @@ class Validator:
         iou: NMS IoU threshold.
         max_det: Detections kept per image.
         agnostic: Class-agnostic NMS.
+        multi_label: Multi-label NMS (``multi_label`` setting; Ultralytics' val uses it).
         progress: Show a progress bar.
     """
 
@@ -46,13 +47,14 @@ class Validator:
         max_det: int = 300,
         agnostic: bool = False,
         progress: bool = True,
+        multi_label: bool = False,
     ):
         self.loader = loader
         self.records = loader.dataset.records
         self.names = names
         self.device = device
         self.precision = precision
-        self.post = Postprocessor(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic)
+        self.post = Postprocessor(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic, multi_label=multi_label)
         self.progress = progress
         self.seconds = 0.0
         self.chunk = 0  # images per forward after an out-of-memory error (0: the whole batch)

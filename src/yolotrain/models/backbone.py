@@ -2,35 +2,61 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from yolotrain.models.blocks import SPPF, C2f, Conv
 
-__all__ = ["Backbone"]
+__all__ = ["Backbone", "BlockFactory"]
+
+# f(c1, c2, n, position) -> module, where position names the place ("stage2".."stage5", "td4", ...):
+# the families differ only in which CSP block sits at each place and how it is configured.
+BlockFactory = Callable[[int, int, int, str], nn.Module]
+
+
+def c2f_block(c1: int, c2: int, n: int, position: str) -> nn.Module:
+    """YOLOv8's block: C2f, residual in the backbone, plain in the neck."""
+    return C2f(c1, c2, n, shortcut=position.startswith("stage"))
 
 
 class Backbone(nn.Module):
-    """Stem plus four stride-2 stages, each a strided 3x3 conv followed by a residual C2f.
+    """Stem plus four stride-2 stages, each a strided 3x3 conv followed by a CSP block.
 
     Args:
-        channels: Output channels of the stem and the four stages (5 values, strides 2..32).
-        depths: Bottleneck counts of the C2f in the four stages (4 values).
+        channels: Output channels of the stem and the four strided convs (5 values, strides 2..32).
+        depths: Repeat counts of the CSP block in the four stages (4 values).
+        block_channels: Output channels of the four stages' CSP blocks (default: ``channels[1:]``).
+        block: Factory of the CSP block (default: YOLOv8's C2f).
+        tail: Extra modules after the last stage's SPPF (YOLO11's attention stage).
     """
 
-    def __init__(self, channels: Sequence[int], depths: Sequence[int]) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int],
+        depths: Sequence[int],
+        block_channels: Sequence[int] | None = None,
+        block: BlockFactory = c2f_block,
+        tail: Sequence[nn.Module] = (),
+    ) -> None:
         super().__init__()
-        if len(channels) != 5 or len(depths) != 4:
-            raise ValueError(f"Backbone needs 5 channels and 4 depths, got {len(channels)} and {len(depths)}")
-        c1, c2, c3, c4, c5 = channels
-        self.stem = Conv(3, c1, 3, 2)
-        self.stage2 = nn.Sequential(Conv(c1, c2, 3, 2), C2f(c2, c2, depths[0], shortcut=True))
-        self.stage3 = nn.Sequential(Conv(c2, c3, 3, 2), C2f(c3, c3, depths[1], shortcut=True))
-        self.stage4 = nn.Sequential(Conv(c3, c4, 3, 2), C2f(c4, c4, depths[2], shortcut=True))
-        self.stage5 = nn.Sequential(Conv(c4, c5, 3, 2), C2f(c5, c5, depths[3], shortcut=True), SPPF(c5, c5, 5))
-        self.out_channels = (c3, c4, c5)
+        outs = list(block_channels or channels[1:])
+        if len(channels) != 5 or len(depths) != 4 or len(outs) != 4:
+            raise ValueError(
+                f"Backbone needs 5 channels, 4 depths and 4 block widths, "
+                f"got {len(channels)}, {len(depths)}, {len(outs)}"
+            )
+        self.stem = Conv(3, channels[0], 3, 2)
+        prev = channels[0]
+        for i in range(4):
+            name = f"stage{i + 2}"
+            mods = [Conv(prev, channels[i + 1], 3, 2), block(channels[i + 1], outs[i], depths[i], name)]
+            if i == 3:
+                mods += [SPPF(outs[3], outs[3], 5), *tail]
+            setattr(self, name, nn.Sequential(*mods))
+            prev = outs[i]
+        self.out_channels = (outs[1], outs[2], outs[3])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (P3, P4, P5)."""

@@ -24,10 +24,17 @@ class DetectHead(nn.Module):
         channels: Input channels of each level, finest first.
         reg_max: DFL bins per box side.
         strides: Stride of each level, used only for the class-bias prior.
+        dw_cls: Build YOLO11's class branch: two (depthwise 3x3, pointwise 1x1) pairs instead of two
+            full 3x3 convs, which cuts the branch's cost several-fold at the same width.
     """
 
     def __init__(
-        self, nc: int, channels: Sequence[int], reg_max: int = 16, strides: Sequence[float] = (8.0, 16.0, 32.0)
+        self,
+        nc: int,
+        channels: Sequence[int],
+        reg_max: int = 16,
+        strides: Sequence[float] = (8.0, 16.0, 32.0),
+        dw_cls: bool = False,
     ) -> None:
         super().__init__()
         if len(channels) != len(strides):
@@ -43,7 +50,14 @@ class DetectHead(nn.Module):
             nn.Sequential(Conv(c, c_box, 3), Conv(c_box, c_box, 3), nn.Conv2d(c_box, 4 * reg_max, 1)) for c in channels
         )
         self.cls = nn.ModuleList(
-            nn.Sequential(Conv(c, c_cls, 3), Conv(c_cls, c_cls, 3), nn.Conv2d(c_cls, nc, 1)) for c in channels
+            nn.Sequential(
+                nn.Sequential(Conv(c, c, 3, g=c), Conv(c, c_cls, 1)),
+                nn.Sequential(Conv(c_cls, c_cls, 3, g=c_cls), Conv(c_cls, c_cls, 1)),
+                nn.Conv2d(c_cls, nc, 1),
+            )
+            if dw_cls
+            else nn.Sequential(Conv(c, c_cls, 3), Conv(c_cls, c_cls, 3), nn.Conv2d(c_cls, nc, 1))
+            for c in channels
         )
         self.init_biases(strides)
 

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from yolotrain.models.blocks import C2f, Conv
+from yolotrain.models.backbone import BlockFactory, c2f_block
+from yolotrain.models.blocks import Conv
 
 __all__ = ["PANNeck"]
 
@@ -15,28 +16,34 @@ __all__ = ["PANNeck"]
 class PANNeck(nn.Module):
     """Path-aggregation FPN over three levels.
 
-    Top-down: upsample the coarser map, concatenate with the lateral backbone map, fuse with a C2f.
-    Bottom-up: downsample with a stride-2 conv, concatenate with the top-down map, fuse with a C2f.
-    Output channels equal the input channels so the head sees the same widths as the backbone.
+    Top-down: upsample the coarser map, concatenate with the lateral backbone map, fuse with a CSP block.
+    Bottom-up: downsample with a stride-2 conv, concatenate with the top-down map, fuse with a CSP block.
 
     Args:
         channels: Channels of (P3, P4, P5) from the backbone.
-        depth: Bottleneck count of every C2f in the neck.
+        depth: Repeat count of every CSP block in the neck.
+        out_channels: Output channels (N3, N4, N5); default: the input channels.
+        block: Factory of the CSP block (default: YOLOv8's C2f without residuals).
     """
 
-    def __init__(self, channels: Sequence[int], depth: int) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int],
+        depth: int,
+        out_channels: Sequence[int] | None = None,
+        block: BlockFactory = c2f_block,
+    ) -> None:
         super().__init__()
         c3, c4, c5 = channels
+        o3, o4, o5 = out_channels or channels
         self.up = nn.Upsample(scale_factor=2.0, mode="nearest")
-        # The neck's C2f blocks have no residuals: their input is a concatenation of two sources,
-        # so an identity path of one of them would not be meaningful.
-        self.td4 = C2f(c5 + c4, c4, depth, shortcut=False)
-        self.td3 = C2f(c4 + c3, c3, depth, shortcut=False)
-        self.down3 = Conv(c3, c3, 3, 2)
-        self.bu4 = C2f(c3 + c4, c4, depth, shortcut=False)
-        self.down4 = Conv(c4, c4, 3, 2)
-        self.bu5 = C2f(c4 + c5, c5, depth, shortcut=False)
-        self.out_channels = (c3, c4, c5)
+        self.td4 = block(c5 + c4, o4, depth, "td4")
+        self.td3 = block(o4 + c3, o3, depth, "td3")
+        self.down3 = Conv(o3, o3, 3, 2)
+        self.bu4 = block(o3 + o4, o4, depth, "bu4")
+        self.down4 = Conv(o4, o4, 3, 2)
+        self.bu5 = block(o4 + c5, o5, depth, "bu5")
+        self.out_channels = (o3, o4, o5)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Fuse (P3, P4, P5) and return the three fused maps, finest first."""

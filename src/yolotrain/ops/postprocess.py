@@ -47,12 +47,16 @@ def non_max_suppression(
     agnostic: bool = False,
     classes: Sequence[int] | None = None,
     max_nms: int = 30000,
+    multi_label: bool = False,
 ) -> list[torch.Tensor]:
-    """Single-label, class-aware NMS per image.
+    """Class-aware NMS per image.
 
-    Each anchor keeps only its best class. Candidates above ``conf`` (and in ``classes``, if given)
-    are cut to the ``max_nms`` highest before NMS, so a badly calibrated early model cannot make NMS
-    quadratic in the number of anchors.
+    Single-label (the default): each anchor keeps only its best class. Multi-label: every (anchor,
+    class) pair scoring above ``conf`` is a candidate, so one box may be reported under several
+    classes (Ultralytics' validation does this; it raises mAP a little and is off by default because a
+    prediction then shows one object several times). Candidates above ``conf`` (and in ``classes``, if
+    given) are cut to the ``max_nms`` highest before NMS, so a badly calibrated early model cannot make
+    NMS quadratic in the number of anchors.
 
     Args:
         decoded: (B, A, 4 + nc) output of ``decode``.
@@ -62,10 +66,13 @@ def non_max_suppression(
         agnostic: Suppress across classes too.
         classes: Keep only these class ids.
         max_nms: Maximum candidates passed to NMS per image.
+        multi_label: Consider every class above ``conf`` per anchor, not only the best one.
 
     Returns:
         Per image a (n, 6) tensor [x1, y1, x2, y2, score, cls], sorted by decreasing score.
     """
+    if multi_label and decoded.shape[-1] > 5:
+        return [_nms_multi_label(d, conf, iou, max_det, agnostic, classes, max_nms) for d in decoded]
     scores, labels = decoded[..., 4:].max(-1)  # (B, A)
     keep_mask = scores > conf
     if classes is not None:
@@ -83,6 +90,29 @@ def non_max_suppression(
     return out
 
 
+def _nms_multi_label(
+    decoded: torch.Tensor,
+    conf: float,
+    iou: float,
+    max_det: int,
+    agnostic: bool,
+    classes: Sequence[int] | None,
+    max_nms: int,
+) -> torch.Tensor:
+    """Multi-label NMS of one image's (A, 4 + nc) decoded predictions; see ``non_max_suppression``."""
+    anchor, label = (decoded[:, 4:] > conf).nonzero(as_tuple=True)
+    if classes is not None:
+        keep = torch.isin(label, torch.as_tensor(list(classes), device=decoded.device))
+        anchor, label = anchor[keep], label[keep]
+    scores = decoded[anchor, 4 + label]
+    if scores.numel() > max_nms:
+        top = scores.topk(max_nms).indices
+        anchor, label, scores = anchor[top], label[top], scores[top]
+    boxes = decoded[anchor, :4]
+    kept = batched_nms(boxes.float(), scores.float(), torch.zeros_like(label) if agnostic else label, iou)[:max_det]
+    return torch.cat((boxes[kept], scores[kept, None], label[kept, None].to(boxes.dtype)), dim=1)
+
+
 class Postprocessor:
     """``decode`` followed by ``non_max_suppression`` with fixed thresholds.
 
@@ -93,6 +123,7 @@ class Postprocessor:
         agnostic: Class-agnostic NMS.
         classes: Keep only these class ids.
         max_nms: Maximum candidates passed to NMS per image.
+        multi_label: Multi-label NMS (see ``non_max_suppression``).
     """
 
     def __init__(
@@ -103,7 +134,9 @@ class Postprocessor:
         agnostic: bool = False,
         classes: Sequence[int] | None = None,
         max_nms: int = 30000,
+        multi_label: bool = False,
     ) -> None:
+        self.multi_label = multi_label
         self.conf = conf
         self.iou = iou
         self.max_det = max_det
@@ -124,6 +157,7 @@ class Postprocessor:
             agnostic=self.agnostic,
             classes=self.classes,
             max_nms=self.max_nms,
+            multi_label=self.multi_label,
         )
 
 

@@ -1,0 +1,149 @@
+"""Parity with Ultralytics: raw head outputs of imported checkpoints, and mAP of ``yolotrain val`` vs theirs.
+
+Needs ultralytics importable from a scratch location (never installed into .venv, never a dependency):
+
+    pip install --target /tmp/ultra --no-deps ultralytics==8.3.* ultralytics-thop py-cpuinfo polars polars-runtime-32
+    PYTHONPATH=src:/tmp/ultra .venv/bin/python benchmarks/ultralytics_parity.py
+    PYTHONPATH=src:/tmp/ultra .venv/bin/python benchmarks/ultralytics_parity.py \\
+        --weights runs/detect/train/weights/best.pt --data coco16/data.yaml --imgsz 224
+
+1. Outputs: for YOLOv8n and YOLO11n built from Ultralytics' yaml (BatchNorm statistics randomised so a
+   misplaced statistic would show), saved with Ultralytics' own ``save``, imported by yolotrain; and for
+   ``--weights`` when given: the max absolute difference of the raw per-level head outputs, fp32, on
+   random inputs at two sizes (batch 2).
+2. mAP (with ``--weights --data``): Ultralytics' ``val`` (rect=False, so square letterboxed batches like
+   ours; its NMS is multi-label) against ``yolotrain val`` with ``multi_label=true`` and with the default
+   single-label NMS, same imgsz, conf 0.001, iou 0.7, max_det 300. Two differences remain by design and
+   are measured apart: the resize (Ultralytics 8.3 shrinks bilinearly to a ceil-rounded size, yolotrain
+   with INTER_AREA to a rounded size: the ``ultralytics_resize`` entries patch our loader to do as
+   Ultralytics does) and the AP code (COCO-exact here; the ``ultralytics_ap`` figures score our very
+   detections with Ultralytics' ``ap_per_class`` and its validator's matching).
+
+The last stdout line is one JSON object: {"outputs": {name: {size: max_abs_diff}}, "map": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from ultralytics import YOLO
+from ultralytics.utils.metrics import ap_per_class, box_iou
+
+import yolotrain.data.dataset as dataset_module
+import yolotrain.eval as eval_module
+from yolotrain.config import resolve
+from yolotrain.data.image_io import read_image
+from yolotrain.models.weights_io import load_model_spec
+from yolotrain.runners import run_val
+
+
+def ultralytics_resize(self, i):
+    """Ultralytics 8.3's val resize (data/base.py load_image): bilinear, size rounded up."""
+    img = read_image(self.records[i].im_file)
+    h0, w0 = img.shape[:2]
+    r = self.imgsz / max(h0, w0)
+    if r != 1:
+        size = (min(math.ceil(w0 * r), self.imgsz), min(math.ceil(h0 * r), self.imgsz))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+    return img, (h0, w0)
+
+
+def ultralytics_ap(images: list[dict]) -> tuple[float, float]:
+    """Score captured detections with Ultralytics' matching (greedy by IoU per threshold) and ap_per_class."""
+    iouv = np.linspace(0.5, 0.95, 10)
+    tps, confs, pcls, tcls = [], [], [], []
+    for kw in images:
+        pred = torch.as_tensor(kw["pred"]).reshape(-1, 6).float()
+        gt = torch.as_tensor(kw["gt_boxes"]).reshape(-1, 4).float()
+        gcls = torch.as_tensor(kw["gt_cls"]).reshape(-1)
+        tp = np.zeros((len(pred), 10), dtype=bool)
+        if len(pred) and len(gt):
+            iou = (box_iou(gt, pred[:, :4]) * (gcls[:, None] == pred[:, 5][None])).numpy()
+            for t, thr in enumerate(iouv):
+                m = np.array(np.nonzero(iou >= thr)).T
+                if len(m) > 1:
+                    m = m[iou[m[:, 0], m[:, 1]].argsort()[::-1]]
+                    m = m[np.unique(m[:, 1], return_index=True)[1]]
+                    m = m[np.unique(m[:, 0], return_index=True)[1]]
+                if len(m):
+                    tp[m[:, 1].astype(int), t] = True
+        tps.append(tp)
+        confs.append(pred[:, 4].numpy())
+        pcls.append(pred[:, 5].numpy())
+        tcls.append(gcls.numpy())
+    ap = ap_per_class(np.concatenate(tps), np.concatenate(confs), np.concatenate(pcls), np.concatenate(tcls))[5]
+    return float(ap[:, 0].mean()), float(ap.mean())
+
+
+def output_diffs(path: Path, sizes=(320, 256)) -> dict:
+    ref = YOLO(str(path)).model.float().eval()
+    ours, _ = load_model_spec(str(path))
+    out = {"scale": ours.config().get("scale")}
+    for size in sizes:
+        x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+        with torch.no_grad():
+            diff = max(float((a - b).abs().max()) for a, b in zip(ours(x), ref(x)[1]))
+        out[str(size)] = diff
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", help="an Ultralytics detection .pt (e.g. a best.pt of a short run)")
+    ap.add_argument("--data", help="data yaml for the mAP comparison")
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--batch", type=int, default=16)
+    args = ap.parse_args()
+
+    result: dict = {"outputs": {}, "map": None}
+    with tempfile.TemporaryDirectory() as tmp:
+        for yaml in ("yolov8n.yaml", "yolo11n.yaml"):
+            torch.manual_seed(0)
+            model = YOLO(yaml)
+            with torch.no_grad():
+                for m in model.model.modules():
+                    if isinstance(m, torch.nn.BatchNorm2d):
+                        m.running_mean.normal_(0, 0.1)
+                        m.running_var.uniform_(0.5, 1.5)
+            path = Path(tmp) / yaml.replace(".yaml", ".pt")
+            model.save(str(path))
+            result["outputs"][yaml] = output_diffs(path)
+    if args.weights:
+        result["outputs"][Path(args.weights).name] = output_diffs(Path(args.weights))
+    if args.weights and args.data:
+        common = {"imgsz": args.imgsz, "batch": args.batch, "conf": 0.001, "iou": 0.7, "max_det": 300}
+        theirs = YOLO(args.weights).val(data=args.data, rect=False, plots=False, device="cpu", **common)
+        result["map"] = {
+            "ultralytics": {"mAP50": float(theirs.box.map50), "mAP50-95": float(theirs.box.map)},
+            "settings": common,
+        }
+        captured: list[dict] = []
+        add = eval_module.DetectionEvaluator.add
+
+        def capture(self, **kw):
+            captured.append(kw)
+            return add(self, **kw)
+
+        eval_module.DetectionEvaluator.add = capture
+        for resize in ("yolotrain", "ultralytics"):
+            if resize == "ultralytics":
+                dataset_module.DetectionDataset._load_from_disk = ultralytics_resize
+            for multi in (True, False):
+                captured.clear()
+                cfg = resolve({"model": args.weights, "data": args.data, "multi_label": multi, "workers": 0, **common})
+                r = run_val(cfg)
+                u50, u = ultralytics_ap(captured)
+                key = f"yolotrain_{'multi' if multi else 'single'}_label_{resize}_resize"
+                result["map"][key] = {"mAP50": r.map50, "mAP50-95": r.map50_95, "ultralytics_ap": [u50, u]}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
