@@ -3,11 +3,13 @@
 The launch is PyTorch's own ``torch.distributed.run`` (torchrun) with the same settings, written to a
 YAML file the workers read; nothing here re-implements process management. Under torchrun already
 (``WORLD_SIZE`` set) nothing is launched. The user's callbacks travel as ``callbacks=module:function``
-entries, so the workers import and run them too.
+entries on the workers' command line (a ``cfg=`` file's callbacks are never run), so the workers import
+and run them too.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -56,8 +58,11 @@ def _install_forwarding(proc: subprocess.Popen, received: list[int]) -> dict:
     return {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
-def torchrun_command(n: int, cfg_file: Path, max_restarts: int = 0) -> list[str]:
-    """The torchrun command line for ``n`` processes on this machine."""
+def torchrun_command(n: int, cfg_file: Path, max_restarts: int = 0, callbacks: list[str] = ()) -> list[str]:
+    """The torchrun command line for ``n`` processes on this machine.
+
+    ``callbacks`` go on the command line, not into ``cfg_file``: settings read from a file never run code.
+    """
     return [
         sys.executable,
         "-m",
@@ -70,6 +75,7 @@ def torchrun_command(n: int, cfg_file: Path, max_restarts: int = 0) -> list[str]
         "yolotrain",
         "train",
         f"cfg={cfg_file}",
+        *([f"callbacks={json.dumps(list(callbacks))}"] if callbacks else []),
     ]
 
 
@@ -97,7 +103,8 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     refs = [callback_reference(event, fn) for event, fn in extra_callbacks]
     values = {k: getattr(cfg, k) for k in cfg.explicit if k != "cfg"}
     values["nproc"] = 0
-    values["callbacks"] = list(cfg.callbacks) + refs
+    values.pop("callbacks", None)
+    callbacks = list(cfg.callbacks) + refs
     if cfg.resume and str(cfg.resume).lower() != "auto":
         save_dir = checkpoint_path(cfg).parent.parent
     else:
@@ -106,7 +113,7 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="yolotrain-launch-", delete=False) as f:
         yaml.safe_dump(values, f, sort_keys=False)
         cfg_file = Path(f.name)
-    cmd = torchrun_command(n, cfg_file, cfg.max_restarts)
+    cmd = torchrun_command(n, cfg_file, cfg.max_restarts, callbacks)
     LOGGER.info(f"distributed: starting {n} processes: {' '.join(cmd)}")
     env = dict(os.environ)
     # what this process can import (the user's callback modules included), the workers can too
