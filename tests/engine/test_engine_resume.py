@@ -217,3 +217,24 @@ def test_tampered_checkpoint_is_refused(tiny_data, tmp_path):
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="SHA-256"):
         load_checkpoint(path)
+
+
+def test_mid_epoch_resume_refuses_a_dataset_with_another_iteration_count(tiny_data, tmp_path, capsys):
+    """What "a dataset whose size changed is refused" means exactly: a checkpoint written mid-epoch, and
+    a dataset that now gives another number of iterations per epoch."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data.parent, data)
+    proc = run_killed(data / "data.yaml", tmp_path / "runs", "on_train_batch_end", 3, "SIGTERM")
+    assert proc.returncode == 75, proc.stderr[-2000:]
+    last = tmp_path / "runs" / "exp" / "weights" / "last.pt"
+    assert load_checkpoint(last)["position"] == {"epoch": 0, "iteration": 4, "complete": False, "iters_per_epoch": 6}
+    for img in sorted((data / "images" / "train").iterdir())[:8]:  # 24 -> 16 images: 4 iterations of 4
+        img.unlink()
+    capsys.readouterr()
+    assert main(["train", f"resume={last}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "error: cannot resume: the run had 6 iterations per epoch, the data now gives 4 (images were added or removed)"
+    )
