@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
             setup_logging(True)
             return run_data_command(rest)
+        setup_logging(True)  # resolve may warn (callbacks a cfg= file names are not run); level set below
         cfg = resolve(parse_cli_args(rest))
         setup_logging(cfg.verbose or command != "train")
         return {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "info": cmd_info, "export": cmd_export}[

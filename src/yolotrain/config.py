@@ -3,11 +3,17 @@
 Every setting is one :class:`Setting` in :data:`SETTINGS`. The CLI, the Python API and ``cfg=file.yaml``
 all go through :func:`resolve`, so an unknown key, a wrong type or an out-of-range value is refused in
 one place, before any work starts, with a one-line message naming the key.
+
+Settings that name code to import and run (``callbacks``) are taken only from the command line or the
+Python API. A file someone else may have written (a ``cfg=`` YAML, a run's ``args.yaml``, a checkpoint's
+recorded settings) never makes yolotrain run code: such entries are dropped with a one-line warning that
+says how to run them deliberately. Each key's origin is kept in :attr:`Config.sources`.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -17,6 +23,11 @@ from typing import Any
 import yaml
 
 from yolotrain.errors import ConfigError
+
+LOGGER = logging.getLogger("yolotrain")
+# where a key's value came from (Config.sources); a file origin is "cfg file '<path>'" or "checkpoint '<path>'"
+GIVEN = "command line or Python"
+DEFAULT = "default"
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,8 @@ class Setting:
         nullable: Whether ``None`` (``null``/``none`` on the command line) is allowed.
         check: Extra validation returning an error text or ``None``.
         aliases: (alias, value) pairs accepted for a choice, e.g. ``true`` -> ``auto``.
+        runs_code: The value names code that is imported and run; it is taken only from the command
+            line or the Python API, never from a file (see :func:`resolve`).
     """
 
     default: Any
@@ -45,6 +58,7 @@ class Setting:
     nullable: bool = False
     check: Callable[[Any], str | None] | None = None
     aliases: tuple[tuple[str, str], ...] = ()
+    runs_code: bool = False
 
 
 def _device_check(v: Any) -> str | None:
@@ -129,8 +143,10 @@ SETTINGS: dict[str, Setting] = {
         [],
         "list",
         "user callbacks: [event=]module:function or [event=]file.py:function entries; "
-        "without event=, the function's name is the event, or it returns {event: function}",
+        "without event=, the function's name is the event, or it returns {event: function}; "
+        "only from the command line or Python (never from a cfg= file or a checkpoint)",
         check=_callbacks_check,
+        runs_code=True,
     ),
     # outputs
     "project": S("runs/train", "str", "parent folder of run folders"),
@@ -269,11 +285,20 @@ class Config:
 
     Attributes:
         explicit: Keys given by the user (YAML or command line) rather than defaults.
+        sources: Where each non-default key came from: :data:`GIVEN` (command line or Python), or a file
+            such as ``cfg file 'a.yaml'`` or ``checkpoint 'last.pt'``.
     """
 
-    def __init__(self, values: Mapping[str, Any], explicit: Iterable[str] = ()):
+    def __init__(
+        self, values: Mapping[str, Any], explicit: Iterable[str] = (), sources: Mapping[str, str] | None = None
+    ):
         object.__setattr__(self, "_values", dict(values))
         object.__setattr__(self, "explicit", set(explicit))
+        object.__setattr__(self, "sources", dict(sources or {}))
+
+    def source(self, key: str) -> str:
+        """Where ``key``'s value came from (:data:`DEFAULT` when nothing set it)."""
+        return self.sources.get(key, DEFAULT)
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -292,7 +317,7 @@ class Config:
 
     def replace(self, **updates: Any) -> Config:
         """A copy with ``updates`` validated and applied."""
-        new = Config(self._values, self.explicit | set(updates))
+        new = Config(self._values, self.explicit | set(updates), {**self.sources, **dict.fromkeys(updates, GIVEN)})
         for k, v in updates.items():
             setattr(new, k, v)
         return new
@@ -456,24 +481,43 @@ def parse_cli_args(args: list[str]) -> dict[str, Any]:
     return out
 
 
-def resolve(overrides: Mapping[str, Any] | None = None, cfg: str | Path | None = None) -> Config:
-    """Merge defaults <- ``cfg`` YAML <- ``overrides`` and validate everything.
+def resolve(
+    overrides: Mapping[str, Any] | None = None,
+    cfg: str | Path | None = None,
+    recorded: Mapping[str, Any] | None = None,
+    recorded_from: str = "recorded settings",
+) -> Config:
+    """Merge defaults <- ``recorded`` <- ``cfg`` YAML <- ``overrides`` and validate everything.
 
-    When no ``data`` is given, :data:`DEMO_DEFAULTS` fill the keys the user did not set.
+    When no ``data`` is given, :data:`DEMO_DEFAULTS` fill the keys the user did not set. Settings that run
+    code (``callbacks``) are taken from ``overrides`` only; a file's are dropped with a warning.
 
     Args:
         overrides: Settings from the command line or the Python API (``cfg`` may be one of them).
         cfg: A YAML file of settings.
+        recorded: Settings a file recorded (a checkpoint's ``config`` on resume).
+        recorded_from: What ``recorded`` came from, for messages, e.g. ``checkpoint 'last.pt'``.
 
     Raises:
         ConfigError: For the first invalid key or value.
     """
-    merged: dict[str, Any] = {}
     overrides = dict(overrides or {})
     cfg = overrides.pop("cfg", cfg)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if recorded:
+        layers.append((recorded_from, dict(recorded)))
     if cfg:
-        merged.update(load_yaml_settings(cfg))
-    merged.update(overrides)
+        layers.append((f"cfg file '{cfg}'", load_yaml_settings(cfg)))
+    layers.append((GIVEN, overrides))
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for origin, layer in layers:
+        for k, v in layer.items():
+            if origin != GIVEN and k in SETTINGS and SETTINGS[k].runs_code:
+                _warn_not_run(k, v, origin, overrides)
+                continue
+            merged[k] = v
+            sources[k] = origin
     values = {k: s.default for k, s in SETTINGS.items()}
     for k, v in merged.items():
         values[k] = coerce(k, v)
@@ -481,7 +525,30 @@ def resolve(overrides: Mapping[str, Any] | None = None, cfg: str | Path | None =
         for k, v in DEMO_DEFAULTS.items():
             if k not in merged:
                 values[k] = v
-    return Config(values, explicit=merged.keys())
+    return Config(values, explicit=merged.keys(), sources=sources)
+
+
+def _warn_not_run(key: str, value: Any, origin: str, overrides: Mapping[str, Any]) -> None:
+    """Say, in one line, that a file named code for ``key`` and it is not run (unless given again)."""
+    try:
+        entries = coerce(key, value)
+    except ConfigError:  # invalid as well as untrusted: it is dropped either way, so show it as written
+        entries = value if isinstance(value, list) else [value]
+    if not entries:
+        return
+    given = overrides.get(key)
+    if given is not None:
+        try:
+            given = coerce(key, given)
+        except ConfigError:
+            given = None  # the override's own error is raised when it is merged
+        if given is not None and all(e in given for e in entries):
+            return  # the same entries are given on the command line or from Python: they run
+    shown = ",".join(map(str, entries))
+    LOGGER.warning(
+        f"{origin} names {key} {shown}: they were NOT run (code named in a file is never imported); "
+        f"to run them, give {key}={shown} on the command line or from Python"
+    )
 
 
 def help_text() -> str:

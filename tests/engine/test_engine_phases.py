@@ -152,7 +152,7 @@ def test_autobatch_picks_and_records_a_batch(tiny_data, tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_autobatch(step_fn, device, fraction, batch_sizes, multiple_of):
+    def fake_autobatch(step_fn, device, fraction, batch_sizes, multiple_of, **kw):
         step_fn(2)  # the real probe runs (forward + loss + backward on synthetic data)
         calls.append(fraction)
         return 4

@@ -1,10 +1,12 @@
 """Resume: killed runs continue bit-exactly, SIGTERM saves and exits 75, settings are checked."""
 
+import os
 import random
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,9 +49,31 @@ KILLER = textwrap.dedent("""
 """)
 
 
-def run_killed(tiny_data, project, event, at, sig="SIGKILL"):
+# records every trained batch (epoch, iteration, image indices) to $YT_RECORD; given on the command line
+RECORD = f"callbacks=on_train_batch_end={Path(__file__).with_name('resume_callbacks.py')}:record_batch"
+
+
+def run_killed(tiny_data, project, event, at, sig="SIGKILL", record=None):
     cmd = [sys.executable, "-c", KILLER, event, str(at), sig, f"data={tiny_data}", f"project={project}", *ARGS]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "YT_RECORD": str(record)} if record else None
+    return subprocess.run(cmd + ([RECORD] if record else []), capture_output=True, text=True, timeout=300, env=env)
+
+
+def recorded(path):
+    """[(epoch, iteration, indices)] from a record_batch file."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        epoch, it, idx = line.split(" ", 2)
+        rows.append((int(epoch), int(it), idx))
+    return rows
+
+
+def main_recording(args, record):
+    os.environ["YT_RECORD"] = str(record)
+    try:
+        return main([*args, RECORD])
+    finally:
+        del os.environ["YT_RECORD"]
 
 
 def flat(state):
@@ -72,9 +96,13 @@ def flat(state):
 
 @pytest.fixture(scope="module")
 def reference(tiny_data, tmp_path_factory):
+    """The uninterrupted run's last.pt, with its batch order under ``"batches"``."""
     project = tmp_path_factory.mktemp("ref")
-    assert main(["train", f"data={tiny_data}", f"project={project}", *ARGS]) == 0
-    return load_checkpoint(project / "exp" / "weights" / "last.pt")
+    assert main_recording(["train", f"data={tiny_data}", f"project={project}", *ARGS], project / "batches.txt") == 0
+    state = load_checkpoint(project / "exp" / "weights" / "last.pt")
+    state["batches"] = recorded(project / "batches.txt")
+    assert len(state["batches"]) == 3 * 6  # 24 images / batch 4, three epochs
+    return state
 
 
 def assert_identical(a, b):
@@ -96,11 +124,23 @@ def assert_identical(a, b):
     ],
 )
 def test_sigkill_then_resume_is_bit_identical(tiny_data, tmp_path, reference, event, at):
-    proc = run_killed(tiny_data, tmp_path, event, at)
+    proc = run_killed(tiny_data, tmp_path, event, at, record=tmp_path / "killed.txt")
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     last = tmp_path / "exp" / "weights" / "last.pt"
     assert last.is_file()
-    assert main(["train", f"resume={last}"]) == 0
+    pos = load_checkpoint(last)["position"]
+    # where training must continue: the batch after the last one the checkpoint holds
+    done = pos["complete"] or pos["iteration"] >= pos["iters_per_epoch"]
+    start = (pos["epoch"] + 1, 0) if done else (pos["epoch"], pos["iteration"])
+    ref = reference["batches"]
+    k = [b[:2] for b in ref].index(start)
+    assert k > 0  # the checkpoint is not at the very start, so a restart from scratch would show
+    killed = recorded(tmp_path / "killed.txt")
+    assert killed[:k] == ref[:k]  # the killed run had trained the same batches up to the checkpoint
+    assert main_recording(["train", f"resume={last}"], tmp_path / "resumed.txt") == 0
+    resumed = recorded(tmp_path / "resumed.txt")
+    assert resumed[0][:2] == start  # continued at the checkpoint's iteration, not at iteration 0
+    assert resumed == ref[k:]  # and the data order from there equals the uninterrupted run's
     assert_identical(load_checkpoint(last), reference)
 
 
@@ -177,3 +217,24 @@ def test_tampered_checkpoint_is_refused(tiny_data, tmp_path):
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="SHA-256"):
         load_checkpoint(path)
+
+
+def test_mid_epoch_resume_refuses_a_dataset_with_another_iteration_count(tiny_data, tmp_path, capsys):
+    """What "a dataset whose size changed is refused" means exactly: a checkpoint written mid-epoch, and
+    a dataset that now gives another number of iterations per epoch."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data.parent, data)
+    proc = run_killed(data / "data.yaml", tmp_path / "runs", "on_train_batch_end", 3, "SIGTERM")
+    assert proc.returncode == 75, proc.stderr[-2000:]
+    last = tmp_path / "runs" / "exp" / "weights" / "last.pt"
+    assert load_checkpoint(last)["position"] == {"epoch": 0, "iteration": 4, "complete": False, "iters_per_epoch": 6}
+    for img in sorted((data / "images" / "train").iterdir())[:8]:  # 24 -> 16 images: 4 iterations of 4
+        img.unlink()
+    capsys.readouterr()
+    assert main(["train", f"resume={last}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "error: cannot resume: the run had 6 iterations per epoch, the data now gives 4 (images were added or removed)"
+    )

@@ -118,3 +118,26 @@ def test_zero_gts_and_padding() -> None:
     mask = torch.tensor([[[1.0]], [[0.0]]])
     _, _, t_scores, fg, _ = assigner(scores, boxes, anchors, torch.zeros(2, 1, 1), gt, mask)
     assert fg[0].sum() == 10 and not fg[1].any() and (t_scores[1] == 0).all()
+
+
+def test_hand_computed_assignment() -> None:
+    """Four anchors on a row, one gt; every expected number below was worked out by hand.
+
+    gt (0,0,30,10), class 1. Anchors at x = 5, 15, 25, 35 (y = 5): the first three lie inside it.
+    Predicted boxes give IoUs 1, 1/2, 2/3 and 1; class-1 scores 0.25, 0.64, 0.81, 1.0 (class 0: 0.9).
+    metric = score^0.5 * IoU^6: 0.5 * 1 = 0.5; 0.8 / 64 = 0.0125; 0.9 * 64/729 = 0.0790123; a3 is
+    outside the gt, so not a candidate although its metric (1.0) is the largest.
+    top-2: a0 and a2. Normalised target = metric * (best IoU 1) / (best metric 0.5): 1.0 and 0.1580247.
+    """
+    anchors = torch.tensor([[5.0, 5.0], [15.0, 5.0], [25.0, 5.0], [35.0, 5.0]])
+    pred = torch.tensor([[[0.0, 0.0, 30.0, 10.0], [0.0, 0.0, 15.0, 10.0], [0.0, 0.0, 20.0, 10.0], [0, 0, 30, 10]]])
+    scores = torch.tensor([[[0.9, 0.25], [0.9, 0.64], [0.9, 0.81], [0.9, 1.0]]])
+    gt = torch.tensor([[[0.0, 0.0, 30.0, 10.0]]])
+    t_labels, t_boxes, t_scores, fg, gt_idx = TaskAlignedAssigner(topk=2, num_classes=2)(
+        scores, pred.float(), anchors, torch.tensor([[[1.0]]]), gt, torch.ones(1, 1, 1)
+    )
+    assert fg.tolist() == [[True, False, True, False]]
+    assert t_labels.tolist() == [[1, 0, 1, 0]]
+    assert torch.allclose(t_scores[0, :, 1], torch.tensor([1.0, 0.0, 0.1580247, 0.0]), atol=1e-6)
+    assert (t_scores[0, :, 0] == 0).all()
+    assert torch.equal(t_boxes[0, [0, 2]], gt[0].expand(2, 4))

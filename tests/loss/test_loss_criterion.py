@@ -116,3 +116,33 @@ def test_loss_decreases_when_overfitting() -> None:
     assert all(math.isfinite(v) for v in losses)
     # Batch-of-2 BatchNorm makes single steps noisy, so compare averages (seeds 0-2 reach 0.43-0.52).
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3
+
+
+def test_hand_computed_loss() -> None:
+    """One 2x2 level (stride 8, a 16 px image), reg_max 4, one class, all logits 0; worked out by hand.
+
+    DFL logits 0 give uniform bins 0..3, so every side is 1.5 grid cells from its anchor: anchor (0.5, 0.5)
+    predicts (-1,-1,2,2), and so on. The gt covers the image, (0,0,2,2) in grid units, and contains all
+    four anchors; each prediction overlaps it by 4 of 9 cells: IoU 4/9.
+    Assigner: all four positive (topk 10 > 4), equal metrics, so each target score = best IoU = 4/9;
+    normaliser = 16/9.
+    cls: BCE(logit 0, t) = log 2 for any t; 4 log 2 / (16/9) = 2.25 log 2 = 1.5595812; x gain 0.5 = 0.7797906.
+    box: CIoU = 4/9 - rho^2/c^2 = 4/9 - 0.5/18 = 5/12 (equal aspect: no v term); each anchor
+    (1 - 5/12) * 4/9, summed / (16/9) = 7/12 = 0.5833333; x gain 7.5 = 4.375.
+    dfl: uniform log-softmax is -log 4 at every bin, so each side costs log 4 whatever its target;
+    4 * log 4 * 4/9 / (16/9) = log 4 = 1.3862944; x gain 1.5 = 2.0794415.
+    """
+    loss_fn = DetectionLoss(nc=1, reg_max=4, strides=(8,))
+    preds = [torch.zeros(1, 4 * 4 + 1, 2, 2, requires_grad=True)]
+    batch = {"batch_idx": torch.tensor([0]), "cls": torch.tensor([[0.0]]), "bboxes": torch.tensor([[0.5, 0.5, 1, 1]])}
+    loss, items = loss_fn(preds, batch)
+    assert torch.allclose(items, torch.tensor([4.375, 0.7797906, 2.0794415]), atol=1e-5), items
+    assert loss.item() == pytest.approx(7.2342321, abs=1e-5)
+
+
+def test_hand_computed_dfl() -> None:
+    """Bin logits (0, ln 3, 0, 0): softmax (1/6, 1/2, 1/6, 1/6). A target of 0.25 between bins 0 and 1 weighs
+    them 0.75 / 0.25: loss = 0.75 ln 6 + 0.25 ln 2 = 1.3438203 + 0.1732868 = 1.5171071 (every side alike)."""
+    logits = torch.tensor([0.0, math.log(3.0), 0.0, 0.0]).expand(1, 4, 4)
+    out = DetectionLoss._dfl(logits, torch.full((1, 4), 0.25))
+    assert out.shape == (1,) and out.item() == pytest.approx(1.5171071, abs=1e-6)

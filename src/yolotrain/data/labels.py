@@ -13,6 +13,7 @@ which produce the same records and the same report.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -148,7 +149,8 @@ def check_image(im_file: str) -> tuple[int, int] | str:
 
     Returns:
         ``(height, width)`` after EXIF orientation (90/270 degree rotations swap them), or an error
-        message naming the file.
+        message naming the file. A truncated JPEG is an error: ``verify()`` reads only its headers,
+        and OpenCV would decode it partially (the rest grey) with a warning that names no file.
     """
     if not is_image_file(im_file):
         return f"{im_file}: unsupported image extension, skipped"
@@ -158,6 +160,11 @@ def check_image(im_file: str) -> tuple[int, int] | str:
         with Image.open(im_file) as im:
             w, h = im.size
             orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+            if im.format == "JPEG" and _jpeg_truncated(im_file, im):
+                return (
+                    f"{im_file}: truncated JPEG (the data ends before the end-of-image marker; it would "
+                    f"decode only partially), skipped"
+                )
     except FileNotFoundError:
         return f"{im_file}: image file not found, skipped"
     except Exception as e:  # PIL raises many types (SyntaxError, struct.error, ...) for bad files
@@ -167,6 +174,25 @@ def check_image(im_file: str) -> tuple[int, int] | str:
     if orientation in (5, 6, 7, 8):  # transposed / rotated 90 or 270 degrees
         w, h = h, w
     return h, w
+
+
+def _jpeg_truncated(im_file: str, im: Image.Image) -> bool:
+    """Whether a JPEG's compressed data stops early (its pixels would be partly missing).
+
+    Fast path: a file that ends with the end-of-image marker (0xFFD9, padding allowed) is whole. Otherwise
+    the image is decoded once: bytes after a complete image (camera extras, an appended motion clip) are
+    harmless, a decoder error ("image file is truncated") is not.
+    """
+    with open(im_file, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 16))
+        if f.read().rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9"):
+            return False
+    try:
+        im.load()
+    except OSError:
+        return True
+    return False
 
 
 def _scan_one(im_file: str, nc: int) -> tuple[tuple[int, int] | str, lp.LabelResult | None]:

@@ -1,16 +1,21 @@
-"""AutoBatch: probe the real training step at a few batch sizes and pick the largest safe batch.
+"""AutoBatch: probe the real training step at growing batch sizes and pick the batch where throughput
+stops improving, within the memory budget and never above the dataset.
 
-``batch=-1`` targets 60% of the device memory, ``batch=0.7`` a fraction of it. The trainer supplies
+``batch=-1`` allows 60% of the device memory, ``batch=0.7`` a fraction of it. The trainer supplies
 ``step_fn(b)``, one real forward + loss + backward at batch ``b`` under the training precision and at the
 largest training size (``MultiScale.largest()``)::
 
     fraction = autobatch_fraction(cfg.batch)
     if fraction is not None:
-        batch = autobatch(step_fn, device, fraction=fraction)
+        batch = autobatch(step_fn, device, fraction=fraction, max_images=images_per_process)
 
-Memory in use is a linear function of the batch to a good approximation (weights, optimizer state and
-the framework are the intercept; activations grow with each image), so a least-squares line through
-the probes predicts the largest batch below the budget.
+Each size is run twice: once to measure its peak memory (and warm up), once timed. Probing goes up the
+ladder ``batch_sizes`` and then keeps doubling; it stops at the first size that is over the memory budget
+or out of memory, that would exceed the dataset, or whose images/s is less than ``1 + min_gain`` times
+the previous size's. The answer is the last size that was still worth its memory: on a CPU that is
+usually a moderate batch (a bigger one trains no faster per image), on a large GPU the memory limit.
+Memory grows about linearly with the batch, so a least-squares line through the probes says where the
+budget ends; the last probe is placed there instead of past it.
 """
 
 from __future__ import annotations
@@ -160,26 +165,34 @@ def default_total(device: torch.device) -> float:
 
 
 # ----------------------------------------------------------------------------------------- choice
-def _choose(probes: list[tuple[int, float]], budget: float, ceiling: int) -> tuple[int, str]:
-    """Pick a batch from the (batch, MiB) probes; returns it with a one-line note on how it was chosen."""
-    fitting = [b for b, mb in probes if mb <= budget]
-    fallback = max(fitting) if fitting else 1
+MIN_GAIN = 0.05  # a larger batch must raise images/s by 5% over the previous probe to be worth it
+
+
+def memory_limit(probes: list[tuple[int, float]], budget: float) -> int | None:
+    """The largest batch a line through the (batch, MiB) probes predicts at or below ``budget``.
+
+    None with fewer than two probes or when memory does not grow with the batch (no meaningful line).
+    """
     if len(probes) < 2:
-        return fallback, f"one probe only; using the largest probed batch that fit ({fallback})"
+        return None
     xs = np.array([b for b, _ in probes], dtype=np.float64)
     ys = np.array([mb for _, mb in probes], dtype=np.float64)
     slope, intercept = np.polyfit(xs, ys, 1)
     if not (math.isfinite(slope) and slope > 0):
-        return fallback, (
-            f"memory did not grow with the batch (slope {slope:.3g} MiB/image); using the largest "
-            f"probed batch that fit ({fallback})"
-        )
+        return None
     # The epsilon keeps a batch predicted exactly at the budget from losing to float rounding in the fit.
-    batch = int(math.floor((budget - intercept) / slope + 1e-6))
-    batch = min(max(batch, 1), ceiling)
-    return batch, (
-        f"fit {intercept:.0f} + {slope:.1f}*batch MiB predicts {intercept + slope * batch:.0f} MiB at batch {batch}"
-    )
+    return int(math.floor((budget - intercept) / slope + 1e-6))
+
+
+def _timed(step_fn: Callable[[int], object], b: int, device: torch.device, timer: Callable[[], float]) -> float:
+    """Seconds one ``step_fn(b)`` takes (CUDA work is waited for, so the time is the device's)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = timer()
+    step_fn(b)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return max(timer() - t0, 1e-9)
 
 
 def autobatch(
@@ -191,97 +204,127 @@ def autobatch(
     total: float | Callable[[], float] | None = None,
     multiple_of: int = 1,
     max_batch: int = MAX_BATCH,
+    max_images: int | None = None,
+    min_gain: float = MIN_GAIN,
+    timer: Callable[[], float] = time.perf_counter,
 ) -> int:
-    """Probe ``step_fn`` at increasing batch sizes and return the largest batch predicted to fit.
+    """Probe ``step_fn`` at growing batch sizes; return the batch where images/s stops improving.
 
-    Probing stops after the first size over the budget (``fraction * total``) or the first out-of-memory
-    error. A line fitted through the probes (numpy.polyfit) gives the largest batch at or below the
-    budget, clamped to ``[1, max_batch]`` and kept below any probe that ran out of memory or went over
-    the budget. It is then rounded down to a multiple of ``multiple_of`` (to ``multiple_of`` itself, with a
-    warning, when that rounds to 0). If memory does not grow with the batch (slope <= 0, or a single
-    probe), the largest probed batch that fit is used, with a warning. Under DDP every rank probes its
-    own model (pass the unwrapped model's step, so an OOM on one rank cannot desynchronise gradient
-    collectives) and all ranks return the minimum; call it on every rank.
+    Sizes are tried from ``batch_sizes`` (ascending), then doubling, never above ``max_batch`` or
+    ``max_images``. Each size runs once for its peak memory and once timed. The search stops at the first
+    size that runs out of memory, goes over the budget (``fraction * total``), or trains fewer than
+    ``1 + min_gain`` times the previous size's images/s; the previous size is the answer. When a line
+    through the memory probes predicts the budget ends before the next size, that predicted batch is
+    probed instead. The answer is rounded down to a multiple of ``multiple_of`` (to ``multiple_of`` itself,
+    with a warning, when that rounds to 0). Every probe and the images/s curve are logged. Under DDP every
+    rank probes its own model (pass the unwrapped model's step, so an out-of-memory error on one rank
+    cannot desynchronise gradient collectives) and all ranks return the minimum; call it on every rank.
 
     Args:
         step_fn: Runs one real forward + loss + backward at the given batch size and frees its outputs.
         device: The training device.
         fraction: Share of ``total`` the batch may use, in (0, 1].
-        batch_sizes: Batch sizes to probe, tried in ascending order.
+        batch_sizes: First batch sizes to probe, tried in ascending order.
         measure: Returns the memory in use in MiB after a probe; if it has a ``reset()`` method it is
             called before each probe. Defaults to :func:`default_measure`.
         total: The memory available in MiB (a number or a callable); defaults to :func:`default_total`.
         multiple_of: Round the result down to a multiple of this (e.g. the world size).
-        max_batch: Upper clamp of the result.
+        max_batch: Largest batch probed or returned.
+        max_images: The images one process trains on per epoch (its share of the dataset); no larger
+            batch is probed or returned. None: no such limit.
+        min_gain: Relative images/s gain a larger probe must bring over the previous one.
+        timer: Clock in seconds (tests pass a simulated one).
 
     Returns:
         The batch size per process.
 
     Raises:
         TrainingError: When even the smallest probe runs out of memory (on any rank).
-        ConfigError: For a fraction outside (0, 1] or an empty batch_sizes.
+        ConfigError: For a fraction outside (0, 1], an empty batch_sizes or max_images < 1.
     """
     if not 0 < fraction <= 1:
         raise ConfigError(f"setting 'batch' asks AutoBatch for a memory fraction of {fraction}; use (0, 1]")
-    sizes = sorted({int(b) for b in batch_sizes if int(b) >= 1})
-    if not sizes:
+    if max_images is not None and max_images < 1:
+        raise ConfigError(f"AutoBatch needs at least one training image per process, got max_images={max_images}")
+    cap = min(max_batch, max_images) if max_images is not None else max_batch
+    ladder = sorted({min(int(b), cap) for b in batch_sizes if int(b) >= 1})
+    if not ladder:
         raise ConfigError(f"AutoBatch needs positive batch sizes to probe, got {list(batch_sizes)}")
     device = torch.device(device)
     meter = measure if measure is not None else default_measure(device)
     total_mb = float(total() if callable(total) else total if total is not None else default_total(device))
     budget = fraction * total_mb
 
-    probes: list[tuple[int, float]] = []
-    ceiling = max_batch
-    failure = ""
-    for b in sizes:
+    probes: list[tuple[int, float]] = []  # (batch, MiB) of every probe that ran
+    curve: list[tuple[int, float]] = []  # (batch, images/s) of the probes within the budget
+    chosen, why, failure = 0, "", ""
+    b = ladder[0]
+    while True:
         free_memory(device)
         reset = getattr(meter, "reset", None)
         if reset is not None:
             reset()
-        t0 = time.perf_counter()
         try:
-            step_fn(b)
+            step_fn(b)  # memory probe, and warm-up for the timed run
+            mb = float(meter())
+            seconds = _timed(step_fn, b, device, timer) if mb <= budget else float("nan")
         except Exception as e:  # noqa: BLE001 - only out-of-memory is expected; others re-raise
             if not is_oom(e):
                 raise
             failure = f"batch {b} ran out of memory"
-            ceiling = min(ceiling, b - 1)
         if failure:
             free_memory(device)  # outside the except block, so the failed step's tensors are gone
+            why = failure
             break
-        mb = float(meter())
         probes.append((b, mb))
-        LOGGER.info(f"autobatch: batch {b:>4d}  {mb:9.1f} MiB  {time.perf_counter() - t0:6.2f} s")
         if mb > budget:
-            ceiling = min(ceiling, b - 1)
+            LOGGER.info(f"autobatch: batch {b:>4d}  {mb:9.1f} MiB  over the {budget:.0f} MiB budget")
+            why = f"batch {b} is over the memory budget"
             break
+        speed = b / seconds
+        LOGGER.info(f"autobatch: batch {b:>4d}  {mb:9.1f} MiB  {seconds:7.3f} s  {speed:8.1f} img/s")
+        if curve and speed < (1 + min_gain) * curve[-1][1]:
+            why = f"batch {b} trains {speed / curve[-1][1] - 1:+.0%} images/s over batch {curve[-1][0]}"
+            curve.append((b, speed))
+            break
+        curve.append((b, speed))
+        chosen = b
+        larger = [s for s in ladder if s > b]
+        nxt = larger[0] if larger else min(2 * b, cap)
+        limit = memory_limit(probes, budget)
+        if limit is not None and limit < nxt:
+            nxt = limit  # probe where the budget ends rather than past it
+        if nxt <= b:
+            why = "the memory budget" if limit is not None and limit <= b else f"the limit of {cap} images"
+            break
+        b = nxt
 
-    if probes:
-        batch, note = _choose(probes, budget, max(ceiling, 1))
-        if note.startswith(("one probe", "memory did not")):
-            LOGGER.warning(f"autobatch: {note}")
-        if all(mb > budget for _, mb in probes):
-            LOGGER.warning(
-                f"autobatch: batch 1 already uses {probes[0][1]:.0f} MiB, over the {budget:.0f} MiB "
-                f"budget; using batch 1"
-            )
+    if chosen:
+        batch = chosen
         if batch >= multiple_of:
             batch -= batch % multiple_of
         else:
             LOGGER.warning(f"autobatch: batch {batch} is below multiple_of={multiple_of}; using {multiple_of}")
             batch = multiple_of
+    elif probes:  # the smallest probe already went over the budget: train at that size anyway
+        batch = probes[0][0]
+        LOGGER.warning(
+            f"autobatch: batch {batch} already uses {probes[0][1]:.0f} MiB, over the {budget:.0f} MiB "
+            f"budget; using batch {batch}"
+        )
     else:
-        batch, note = 0, failure
+        batch = 0
     # Every rank joins the reduction before anyone raises, so a failing rank cannot leave others waiting.
-    chosen = int(dist.all_reduce_min(batch))
-    if chosen < 1:
+    agreed = int(dist.all_reduce_min(batch))
+    if agreed < 1:
         raise TrainingError(
-            f"AutoBatch: even batch {sizes[0]} ran out of memory on {device} (on at least one "
+            f"AutoBatch: even batch {ladder[0]} ran out of memory on {device} (on at least one "
             f"rank); use a smaller imgsz or model, or set batch= explicitly"
         )
+    shown = " ".join(f"{c}:{v:.1f}" for c, v in curve) or "none"
     LOGGER.info(
-        f"autobatch: {note}; budget {budget:.0f} MiB ({fraction:.0%} of {total_mb:.0f} MiB) "
-        f"-> batch {chosen}" + (f" (minimum over ranks; this rank chose {batch})" if chosen != batch else "")
+        f"autobatch: images/s by batch {shown}; stopped at {why}; budget {budget:.0f} MiB ({fraction:.0%} of "
+        f"{total_mb:.0f} MiB) -> batch {agreed}"
+        + (f" (minimum over ranks; this rank chose {batch})" if agreed != batch else "")
     )
-    return chosen
+    return agreed

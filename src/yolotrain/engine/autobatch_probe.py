@@ -27,6 +27,7 @@ def choose_batch(
     size_hw: tuple[int, int],
     world: int,
     memory_format: torch.memory_format = torch.contiguous_format,
+    max_images: int | None = None,
 ) -> int:
     """The global batch: ``batch_setting`` itself, or AutoBatch's choice (over all processes).
 
@@ -39,6 +40,7 @@ def choose_batch(
         size_hw: The largest input size training will use.
         world: The number of processes.
         memory_format: The input images' memory format.
+        max_images: The images one process trains on per epoch: AutoBatch never picks more.
     """
     fraction = autobatch_fraction(batch_setting)
     if fraction is None:
@@ -52,7 +54,9 @@ def choose_batch(
     def probe(b: int) -> None:
         probe_step(model, criterion, precision, device, b, size_hw, memory_format)
 
-    per_rank = autobatch(probe, device, fraction=fraction, batch_sizes=(1, 2, 4, 8, 16, 32), multiple_of=1)
+    per_rank = autobatch(
+        probe, device, fraction=fraction, batch_sizes=(1, 2, 4, 8, 16, 32), multiple_of=1, max_images=max_images
+    )
     if world > 1:
         per_rank = max(per_rank, 2)  # BatchNorm needs 2 per process; the minimum over ranks came back
     batch = per_rank * world

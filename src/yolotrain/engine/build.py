@@ -313,7 +313,8 @@ def build_run(cfg: Config, resume_state: dict[str, Any] | None, save_dir: Path, 
         h, w = multiscale.largest((imgsz, imgsz))
         LOGGER.info(f"multi-scale: a new size every iteration, up to {h}x{w} (decided on rank 0)")
     largest = multiscale.largest((imgsz, imgsz))
-    batch = choose_batch(cfg.batch, model, criterion, precision, device, largest, world, memory_format)
+    per_rank_images = math.ceil(len(train_records) / world)
+    batch = choose_batch(cfg.batch, model, criterion, precision, device, largest, world, memory_format, per_rank_images)
     # recorded in the config, so args.yaml and checkpoints hold the batch a resume must reuse
     cfg = cfg.replace(batch=batch)
     if cfg.sync_bn and world > 1:

@@ -1,13 +1,20 @@
 """Checkpoint files: atomic writes and safe loading.
 
 A checkpoint holds only tensors, plain containers and primitives, so it loads with
-``torch.load(weights_only=True)``: loading never unpickles arbitrary objects.
+``torch.load(weights_only=True)``: loading never unpickles arbitrary objects. That promise holds only on
+a torch whose ``weights_only`` unpickler has no known bypass, so loading refuses older torch releases
+(:data:`MIN_SAFE_TORCH`).
+
+Every file carries ``integrity = {"sha256": ...}``, a digest of everything else in it, and loading refuses
+a file without it. The digest is stored in the file itself, so it detects damage (truncation, bit rot, a
+partial copy), not a deliberate edit: whoever edits the file can recompute it.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,42 @@ from yolotrain.models import transfer as models_transfer
 from yolotrain.utils.files import atomic_write
 
 FORMAT = "yolotrain-ckpt-1"
+# torch.load(weights_only=True) can be made to run code on older torch: CVE-2025-32434 (fixed in 2.6) and
+# GHSA-63cw-57p8-fm3p / CVE-2026-24747 (weights_only unpickler memory corruption, affected <= 2.9.1,
+# fixed in 2.10.0). pyproject.toml requires the same floor; this check covers environments that ignore it.
+MIN_SAFE_TORCH = (2, 10)
+RESAVE_HINT = "if you trust where it came from, re-save it once with: yolotrain ckpt resave {path} NEW.pt trust=true"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def torch_release(version: str) -> tuple[int, int]:
+    """(major, minor) of a torch version string such as ``2.14.1+cu130`` or ``2.10.0a0+git1234``.
+
+    Raises:
+        ValueError: When the string does not start with two dotted integers.
+    """
+    m = re.match(r"(\d+)\.(\d+)", str(version))
+    if m is None:
+        raise ValueError(f"unrecognised torch version '{version}'")
+    return int(m.group(1)), int(m.group(2))
+
+
+def check_torch_safe(path: str | Path) -> None:
+    """Refuse to unpickle ``path`` on a torch whose ``weights_only`` loading has known bypasses.
+
+    Raises:
+        CheckpointError: On torch older than :data:`MIN_SAFE_TORCH` (or an unreadable version string).
+    """
+    floor = ".".join(map(str, MIN_SAFE_TORCH))
+    try:
+        release = torch_release(torch.__version__)
+    except ValueError:
+        release = (0, 0)
+    if release < MIN_SAFE_TORCH:
+        raise CheckpointError(
+            f"refusing to load checkpoint '{path}' with torch {torch.__version__}: torch.load(weights_only=True) "
+            f"has known code-execution bypasses before torch {floor}; upgrade with pip install 'torch>={floor}'"
+        )
 
 
 def to_plain(obj: Any) -> Any:
@@ -89,16 +132,23 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False) -> dict[str, Any]:
     """Load a checkpoint safely.
 
+    Args:
+        path: The ``.pt`` file.
+        map_location: Where tensors are loaded.
+        trust: Accept a yolotrain checkpoint that has no integrity record (written before the record was
+            mandatory). Only ``yolotrain ckpt resave ... trust=true`` sets it: the user vouches for the file.
+
     Raises:
-        CheckpointError: When the file is missing, truncated, corrupt, carries pickled objects, or is
-            not a yolotrain checkpoint.
+        CheckpointError: When torch is too old to load safely, or the file is missing, truncated, corrupt,
+            carries pickled objects, is not a yolotrain checkpoint, or has no well-formed integrity record.
     """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint '{p}' does not exist")
+    check_torch_safe(p)
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -111,8 +161,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint '{p}' is truncated or corrupt: {detail}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint '{p}' is not a yolotrain checkpoint (no '{FORMAT}' format tag)")
-    recorded = (state.pop("integrity", None) or {}).get("sha256")
-    if recorded is not None and digest(state) != recorded:
+    if "integrity" not in state:
+        if trust:
+            return state
+        raise CheckpointError(
+            f"checkpoint '{p}' has no integrity record, so damage to it cannot be detected; "
+            + RESAVE_HINT.format(path=p)
+        )
+    record = state.pop("integrity")
+    recorded = record.get("sha256") if isinstance(record, dict) else None
+    if not isinstance(recorded, str) or not _SHA256.fullmatch(recorded):
+        raise CheckpointError(
+            f"checkpoint '{p}' is corrupt: its integrity record is malformed "
+            f"(expected {{'sha256': 64 hex digits}}, found {type(record).__name__} {str(record)[:60]!r})"
+        )
+    if digest(state) != recorded:
         raise CheckpointError(f"checkpoint '{p}' is corrupt: its content does not match the recorded SHA-256")
     return state
 

@@ -4,6 +4,7 @@ yolotrain ckpt info runs/train/exp/weights/last.pt [json=true]
 yolotrain ckpt strip runs/train/exp/weights/best.pt best-fp16.pt
 yolotrain ckpt strip best.pt best.safetensors format=safetensors   # also from an Ultralytics .pt
 yolotrain ckpt diff a.pt b.pt          # exit 0 only when every tensor is identical
+yolotrain ckpt resave old.pt new.pt trust=true   # add the integrity record to a checkpoint written without it
 """
 
 from __future__ import annotations
@@ -126,6 +127,17 @@ def strip(src: str | Path, out: str | Path, fmt: str = "pt") -> Path:
     return Path(out)
 
 
+def resave(src: str | Path, out: str | Path, trust: bool = False) -> Path:
+    """Re-write ``src`` with an integrity record; ``trust=True`` accepts a file that has none.
+
+    Checkpoints written before the record was mandatory load only this way: the user vouches for the file
+    once (``trust=true``) and every later load checks the new file's digest.
+    """
+    state = load_checkpoint(src, trust=trust)
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "integrity")}, out)
+    return Path(out)
+
+
 def diff(a: str | Path, b: str | Path) -> tuple[bool, list[str]]:
     """Largest absolute difference per tensor group; identical means same tensors, bit for bit."""
     fa, fb = flat_tensors(load_checkpoint(a)), flat_tensors(load_checkpoint(b))
@@ -160,15 +172,21 @@ def run_ckpt_command(args: list[str]) -> int:
     opts = dict(a.split("=", 1) for a in args if "=" in a)
     as_json = opts.pop("json", "false").lower() in ("1", "true", "yes")
     fmt = opts.pop("format", "pt")
+    trust = opts.pop("trust", "false").lower() in ("1", "true", "yes")
     if opts:
-        raise ConfigError(f"ckpt: unknown option(s) {', '.join(opts)}; only json= and format= are accepted")
+        raise ConfigError(
+            f"ckpt: unknown option(s) {', '.join(opts)}; only json=true, format= and trust=true are accepted"
+        )
     if fmt not in ("pt", "safetensors"):
         raise ConfigError(f"ckpt strip: format={fmt!r} is not one of pt, safetensors")
-    usage = "usage: yolotrain ckpt info PATH [json=true] | strip PATH OUT [format=pt|safetensors] | diff A B"
-    if not pos or pos[0] not in ("info", "strip", "diff"):
+    usage = (
+        "usage: yolotrain ckpt info PATH [json=true] | strip PATH OUT [format=pt|safetensors] | diff A B "
+        "| resave PATH OUT [trust=true]"
+    )
+    if not pos or pos[0] not in ("info", "strip", "diff", "resave"):
         raise ConfigError(usage)
     verb, rest = pos[0], pos[1:]
-    need = {"info": 1, "strip": 2, "diff": 2}[verb]
+    need = {"info": 1, "strip": 2, "diff": 2, "resave": 2}[verb]
     if len(rest) != need:
         raise ConfigError(usage)
     if verb == "info":
@@ -178,6 +196,10 @@ def run_ckpt_command(args: list[str]) -> int:
     if verb == "strip":
         out = strip(rest[0], rest[1], fmt)
         print(f"stripped {rest[0]} -> {out} ({out.stat().st_size / 2**20:.1f} MB)")
+        return 0
+    if verb == "resave":
+        out = resave(rest[0], rest[1], trust=trust)
+        print(f"re-saved {rest[0]} -> {out} with an integrity record")
         return 0
     same, lines = diff(rest[0], rest[1])
     print("\n".join(lines))

@@ -7,11 +7,13 @@ process (or to every process of the job, as SLURM sends it) makes the agent pass
 which save and exit 75, and the agent's ``SignalException`` or the workers' exit codes become
 :class:`~yolotrain.errors.Preempted` here instead of torchrun's traceback. Under torchrun already
 (``WORLD_SIZE`` set) nothing is launched. The user's callbacks travel as ``callbacks=module:function``
-entries, so the workers import and run them too.
+entries on the workers' command line (a ``cfg=`` file's callbacks are never run), so the workers import
+and run them too.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -67,6 +69,15 @@ def launch_config(n: int, max_restarts: int = 0) -> LaunchConfig:
     )
 
 
+def worker_args(cfg_file: Path, callbacks: list[str] = ()) -> list[str]:
+    """Each worker's command line after the Python executable.
+
+    ``callbacks`` go on the command line, not into ``cfg_file``: settings read from a file never run code.
+    """
+    args = ["-m", "yolotrain", "train", f"cfg={cfg_file}"]
+    return args + ([f"callbacks={json.dumps(list(callbacks))}"] if callbacks else [])
+
+
 def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any], None]]] = ()) -> Path:
     """Run training in ``n`` worker processes (torch elastic) and wait for them.
 
@@ -88,7 +99,8 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     refs = [callback_reference(event, fn) for event, fn in extra_callbacks]
     values = {k: getattr(cfg, k) for k in cfg.explicit if k != "cfg"}
     values["nproc"] = 0
-    values["callbacks"] = list(cfg.callbacks) + refs
+    values.pop("callbacks", None)
+    callbacks = list(cfg.callbacks) + refs
     if cfg.resume and str(cfg.resume).lower() != "auto":
         save_dir = checkpoint_path(cfg).parent.parent
     else:
@@ -106,9 +118,7 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        elastic_launch(launch_config(n, cfg.max_restarts), sys.executable)(
-            "-m", "yolotrain", "train", f"cfg={cfg_file}"
-        )
+        elastic_launch(launch_config(n, cfg.max_restarts), sys.executable)(*worker_args(cfg_file, callbacks))
     except SignalException as e:  # this process was signalled: the agent stopped the workers (they saved)
         raise Preempted(f"stopped by {signal.Signals(e.sigval).name}; continue with resume={last}") from None
     except ChildFailedError as e:

@@ -98,16 +98,16 @@ def prepare_resume(cfg: Config) -> tuple[Config, dict[str, Any], Path]:
             f"resume: {', '.join(ignored)} {'comes' if len(ignored) == 1 else 'come'} from the checkpoint; "
             f"the new value{'s are' if len(ignored) > 1 else ' is'} ignored"
         )
-    values = dict(saved)
-    values.update({k: v for k, v in given.items() if k in OVERRIDABLE})
-    if values["epochs"] < saved["epochs"]:
+    values = {k: v for k, v in given.items() if k in OVERRIDABLE}
+    if values.get("epochs", saved["epochs"]) < saved["epochs"]:
         raise CheckpointError(
             f"cannot resume '{path}' with epochs={values['epochs']}: fewer than the "
             f"{saved['epochs']} it was started with"
         )
     values["resume"] = str(path)
     values["exist_ok"] = True
-    return resolve(values), state, path
+    # the checkpoint's settings as a file's, not the user's: callbacks it names are not run (resolve warns)
+    return resolve(values, recorded=saved, recorded_from=f"checkpoint '{path}'"), state, path
 
 
 ELASTIC_MARKER = ".torchelastic_run"
