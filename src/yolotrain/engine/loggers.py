@@ -28,6 +28,7 @@ import yaml
 
 from yolotrain.engine.callbacks import EVENTS, Callbacks
 from yolotrain.engine.distributed import is_main
+from yolotrain.loss import LOSS_NAMES
 from yolotrain.utils.plots import (
     plot_confusion_matrix,
     plot_labels,
@@ -39,7 +40,6 @@ from yolotrain.utils.plots import (
 from yolotrain.utils.torch_utils import memory_mb
 
 LOGGER = logging.getLogger("yolotrain")
-LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
 
 
 def _numeric(row: dict[str, Any]) -> dict[str, float]:

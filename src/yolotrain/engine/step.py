@@ -32,7 +32,6 @@ from yolotrain.engine.state import TrainState
 from yolotrain.errors import TrainingError
 
 LOGGER = logging.getLogger("yolotrain")
-LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
 BOX_FIELDS = ("cls", "bboxes", "batch_idx")
 
 

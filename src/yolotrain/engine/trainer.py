@@ -30,9 +30,9 @@ from yolotrain.engine.loggers import register_default_loggers
 from yolotrain.engine.phases import PhasePlan, apply_phase, set_train_mode
 from yolotrain.engine.preempt import Preemption, fork_safe_iter, shutdown_workers
 from yolotrain.engine.state import Position
-from yolotrain.engine.step import LOSS_NAMES
 from yolotrain.errors import CheckpointError, TrainingError
 from yolotrain.eval import EvalResult, format_table
+from yolotrain.loss import LOSS_NAMES
 from yolotrain.utils.files import append_csv_row
 from yolotrain.utils.torch_utils import memory_mb, select_device
 

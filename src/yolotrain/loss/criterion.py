@@ -15,6 +15,10 @@ from yolotrain.loss.boxes import bbox2dist, bbox_iou, dist2bbox, make_anchors, x
 __all__ = ["DetectionLoss"]
 
 
+# the order of the loss items every criterion call returns (logs, progress bar, results.csv)
+LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
+
+
 class DetectionLoss:
     """Loss for raw ``Detector`` outputs.
 
