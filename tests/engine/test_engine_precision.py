@@ -1,15 +1,16 @@
-"""Mixed precision: the scaler's skip/backoff/growth, loss trajectories, the self-check and its fallback."""
+"""precision.py and amp_check.py: fp16/bf16/fp32 with one code path, the scaler, the offline AMP self-check."""
 
 import os
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from yolotrain.config import coerce, resolve
 from yolotrain.engine import amp_check
 from yolotrain.engine.checkpoint import load_checkpoint, save_checkpoint
-from yolotrain.engine.precision import Precision
+from yolotrain.engine.precision import Precision, choose_amp
 from yolotrain.engine.trainer import Trainer
 from yolotrain.loss import DetectionLoss
 from yolotrain.models import build_model
@@ -227,3 +228,21 @@ def test_half_inference_matches_fp32(trained_run, tiny_data, capsys, monkeypatch
     assert "running the model in bfloat16" in captured.err
     assert half["images"] == fp32["images"]
     assert abs(half["mAP50"] - fp32["mAP50"]) < 0.1
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_precision_objects():
+    cpu = torch.device("cpu")
+    assert not Precision(cpu, "off").scaler.is_enabled() and not Precision(cpu, "off").enabled
+    assert not Precision(cpu, "bf16").scaler.is_enabled()
+    assert Precision(cpu, "fp16").scaler.is_enabled()
+    assert choose_amp("auto", torch.device("cuda", 0))[0] == "fp16"
+    amp, why = choose_amp("auto", cpu)
+    assert amp in ("bf16", "off") and why
+    with Precision(cpu, "bf16").autocast():
+        y = nn.Linear(4, 4)(torch.randn(2, 4))
+    assert y.dtype == torch.bfloat16
