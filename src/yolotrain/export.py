@@ -18,6 +18,8 @@ opsets 21-23, which the TorchScript exporter cannot produce.
 
 from __future__ import annotations
 
+import copy
+import importlib
 import json
 import logging
 import warnings
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from yolotrain import __version__
 from yolotrain.errors import ConfigError
 from yolotrain.ops import decode
 
@@ -63,7 +66,6 @@ class DecodedDetector(nn.Module):
 
 def _require(module: str, why: str) -> Any:
     """Import an optional dependency or explain, in one line, how to install it."""
-    import importlib
 
     try:
         return importlib.import_module(module)
@@ -114,8 +116,6 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     names = [str(n) for n in (names or getattr(model, "names", None) or range(model.nc))]
 
-    import copy
-
     # Tracing happens on CPU in fp32 unless half: the graph does not depend on the device it was traced on.
     dtype = torch.float16 if half else torch.float32
     net = copy.deepcopy(model).to("cpu", dtype).eval()
@@ -142,7 +142,6 @@ def export_onnx(
         "output": "(batch, 4 + nc, anchors): xyxy pixels, then sigmoid class scores",
         "producer": "yolotrain",
     }
-    from yolotrain import __version__
 
     meta["version"] = __version__
     del proto.metadata_props[:]
@@ -203,7 +202,7 @@ def _export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path, o
 
 
 def _export_dynamo(wrapper: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic: bool) -> None:
-    from torch.export import Dim
+    from torch.export import Dim  # noqa: PLC0415 - the dynamo exporter loads only when asked for
 
     shapes: dict[int, Any] = {0: Dim("batch", min=1, max=4096)}
     if dynamic:
@@ -255,7 +254,7 @@ def export_from_config(cfg, nc: int | None = None) -> Path:
     Returns:
         The path written.
     """
-    from yolotrain.engine.build import inference_imgsz, is_scale, load_model_spec
+    from yolotrain.engine.build import inference_imgsz, is_scale, load_model_spec  # noqa: PLC0415 - the engine loads only when exporting
 
     if cfg.format not in FORMATS:  # config validation already refuses it; kept for direct callers
         raise ConfigError(f"setting 'format'={cfg.format!r} is not supported (one of {', '.join(FORMATS)})")

@@ -13,16 +13,16 @@ from yolotrain.utils.logging import LOGGER
 
 def load_for_inference(cfg: Config):
     """Model, device and precision for val/predict from ``model=`` (a checkpoint or a fresh scale)."""
-    from yolotrain.engine.build import load_model_spec
-    from yolotrain.engine.precision import Precision
-    from yolotrain.utils.torch_utils import select_device
+    from yolotrain.engine.build import load_model_spec  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
+    from yolotrain.engine.precision import Precision  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
+    from yolotrain.utils.torch_utils import select_device  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
 
     device = select_device(cfg.device)
     model, state = load_model_spec(cfg.model)
     model = model.to(device)
     precision = Precision(device, cfg.amp)
     if cfg.half:
-        from yolotrain.engine.precision import inference_dtype
+        from yolotrain.engine.precision import inference_dtype  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
 
         dtype = inference_dtype(device)
         if dtype is None:
@@ -36,9 +36,9 @@ def load_for_inference(cfg: Config):
 
 def run_val(cfg: Config):
     """Validate ``cfg.model`` on ``cfg.split``; returns the EvalResult (with ``seconds`` set)."""
-    from yolotrain.data import load_data_yaml
-    from yolotrain.engine.build import build_loader, build_records, check_imgsz, inference_imgsz, resolve_data
-    from yolotrain.engine.validator import Validator
+    from yolotrain.data import load_data_yaml  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
+    from yolotrain.engine.build import build_loader, build_records, check_imgsz, inference_imgsz, resolve_data  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
+    from yolotrain.engine.validator import Validator  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
 
     model, device, precision, state = load_for_inference(cfg)
     if cfg.data:
@@ -72,9 +72,9 @@ def run_val(cfg: Config):
 
 def run_predict_cfg(cfg: Config):
     """Predict as ``cfg`` says; returns the list of Prediction and sets ``save_dir`` on the list."""
-    from yolotrain.engine.build import check_imgsz, inference_imgsz
-    from yolotrain.predict import run_predict
-    from yolotrain.utils.files import increment_path
+    from yolotrain.engine.build import check_imgsz, inference_imgsz  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
+    from yolotrain.predict import run_predict  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
+    from yolotrain.utils.files import increment_path  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
 
     if not cfg.source:
         raise ConfigError("setting 'source' is required for predict (an image, folder or glob)")

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import psutil
 import torch
 
 from yolotrain.engine import distributed as dist
@@ -100,7 +101,6 @@ class CpuPeak:
     _STATUS, _CLEAR = "/proc/self/status", "/proc/self/clear_refs"
 
     def __init__(self) -> None:
-        import psutil
 
         self.process = psutil.Process()
         self.kernel = self._try_kernel_reset()
@@ -159,7 +159,6 @@ def default_total(device: torch.device) -> float:
     """Memory the process may use in MiB: the CUDA device's total, or available RAM plus the current RSS."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory / _MB
-    import psutil
 
     return (psutil.virtual_memory().available + psutil.Process().memory_info().rss) / _MB
 

@@ -39,6 +39,7 @@ from yolotrain.engine.validator import Validator
 from yolotrain.errors import CheckpointError, ConfigError, DataError
 from yolotrain.loss import DetectionLoss
 from yolotrain.models import available_scales, build_model, model_info, weights_io
+from yolotrain.utils.files import increment_path
 from yolotrain.utils.torch_utils import configure_backend, init_seeds, select_device
 
 LOGGER = logging.getLogger("yolotrain")
@@ -146,7 +147,6 @@ def run_dir(cfg: Config, create: bool = True) -> Path:
     With ``create=False`` only the name is chosen; the trainer creates the folder once its set-up
     succeeded, so a run refused for bad settings or data leaves no empty folder behind.
     """
-    from yolotrain.utils.files import increment_path
 
     path = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok)
     if create:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
 import sys
 from collections import defaultdict
 from collections.abc import Callable
@@ -55,8 +58,6 @@ class Callbacks:
 
 def _import_ref(ref: str, entry: str) -> Any:
     """The object ``module:attr`` or ``path/file.py:attr`` names."""
-    import importlib
-    import importlib.util
 
     target, _, attr = ref.rpartition(":")
     try:
@@ -134,7 +135,6 @@ def load_callbacks(entries: list[str]) -> list[tuple[str, Callable[[Any], None]]
 
 
 def _takes_no_arguments(fn: Callable) -> bool:
-    import inspect
 
     try:
         sig = inspect.signature(fn)

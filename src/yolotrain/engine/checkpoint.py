@@ -12,12 +12,14 @@ partial copy), not a deliberate edit: whoever edits the file can recompute it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -71,7 +73,6 @@ def to_plain(obj: Any) -> Any:
     numpy scalars/arrays and subclasses of str/int/float (such as ``torch.__version__``) would otherwise
     be pickled as objects that ``weights_only`` loading refuses.
     """
-    import numpy as np
 
     if isinstance(obj, torch.Tensor):
         return obj
@@ -95,7 +96,6 @@ def to_plain(obj: Any) -> Any:
 
 def digest(obj: Any) -> str:
     """SHA-256 over every tensor's bytes, dtype and shape and every plain value, in key order."""
-    import hashlib
 
     h = hashlib.sha256()
 
@@ -182,7 +182,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 
 def model_from_checkpoint(state: dict[str, Any], prefer_ema: bool = True) -> nn.Module:
     """Rebuild the detector a checkpoint describes and load its (EMA, if present) weights."""
-    from yolotrain.models import build_model
+    from yolotrain.models import build_model  # noqa: PLC0415 - models.weights_io imports this module
 
     cfg = state.get("model_cfg")
     if not isinstance(cfg, dict):

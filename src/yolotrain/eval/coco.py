@@ -273,7 +273,7 @@ class DetectionEvaluator:
         preds: np.ndarray,
     ) -> dict[str, Any]:
         """Run faster-coco-eval on the flat arrays and read AP out of its precision table."""
-        from faster_coco_eval import COCO, COCOeval_faster  # imported lazily: only evaluation needs it
+        from faster_coco_eval import COCO, COCOeval_faster  # noqa: PLC0415 - only evaluation needs it
 
         images = [{"id": i + 1, "width": w, "height": h} for i, (w, h) in enumerate(sizes)]
         categories = [{"id": i + 1, "name": name} for i, name in enumerate(self.names)]

@@ -104,7 +104,7 @@ def read_weights(path: str | Path, prefer_ema: bool = True) -> LoadedWeights:
 
 def _read_safetensors(p: Path) -> LoadedWeights:
     # Optional-feeling but declared dependency; imported here to keep it off the CLI start-up path.
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError, safe_open  # noqa: PLC0415 - safetensors loads only for .safetensors files
 
     try:
         with safe_open(str(p), framework="pt") as f:
@@ -136,7 +136,7 @@ def save_safetensors(lw: LoadedWeights, out: str | Path, half: bool = True) -> P
         out: The file to write.
         half: Store floating-point tensors in fp16 (as ``ckpt strip`` does for ``.pt``).
     """
-    from safetensors.torch import save_file  # see _read_safetensors
+    from safetensors.torch import save_file  # noqa: PLC0415 - safetensors loads only for .safetensors files
 
     tensors = {k: (v.half() if half and v.is_floating_point() else v) for k, v in lw.weights.items()}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}

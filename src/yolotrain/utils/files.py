@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 from collections.abc import Callable
@@ -49,7 +50,6 @@ def atomic_write(path: str | Path, write: Callable[[object], None], mode: str = 
 
 def append_csv_row(path: str | Path, row: dict) -> None:
     """Append ``row`` to a CSV file, writing the header first when the file is new."""
-    import csv
 
     path = Path(path)
     new = not path.exists()

@@ -24,7 +24,7 @@ _MAX_SCATTER = 20000  # more boxes than this: label plots show a density image i
 
 
 def _figure(nrows: int, ncols: int, size: tuple[float, float] | None = None) -> tuple[Any, np.ndarray]:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib loads only when plotting
 
     fig = Figure(figsize=size or (ncols * _PANEL_IN * 1.25, nrows * _PANEL_IN), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
@@ -161,7 +161,7 @@ def plot_labels(records: Sequence[Any], names: Sequence[str], out_jpg: str | Pat
         if 0 < boxes.shape[0] <= _MAX_SCATTER:
             ax.scatter(boxes[:, a], boxes[:, b], s=6, alpha=0.5, color="tab:blue", linewidths=0)
         elif boxes.shape[0]:  # a density image stays readable (and fast) where a scatter would be a blot
-            from matplotlib.colors import LogNorm
+            from matplotlib.colors import LogNorm  # noqa: PLC0415 - matplotlib loads only when plotting
 
             ax.hist2d(boxes[:, a], boxes[:, b], bins=100, range=[[0, 1], [0, 1]], cmap="Blues", norm=LogNorm())
         else:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+import resource
+import sys
 
 import numpy as np
+import psutil
 import torch
 
 from yolotrain.errors import ConfigError
@@ -74,9 +77,6 @@ def configure_backend(device: torch.device, deterministic: bool) -> None:
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (Linux reports KiB, macOS bytes)."""
-    import resource
-    import sys
-
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
 
@@ -85,6 +85,4 @@ def memory_mb(device: torch.device) -> float:
     """Memory in use on ``device``: CUDA allocator's reserved memory, else process RSS."""
     if device.type == "cuda":
         return torch.cuda.memory_reserved(device) / 2**20
-    import psutil
-
     return psutil.Process().memory_info().rss / 2**20
