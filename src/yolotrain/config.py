@@ -296,7 +296,7 @@ class Config:
         object.__setattr__(self, "explicit", set(explicit))
         object.__setattr__(self, "sources", dict(sources or {}))
 
-    def source(self, key: str) -> str:
+    def origin(self, key: str) -> str:
         """Where ``key``'s value came from (:data:`DEFAULT` when nothing set it)."""
         return self.sources.get(key, DEFAULT)
 

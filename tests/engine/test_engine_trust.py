@@ -190,8 +190,11 @@ def test_sources_and_the_distributed_launch_keep_given_callbacks(tmp_path, capsy
     cfg = tmp_path / "c.yaml"
     cfg.write_text("epochs: 3\ncallbacks: ['json:dumps']\n")
     c = resolve({"cfg": str(cfg), "callbacks": "json:loads"})
-    assert c.callbacks == ["json:loads"] and c.source("callbacks") == GIVEN
-    assert c.source("epochs") == f"cfg file '{cfg}'" and c.source("lr0") == "default"
+    assert c.callbacks == ["json:loads"] and c.origin("callbacks") == GIVEN
+    assert c.origin("epochs") == f"cfg file '{cfg}'" and c.origin("lr0") == "default"
+    # no attribute of Config hides a setting (a method named `source` once hid the predict setting)
+    plain = resolve({"source": "imgs/"})
+    assert all(getattr(plain, k) == v for k, v in plain.to_dict().items()) and plain.source == "imgs/"
     assert "NOT run" in capsys.readouterr().err  # json:dumps was named by the file only
     # the same entry in the file and on the command line: it runs, nothing to warn about
     assert resolve({"cfg": str(cfg), "callbacks": "json:dumps"}).callbacks == ["json:dumps"]
@@ -201,5 +204,5 @@ def test_sources_and_the_distributed_launch_keep_given_callbacks(tmp_path, capsy
     (tmp_path / "w.yaml").write_text("epochs: 2\n")
     cmd = worker_args(tmp_path / "w.yaml", entries)
     worker = resolve(parse_cli_args(cmd[cmd.index("train") + 1 :]))
-    assert worker.callbacks == entries and worker.source("callbacks") == GIVEN
+    assert worker.callbacks == entries and worker.origin("callbacks") == GIVEN
     assert not any(a.startswith("callbacks=") for a in worker_args(tmp_path / "w.yaml"))
