@@ -1,0 +1,159 @@
+"""Training-loader throughput on ONE core, ours and (when installed) Ultralytics', as one JSON line.
+
+Both loaders run the default training augmentation (mosaic on) with ``workers=0`` and one thread
+(torch and OpenCV), over the same copy of the dataset, for ``--epochs`` epochs after a warm-up
+epoch. Ours also reports the per-stage breakdown in ms/image (read, decode, resize, mosaic, affine,
+hsv, flip, letterbox, format, collate) from the loader's own clocks. The peer runs in a child
+process so its imports and settings cannot touch ours.
+
+Usage::
+
+    python benchmarks/loader.py                                   # coco128, imgsz 320 and 640
+    python benchmarks/loader.py --imgsz 320 --cache ram --epochs 1
+    PYTHONPATH=/tmp/ultra python benchmarks/loader.py             # peer installed outside the project
+
+The dataset is copied to a temporary folder first (the peer writes a label cache beside the labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "coco128"
+
+PEER_CODE = r"""
+import json, sys, time
+import cv2, torch
+torch.set_num_threads(1)
+from ultralytics.cfg import get_cfg
+from ultralytics.data import build_dataloader, build_yolo_dataset
+from ultralytics.utils import DEFAULT_CFG
+cv2.setNumThreads(1)  # after the import: ultralytics sets its own value
+img_path, imgsz, batch, epochs, cache = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+cfg = get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "cache": cache if cache != "off" else False, "workers": 0})
+data = {"names": {i: str(i) for i in range(80)}, "nc": 80, "channels": 3}
+ds = build_yolo_dataset(cfg, img_path, batch, data, mode="train", stride=32)
+loader = build_dataloader(ds, batch, 0, shuffle=True)
+n = 0
+for e in range(epochs + 1):
+    if e == 1:
+        t0, c0, n = time.perf_counter(), time.process_time(), 0
+    for b in loader:
+        n += b["img"].shape[0]
+print(json.dumps({"images_per_s": n / (time.perf_counter() - t0), "images_per_cpu_s": n / (time.process_time() - c0)}))
+"""
+
+
+def peer_available() -> bool:
+    """True when ``ultralytics`` imports in a child process with the current environment."""
+    r = subprocess.run([sys.executable, "-c", "import ultralytics"], capture_output=True, env=os.environ.copy())
+    return r.returncode == 0
+
+
+def run_peer(img_dir: Path, imgsz: int, batch: int, epochs: int, cache: str) -> dict | None:
+    """The peer's training-loader images/s and images per CPU-second (child process), or None."""
+    r = subprocess.run(
+        [sys.executable, "-c", PEER_CODE, str(img_dir), str(imgsz), str(batch), str(epochs), cache],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "YOLO_VERBOSE": "False", "OMP_NUM_THREADS": "1"},
+    )
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode or not lines:
+        print(f"peer failed: {r.stderr.strip().splitlines()[-1:] or r.returncode}", file=sys.stderr)
+        return None
+    return json.loads(lines[-1])
+
+
+def run_ours(img_dir: Path, imgsz: int, batch: int, epochs: int, cache: str) -> dict:
+    """Our training loader's images/s and ms/image per stage."""
+    import cv2
+    import torch
+
+    from yolotrain.config import resolve
+    from yolotrain.data import DetectionDataset, build_dataloader, scan_split, set_loader_epoch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    cfg = resolve({"imgsz": imgsz})
+    records, _ = scan_split([str(img_dir)], 80, use_cache=False, log_problems=False)
+    ds = DetectionDataset(records, imgsz, True, hyp=cfg, cache=cache if cache != "off" else False, seed=0)
+    loader = build_dataloader(ds, batch, 0, shuffle=True, seed=0)
+    set_loader_epoch(loader, 0)
+    for _ in loader:  # warm-up epoch
+        pass
+    n, stage_ms, stage_images, t0, c0 = 0, {}, 0, time.perf_counter(), time.process_time()
+    for e in range(1, epochs + 1):
+        set_loader_epoch(loader, e)
+        for b in loader:
+            n += b["img"].shape[0]
+        for k, v in loader.stats.stage_ms.items():
+            stage_ms[k] = stage_ms.get(k, 0.0) + v
+        stage_images += loader.stats.stage_images
+    return {
+        "images_per_s": n / (time.perf_counter() - t0),
+        "images_per_cpu_s": n / (time.process_time() - c0),
+        "stage_ms_per_image": {k: round(v / stage_images, 3) for k, v in stage_ms.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="YOLO dataset folder with images/train2017 or images/")
+    ap.add_argument("--imgsz", type=int, nargs="+", default=[320, 640])
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=2, help="measured epochs after one warm-up epoch")
+    ap.add_argument("--cache", nargs="+", default=["off"], choices=["off", "ram"])
+    ap.add_argument("--rounds", type=int, default=2, help="alternating ours/peer rounds; the best of each counts")
+    ap.add_argument("--no-peer", action="store_true", help="skip Ultralytics even when installed")
+    args = ap.parse_args(argv)
+
+    src = Path(args.data)
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = Path(tmp) / src.name
+        shutil.copytree(src, dst)
+        img_dir = next(
+            p for p in (dst / "images" / "train2017", dst / "images" / "train", dst / "images") if p.is_dir()
+        )
+        peer = not args.no_peer and peer_available()
+        out: dict = {"data": src.name, "batch": args.batch, "epochs": args.epochs, "workers": 0, "threads": 1}
+        out["cpu"] = os.cpu_count()
+        for cache in args.cache:
+            for imgsz in args.imgsz:
+                # Rounds alternate ours and the peer so both see the same machine load; the best
+                # round of each counts. "per CPU-second" (process time) is the per-core figure.
+                best: dict = {}
+                for _ in range(args.rounds):
+                    runs = {"ours": run_ours(img_dir, imgsz, args.batch, args.epochs, cache)}
+                    if peer:
+                        runs["peer"] = run_peer(img_dir, imgsz, args.batch, args.epochs, cache)
+                    for who, r in runs.items():
+                        if r and r["images_per_cpu_s"] > best.get(who, {}).get("images_per_cpu_s", 0):
+                            best[who] = r
+                ours = best["ours"]
+                row = {
+                    "ours_images_per_s": round(ours["images_per_s"], 1),
+                    "ours_images_per_cpu_s": round(ours["images_per_cpu_s"], 1),
+                    "stages_ms": ours["stage_ms_per_image"],
+                }
+                if "peer" in best:
+                    p = best["peer"]
+                    row["peer_images_per_s"] = round(p["images_per_s"], 1)
+                    row["peer_images_per_cpu_s"] = round(p["images_per_cpu_s"], 1)
+                    row["ratio_per_cpu_s"] = round(ours["images_per_cpu_s"] / p["images_per_cpu_s"], 2)
+                out[f"cache={cache} imgsz={imgsz}"] = row
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
