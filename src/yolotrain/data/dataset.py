@@ -58,13 +58,15 @@ class SampleKey(NamedTuple):
 class DetectionDataset(Dataset):
     """YOLO detection samples from :class:`ImageRecord` lists.
 
-    Each item is a dict: ``img`` uint8 (3, H, W) RGB (a channels-last view; ``collate`` stacks it); ``cls`` float32 (n, 1); ``bboxes`` float32
-    (n, 4) normalized xywh of the output image (crowd boxes excluded); ``im_file``; ``ori_shape`` (h, w); ``ratio_pad``
+    Each item is a dict: ``img`` uint8 (3, H, W) RGB (a channels-last view; ``collate`` stacks
+    it); ``cls`` float32 (n, 1); ``bboxes`` float32 (n, 4) normalized xywh of the output image
+    (crowd boxes excluded); ``im_file``; ``ori_shape`` (h, w); ``ratio_pad``
     ``((rw, rh), (pad_left, pad_top))`` mapping original pixels to output pixels (exact in eval,
     informative only when augmenting); ``index``.
 
-    Training randomness comes from ``np.random.default_rng([seed, epoch, index])``, so a sample is
-    the same whatever the number of workers or the order of requests.
+    Training randomness comes from ``np.random.default_rng([seed, epoch, index])`` and the mosaic
+    partners from the epoch's order (a function of (seed, epoch)), so a sample is the same whatever
+    the number of workers, the batch size or the order of requests.
 
     Args:
         records: Images and labels.
