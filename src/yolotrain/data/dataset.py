@@ -325,8 +325,10 @@ class DetectionDataset(Dataset):
         """Mosaic (or letterbox) -> random affine (with the flip) to ``imgsz`` square -> HSV.
 
         One warp does the affine and the flip; with mosaic only the part of the 2s x 2s canvas the
-        warp reads is built (:func:`~yolotrain.data.augment.source_window`). The output equals that of
-        building the whole canvas, warping it and mirroring the result.
+        warp reads is built (:func:`~yolotrain.data.augment.source_window`); the output is that of
+        building the whole canvas and warping it (up to OpenCV's fixed-point rounding, +-1 on rare
+        pixels). Without rotation and shear (the default) the warp is a crop + resize
+        (:func:`~yolotrain.data.augment.scale_translate_warp`) and the flip a mirror of its output.
         """
         hyp = self.hyp
         size = self.imgsz
