@@ -200,5 +200,12 @@ def test_stack_images_matches_torch_stack():
     assert torch.equal(_stack_images([v.contiguous() for v in views]), expected)  # plain CHW tensors too
     with pytest.raises(ValueError, match="differ in size"):
         _stack_images([views[0], torch.from_numpy(rng.integers(0, 255, (6, 7, 3), dtype=np.uint8)).permute(2, 0, 1)])
-    assert collate([{"img": v, "cls": torch.zeros(0, 1), "bboxes": torch.zeros(0, 4), "im_file": "", "ori_shape": (5, 7),
-                     "ratio_pad": None, "index": k} for k, v in enumerate(views)])["img"].shape == (3, 3, 5, 7)  # fmt: skip
+    empty = {
+        "cls": torch.zeros(0, 1),
+        "bboxes": torch.zeros(0, 4),
+        "im_file": "",
+        "ori_shape": (5, 7),
+        "ratio_pad": None,
+    }
+    batch = collate([{"img": v, "index": k, **empty} for k, v in enumerate(views)])
+    assert torch.equal(batch["img"], expected)
