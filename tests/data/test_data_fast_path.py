@@ -207,5 +207,5 @@ def test_stack_images_matches_torch_stack():
         "ori_shape": (5, 7),
         "ratio_pad": None,
     }
-    batch = collate([{"img": v, "index": k, **empty} for k, v in enumerate(views)])
+    batch = collate([{"img": v, "index": k, "ratio_pad": None, **empty} for k, v in enumerate(views)])
     assert torch.equal(batch["img"], expected)
