@@ -23,6 +23,7 @@ from yolotrain.data import label_parse as lp
 from yolotrain.data.label_cache import cached_scan, files_hash
 from yolotrain.data.records import ImageRecord
 from yolotrain.data.yolo_paths import cache_path_for, img_to_label_path, is_image_file, list_images
+from yolotrain.errors import DataError
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -176,9 +177,35 @@ def _scan_one(im_file: str, nc: int) -> tuple[tuple[int, int] | str, lp.LabelRes
     return shape, lp.parse_label_file(img_to_label_path(im_file), nc)
 
 
+def class_id_error(label_file: str, nc: int) -> str:
+    """One line naming the first row of ``label_file`` whose class id is outside ``[0, nc)``."""
+    bad = []
+    try:
+        with open(label_file, encoding="utf-8") as f:
+            for row, line in enumerate(f, 1):
+                tokens = line.split()
+                try:
+                    c = float(tokens[0])
+                except (IndexError, ValueError):
+                    continue
+                if c == round(c) and not 0 <= c < nc:
+                    bad.append((row, int(c)))
+    except (OSError, UnicodeDecodeError):
+        pass
+    if not bad:
+        return f"{label_file}: a class id is outside [0, {nc})"
+    row, c = bad[0]
+    more = f" ({len(bad) - 1} more rows like it)" if len(bad) > 1 else ""
+    return (
+        f"{label_file}: row {row}: class id {c} is outside [0, {nc}){more}; the data YAML names {nc} "
+        "classes: fix the label or the class names"
+    )
+
+
 def _scan_files(im_files: list[str], nc: int, workers: int) -> tuple[list[ImageRecord], ScanReport]:
     rep = ScanReport(images_found=len(im_files))
     records: list[ImageRecord] = []
+    bad_class_files: list[str] = []
     # Threads overlap the file reads, which dominate on cold disks and network filesystems
     # (with everything in the page cache, PIL's header parsing holds the GIL and one thread does
     # about 3k images/s). Processes would add pickling for no gain there.
@@ -194,6 +221,10 @@ def _scan_files(im_files: list[str], nc: int, workers: int) -> tuple[list[ImageR
         if lab.status == lp.STATUS_MALFORMED:
             rep.malformed_label_files += 1
             continue
+        if lab.dropped.get(lp.DROP_CLASS_OUT_OF_RANGE):
+            # Not dropped: a class id the model does not have usually means wrong class names, and
+            # training on the rest would silently learn from a mislabelled set.
+            bad_class_files.append(img_to_label_path(im_file))
         rep.missing_labels += int(lab.status == lp.STATUS_MISSING)
         rep.empty_labels += int(lab.status == lp.STATUS_EMPTY)
         for k, v in lab.dropped.items():
@@ -204,6 +235,9 @@ def _scan_files(im_files: list[str], nc: int, workers: int) -> tuple[list[ImageR
         rep.instances += len(lab.cls)
         rep.images_ok += 1
         records.append(ImageRecord(im_file, shape[0], shape[1], lab.cls, lab.bboxes))
+    if bad_class_files:
+        more = f" (and {len(bad_class_files) - 1} more label files)" if len(bad_class_files) > 1 else ""
+        raise DataError(class_id_error(bad_class_files[0], nc) + more)
     return records, rep
 
 
@@ -238,4 +272,5 @@ def scan_yolo_source(
         lambda: _scan_files(im_files, nc, workers),
         ScanReport.from_json,
         f"{split}: scanning {len(im_files)} images in {source}" if im_files else None,
+        nc=nc,
     )
