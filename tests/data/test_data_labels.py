@@ -256,6 +256,8 @@ def test_cache_rows_revalidated_against_classes(tmp_path, caplog):
     # An edited cache: the right key, a class id the model does not have (row 2 of b's rows).
     bad = dict(good, cls=[0, 1, 7])
     cache.write_text(json.dumps(bad))
+    assert label_cache.load_cache(cache, good["key"], nc=2) is None  # the cache layer refuses it
+    assert label_cache.load_cache(cache, good["key"]) is not None  # (only boxes are checked without nc)
     with caplog.at_level(logging.WARNING, logger="yolotrain"):
         recs, rep = scan_split([str(img_dir)], nc=2)
     assert not rep.from_cache  # not trusted: rebuilt from the label files
