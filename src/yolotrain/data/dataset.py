@@ -47,12 +47,14 @@ class SampleKey(NamedTuple):
 
     Worker processes hold their own copy of the dataset, so state that changes between epochs
     (the epoch itself, whether mosaic is on) travels with every index instead of living on the
-    dataset object.
+    dataset object; so does the shape of a rectangular evaluation batch, which depends on the
+    batch the sample lands in.
     """
 
     index: int
     epoch: int
     mosaic: bool
+    shape: tuple[int, int] | None = None  # evaluation letterbox (h, w) of a rectangular batch
 
 
 class DetectionDataset(Dataset):
@@ -81,6 +83,9 @@ class DetectionDataset(Dataset):
         buffer: Recently decoded images kept per process (least recently used dropped first); a
             dataset no larger than this is decoded once per process, not once per epoch. The
             peers keep the same kind of buffer (Ultralytics: ``min(n, 8 * batch, 1000)`` images).
+        rect: Evaluation only: rectangular batches (images sorted by aspect ratio, each batch
+            letterboxed to its smallest stride-multiple shape; the loader's sampler plans them).
+            None: ``hyp.rect`` when ``hyp`` has it, else True. Ignored when ``augment``.
     """
 
     def __init__(
@@ -93,6 +98,7 @@ class DetectionDataset(Dataset):
         cache: str | bool = False,
         seed: int = 0,
         buffer: int = 128,
+        rect: bool | None = None,
     ) -> None:
         if imgsz <= 0 or imgsz % stride:
             raise ConfigError(f"imgsz: {imgsz} must be a positive multiple of the model stride {stride}")
@@ -102,6 +108,9 @@ class DetectionDataset(Dataset):
                 raise ConfigError(f"hyp: augmentation settings missing: {', '.join(missing)}")
         if cache not in (False, True, None, "ram", "off", ""):
             raise ConfigError(f"cache: expected 'ram' or 'off', got {cache!r}")
+        if rect is None:
+            rect = bool(getattr(hyp, "rect", True))
+        self.rect = bool(rect) and not augment
         self.records = list(records)
         self.imgsz = int(imgsz)
         self.augment = bool(augment)
@@ -117,7 +126,6 @@ class DetectionDataset(Dataset):
         self._recent: OrderedDict[int, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
         self._order_epoch = -1  # epoch whose order (and its inverse) is held for mosaic groups
         self._order = self._pos = np.zeros(0, dtype=np.int64)
-        self.rect_shapes: np.ndarray | None = None  # (n, 2) letterbox (h, w) per image with rect
         if cache in (True, "ram"):
             self._cache_in_ram()
 
@@ -149,6 +157,30 @@ class DetectionDataset(Dataset):
         for entry in self._ram:
             entry[0].flags.writeable = False  # shared by every sample that uses the image
         LOGGER.info("cached %d images in RAM (%.2f GB)", len(self.records), need / 1e9)
+
+    def rect_plan(self, group: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rectangular evaluation batches: the order (by aspect ratio) and each position's shape.
+
+        Positions ``[k * group, (k + 1) * group)`` of the order form batch ``k`` (``group`` is the
+        global batch, so every rank's share of a batch has the same shape). Each batch is letterboxed
+        to the smallest stride multiple that holds all its images at a long side of ``imgsz``.
+
+        Args:
+            group: Images per batch over all processes.
+
+        Returns:
+            ``(order (n,), shapes (n, 2) as (h, w) per position)``.
+        """
+        ar = np.array([r.height / max(r.width, 1) for r in self.records], dtype=np.float64)
+        order = np.argsort(ar, kind="stable")
+        ar = ar[order]
+        shapes = np.empty((len(ar), 2), dtype=np.int64)
+        for k in range(0, len(ar), group):
+            lo, hi = ar[k : k + group].min(), ar[k : k + group].max()
+            # (h, w) as fractions of imgsz: wide batches are short, tall batches are narrow
+            rel = (hi, 1.0) if hi < 1 else (1.0, 1.0 / lo) if lo > 1 else (1.0, 1.0)
+            shapes[k : k + group] = [int(np.ceil(v * self.imgsz / self.stride)) * self.stride for v in rel]
+        return order, shapes
 
     def ram_bytes(self) -> float:
         """Bytes the decoded images take once resized to a long side of ``imgsz`` (``cache=ram``)."""
@@ -259,14 +291,16 @@ class DetectionDataset(Dataset):
         return [self._item(item, memo) for item in items]
 
     def _item(self, item: int | SampleKey | tuple[int, int, bool], memo: dict) -> dict[str, Any]:
+        shape = None
         if isinstance(item, tuple):
             index, epoch, mosaic = int(item[0]), int(item[1]), bool(item[2])
+            shape = item[3] if len(item) > 3 else None
         else:
             index, epoch, mosaic = int(item), self.epoch, self.mosaic_enabled
         if self.augment:
             img, boxes, cls, shape0, ratio_pad = self._train_sample(index, epoch, mosaic, memo)
         else:
-            img, boxes, cls, shape0, ratio_pad = self._letterboxed(index, memo)
+            img, boxes, cls, shape0, ratio_pad = self._letterboxed(index, memo, shape)
         t = time.perf_counter()
         if not img.flags.writeable:  # a shared decoded image that needed no letterbox: the batch owns a copy
             img = img.copy()
@@ -285,14 +319,13 @@ class DetectionDataset(Dataset):
         CLOCK.images += 1
         return out
 
-    def _letterboxed(self, i: int, memo: dict | None = None) -> _Sample:
-        """Image ``i`` letterboxed to ``imgsz`` square (or its rectangular batch shape): the eval pipeline."""
+    def _letterboxed(self, i: int, memo: dict | None = None, shape: tuple[int, int] | None = None) -> _Sample:
+        """Image ``i`` letterboxed to ``shape`` ``(h, w)`` (default ``imgsz`` square): the eval pipeline."""
         img, (h0, w0) = self._image(i, memo)
         boxes, cls = self._pixel_labels(i, img)
         h, w = img.shape[:2]
         t = time.perf_counter()
-        shape = self.imgsz if self.rect_shapes is None else tuple(int(v) for v in self.rect_shapes[i])
-        img, (rw, rh), (pw, ph) = A.letterbox(img, shape, stride=self.stride)
+        img, (rw, rh), (pw, ph) = A.letterbox(img, shape or self.imgsz, stride=self.stride)
         boxes = boxes * np.float32([rw, rh, rw, rh]) + np.float32([pw, ph, pw, ph])
         ratio_pad = ((w / w0 * rw, h / h0 * rh), (pw, ph))
         CLOCK.add("letterbox", t)

@@ -91,15 +91,40 @@ class EpochSampler(Sampler[SampleKey]):
         seed: Base seed of the order.
         rank: This process's rank when distributed.
         world_size: Number of processes; above 1 each rank gets its DistributedSampler share.
+        rect_group: Without shuffle, a positive value plans rectangular batches of that many
+            images over all ranks (``dataset.rect_plan``); each key then carries its shape.
     """
 
-    def __init__(self, dataset: Dataset, shuffle: bool, seed: int = 0, rank: int = -1, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = -1,
+        world_size: int = 1,
+        rect_group: int = 0,
+    ) -> None:
         self.dataset = dataset
         self.shuffle = shuffle
         self.seed = int(seed)
         self.epoch = 0
         self.skip = 0
         self.dist: DistributedSampler | None = None
+        self.rect: tuple[list[int], list[tuple[int, int]]] | None = None
+        if rect_group and not shuffle:
+            # Rectangular evaluation batches: the whole (padded) order and one shape per position.
+            order, shapes = dataset.rect_plan(rect_group)  # type: ignore[attr-defined]
+            order, shapes = order.tolist(), [tuple(int(v) for v in s) for s in shapes]
+            if world_size > 1:
+                # DistributedSampler's rule without shuffle: pad with the first positions, deal round-robin.
+                total = -(-len(order) // world_size) * world_size
+                pad = total - len(order)
+                order = order + (order * (pad // max(len(order), 1) + 1))[:pad]
+                shapes = shapes + [shapes[-1]] * pad  # padded positions sit in the last batch
+                r = max(rank, 0)
+                order, shapes = order[r:total:world_size], shapes[r:total:world_size]
+            self.rect = (order, shapes)
+            world_size = 1  # the split is done
         if world_size > 1:
             self.dist = DistributedSampler(
                 dataset, num_replicas=world_size, rank=max(rank, 0), shuffle=shuffle, seed=self.seed
@@ -124,10 +149,16 @@ class EpochSampler(Sampler[SampleKey]):
     def __iter__(self) -> Iterator[SampleKey]:
         mosaic = bool(getattr(self.dataset, "mosaic_enabled", True))
         epoch = self.epoch
+        if self.rect is not None:
+            order, shapes = self.rect
+            return iter([SampleKey(i, epoch, mosaic, s) for i, s in zip(order[self.skip :], shapes[self.skip :])])
         return iter([SampleKey(i, epoch, mosaic) for i in self._indices()[self.skip :]])
 
     def __len__(self) -> int:
-        n = len(self.dist) if self.dist is not None else len(self.dataset)  # type: ignore[arg-type]
+        if self.rect is not None:
+            n = len(self.rect[0])
+        else:
+            n = len(self.dist) if self.dist is not None else len(self.dataset)  # type: ignore[arg-type]
         return max(0, n - self.skip)
 
 
@@ -211,7 +242,9 @@ def build_dataloader(
         shuffle: Shuffle every epoch.
         seed: Seed of the shuffle order and of the worker RNGs.
         epoch_aware: Use :class:`EpochSampler` (SampleKey indices). False hands plain int indices to
-            the dataset, for datasets that do not understand SampleKey.
+            the dataset, for datasets that do not understand SampleKey. An evaluation dataset
+            (``shuffle=False``) with ``rect`` true gets rectangular batches (see
+            :meth:`~yolotrain.data.dataset.DetectionDataset.rect_plan`), in aspect-ratio order.
         rank: This process's rank (-1 when not distributed).
         world_size: Number of processes.
         pin_memory: Pin batches in page-locked memory (useful with CUDA).
@@ -226,7 +259,10 @@ def build_dataloader(
     workers = max(0, min(int(workers), os.cpu_count() or 1, batch_size))
     sampler: Sampler[Any]
     if epoch_aware:
-        sampler = EpochSampler(dataset, shuffle, seed, rank, world_size)
+        # Rectangular batches for evaluation datasets that ask for them (DetectionDataset.rect):
+        # shapes are planned over the global batch so every rank's share of a batch agrees.
+        rect = not shuffle and bool(getattr(dataset, "rect", False)) and hasattr(dataset, "rect_plan")
+        sampler = EpochSampler(dataset, shuffle, seed, rank, world_size, batch_size * world_size if rect else 0)
     elif world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=max(rank, 0), shuffle=shuffle, seed=seed)
     else:
