@@ -412,3 +412,61 @@ def mosaic4(
     cls = np.concatenate(all_cls)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return canvas, boxes[keep], cls[keep]
+
+
+def mosaic4_scaled(
+    items: list[ImageLabels], size: int, center: tuple[int, int], m: np.ndarray, out_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`mosaic4` then :func:`scale_translate_warp` in one pass, with no canvas.
+
+    Each tile's visible part is resized straight into the output (pad grey elsewhere). Tiles meet
+    where the canvas tiles meet: a shared edge rounds to the same output column or row. Each
+    tile's mapping differs from ``m`` by under a pixel (its ends land on whole output pixels) and
+    its boxes go through that mapping, so they follow the pixels exactly.
+
+    Args:
+        items: Four ``(img, boxes, cls)`` as for :func:`mosaic4`.
+        size: Training size ``s`` (canvas ``2s x 2s``).
+        center: Mosaic centre from :func:`mosaic_center`.
+        m: Scale-and-translate matrix from canvas to output (:func:`is_scale_translate`).
+        out_size: Output ``(h, w)``.
+
+    Returns:
+        ``(img, boxes, cls, before)``: boxes in output pixels (not clipped or filtered yet) and the
+        same boxes in canvas pixels, clipped to the canvas (for :func:`box_candidates`).
+    """
+    oh, ow = out_size
+    s2 = 2 * size
+    xc, yc = center
+    sx, tx, sy, ty = float(m[0, 0]), float(m[0, 2]), float(m[1, 1]), float(m[1, 2])
+    out = np.full((oh, ow, 3), PAD_VALUE, dtype=np.uint8)
+    all_boxes, all_before, all_cls = [], [], []
+    for k, (img, boxes, cls) in enumerate(items):
+        h, w = img.shape[:2]
+        ox = xc - w if k in (0, 2) else xc
+        oy = yc - h if k in (0, 1) else yc
+        # the tile's part inside the canvas, in tile pixels
+        u0, u1 = max(0, -ox), min(w, s2 - ox)
+        v0, v1 = max(0, -oy), min(h, s2 - oy)
+        xa, xb, dxa, dxb = _axis_plan(sx, sx * ox + tx, w, ow)
+        ya, yb, dya, dyb = _axis_plan(sy, sy * oy + ty, h, oh)
+        xa, xb, ya, yb = max(xa, u0), min(xb, u1), max(ya, v0), min(yb, v1)
+        dxa, dxb = round(sx * (xa + ox) + tx), round(sx * (xb + ox) + tx)
+        dya, dyb = round(sy * (ya + oy) + ty), round(sy * (yb + oy) + ty)
+        # tile pixel u -> output x: nominal, or the visible crop's exact mapping
+        ex, fx, ey, fy = sx, sx * ox + tx, sy, sy * oy + ty
+        if xb > xa and yb > ya and dxb > dxa and dyb > dya:
+            ex, ey = (dxb - dxa) / (xb - xa), (dyb - dya) / (yb - ya)
+            fx, fy = dxa - xa * ex, dya - ya * ey
+            part = cv2.resize(img[ya:yb, xa:xb], (dxb - dxa, dyb - dya), interpolation=cv2.INTER_LINEAR)
+            x0, y0, x1, y1 = max(dxa, 0), max(dya, 0), min(dxb, ow), min(dyb, oh)
+            if x1 > x0 and y1 > y0:
+                out[y0:y1, x0:x1] = part[y0 - dya : y1 - dya, x0 - dxa : x1 - dxa]
+        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        b = np.stack([b[:, 0].clip(u0, u1), b[:, 1].clip(v0, v1), b[:, 2].clip(u0, u1), b[:, 3].clip(v0, v1)], 1)
+        all_before.append(b + np.array([ox, oy, ox, oy], dtype=np.float32))
+        all_boxes.append(b * np.array([ex, ey, ex, ey], dtype=np.float32) + np.array([fx, fy, fx, fy], np.float32))
+        all_cls.append(np.asarray(cls).reshape(-1))
+    before, new = np.concatenate(all_before), np.concatenate(all_boxes)
+    keep = (before[:, 2] > before[:, 0]) & (before[:, 3] > before[:, 1])
+    return out, new[keep], np.concatenate(all_cls)[keep], before[keep]

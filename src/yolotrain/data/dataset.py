@@ -393,6 +393,21 @@ class DetectionDataset(Dataset):
         if flip and not fast:
             # Boxes are continuous (x -> size - x); pixel indices mirror as x -> size - 1 - x.
             m, m_img = A.hflip_matrix(size) @ m, A.hflip_matrix(size - 1) @ m
+        if use_mosaic and fast:
+            # No canvas: each tile's visible part is resized straight into the output.
+            img, new, cls, before = A.mosaic4_scaled(items, size, center, m, (size, size))
+            t = CLOCK.add("mosaic", t)
+            if flip:
+                img = cv2.flip(img, 1)
+                new[:, [0, 2]] = size - new[:, [2, 0]]
+            new[:, [0, 2]] = new[:, [0, 2]].clip(0, size)
+            new[:, [1, 3]] = new[:, [1, 3]].clip(0, size)
+            keep = A.box_candidates(before * s, new)
+            CLOCK.add("affine", t)
+            t = time.perf_counter()
+            A.random_hsv(img, float(hyp.hsv_h), float(hyp.hsv_s), float(hyp.hsv_v), rng)
+            CLOCK.add("hsv", t)
+            return img, new[keep], cls[keep], shape0, ratio_pad
         if use_mosaic:
             t = CLOCK.add("affine", t)
             x0, y0, x1, y1 = A.source_window(m_img, (size, size), src_size)
