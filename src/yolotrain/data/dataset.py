@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -188,7 +187,7 @@ class DetectionDataset(Dataset):
 
     def _load_from_disk(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
         rec = self.records[i]
-        t = time.perf_counter()
+        t = CLOCK.now()
         buf = read_bytes(rec.im_file)
         t = CLOCK.add("read", t)
         # A JPEG at least twice the needed size is decoded at 1/2, 1/4 or 1/8 scale by libjpeg.
@@ -301,7 +300,7 @@ class DetectionDataset(Dataset):
             img, boxes, cls, shape0, ratio_pad = self._train_sample(index, epoch, mosaic, memo)
         else:
             img, boxes, cls, shape0, ratio_pad = self._letterboxed(index, memo, shape)
-        t = time.perf_counter()
+        t = CLOCK.now()
         if not img.flags.writeable:  # a shared decoded image that needed no letterbox: the batch owns a copy
             img = img.copy()
         h, w = img.shape[:2]
@@ -324,7 +323,7 @@ class DetectionDataset(Dataset):
         img, (h0, w0) = self._image(i, memo)
         boxes, cls = self._pixel_labels(i, img)
         h, w = img.shape[:2]
-        t = time.perf_counter()
+        t = CLOCK.now()
         img, (rw, rh), (pw, ph) = A.letterbox(img, shape or self.imgsz, stride=self.stride)
         boxes = boxes * np.float32([rw, rh, rw, rh]) + np.float32([pw, ph, pw, ph])
         ratio_pad = ((w / w0 * rw, h / h0 * rh), (pw, ph))
@@ -383,7 +382,7 @@ class DetectionDataset(Dataset):
         else:
             src, boxes, cls, shape0, ratio_pad = self._letterboxed(i, memo)
             src_size = src.shape[:2]
-        t = time.perf_counter()
+        t = CLOCK.now()
         m, s = A.affine_matrix(
             src_size, (size, size), float(hyp.degrees), float(hyp.translate), float(hyp.scale), float(hyp.shear), rng
         )
@@ -404,7 +403,7 @@ class DetectionDataset(Dataset):
             new[:, [1, 3]] = new[:, [1, 3]].clip(0, size)
             keep = A.box_candidates(before * s, new)
             CLOCK.add("affine", t)
-            t = time.perf_counter()
+            t = CLOCK.now()
             A.random_hsv(img, float(hyp.hsv_h), float(hyp.hsv_s), float(hyp.hsv_v), rng)
             CLOCK.add("hsv", t)
             return img, new[keep], cls[keep], shape0, ratio_pad

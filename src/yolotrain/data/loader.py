@@ -43,7 +43,7 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
         ``index`` int64 (B,); ``stage_ms``: milliseconds per data stage spent by the process that
         built the batch since its previous batch (see :mod:`yolotrain.data.profile`).
     """
-    t = time.perf_counter()
+    t = CLOCK.now()
     counts = [int(b["cls"].shape[0]) for b in batch]
     out = {
         "img": _stack_images([b["img"] for b in batch]),
