@@ -3,13 +3,14 @@
 Both loaders run the default training augmentation (mosaic on) with ``workers=0`` and one thread
 (torch and OpenCV), over the same copy of the dataset, for ``--epochs`` epochs after a warm-up
 epoch. Ours also reports the per-stage breakdown in ms/image (read, decode, resize, mosaic, affine,
-hsv, flip, letterbox, format, collate) from the loader's own clocks. The peer runs in a child
+hsv, flip, letterbox, format, collate; CPU time) from the loader's own clocks. The peer runs in a child
 process so its imports and settings cannot touch ours.
 
 Usage::
 
     python benchmarks/loader.py                                   # coco128, imgsz 320 and 640
     python benchmarks/loader.py --imgsz 320 --cache ram --epochs 1
+    python benchmarks/loader.py --repeat 8       # 1024 images: more than either loader's buffer
     PYTHONPATH=/tmp/ultra python benchmarks/loader.py             # peer installed outside the project
 
 The dataset is copied to a temporary folder first (the peer writes a label cache beside the labels).
@@ -106,6 +107,21 @@ def run_ours(img_dir: Path, imgsz: int, batch: int, epochs: int, cache: str) -> 
     }
 
 
+def repeat_images(img_dir: Path, times: int) -> None:
+    """Copy every image (and its label) ``times - 1`` more times under new names.
+
+    A set larger than both loaders' recent-image buffers (128 images at batch 16) makes every
+    sample pay its decode, as on a real dataset.
+    """
+    lbl_dir = Path(str(img_dir).replace(f"{os.sep}images", f"{os.sep}labels", 1))
+    for f in sorted(img_dir.iterdir()) if times > 1 else []:
+        for k in range(1, times):
+            shutil.copy(f, f.with_name(f"{f.stem}_r{k}{f.suffix}"))
+            lab = lbl_dir / f"{f.stem}.txt"
+            if lab.is_file():
+                shutil.copy(lab, lbl_dir / f"{f.stem}_r{k}.txt")
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="YOLO dataset folder with images/train2017 or images/")
@@ -113,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=2, help="measured epochs after one warm-up epoch")
     ap.add_argument("--cache", nargs="+", default=["off"], choices=["off", "ram"])
+    ap.add_argument("--repeat", type=int, default=1, help="copies of each image (8: 1024 images from coco128)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating ours/peer rounds; the best of each counts")
     ap.add_argument("--no-peer", action="store_true", help="skip Ultralytics even when installed")
     args = ap.parse_args(argv)
@@ -124,8 +141,16 @@ def main(argv: list[str] | None = None) -> dict:
         img_dir = next(
             p for p in (dst / "images" / "train2017", dst / "images" / "train", dst / "images") if p.is_dir()
         )
+        repeat_images(img_dir, args.repeat)
         peer = not args.no_peer and peer_available()
-        out: dict = {"data": src.name, "batch": args.batch, "epochs": args.epochs, "workers": 0, "threads": 1}
+        out: dict = {
+            "data": src.name,
+            "repeat": args.repeat,
+            "batch": args.batch,
+            "epochs": args.epochs,
+            "workers": 0,
+            "threads": 1,
+        }
         out["cpu"] = os.cpu_count()
         for cache in args.cache:
             for imgsz in args.imgsz:
