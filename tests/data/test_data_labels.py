@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import PurePosixPath
 
 import numpy as np
 import pytest
@@ -315,3 +316,45 @@ def test_unwritable_cache_folder_is_skipped(tmp_path, monkeypatch, caplog):
     assert not cache_path_for(img_dir).exists()
     assert "label cache not written" in caplog.text
     assert not list((tmp_path / "labels").glob("*.tmp"))
+
+
+def _label_path_reference(im_file: str) -> str:
+    """img_to_label_path written with pathlib alone (the rule: swap the last 'images' folder, .txt)."""
+    p = PurePosixPath(im_file)
+    parts = list(p.parts)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return str(PurePosixPath(*parts).with_suffix(".txt"))
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/d/images/train/a.jpg", "/images/x/images/train/a.b.PNG", "/d/pics/a.jpg", "/d/images.jpg", "/images/a.jpg",
+     "/d/images/x/noext", "/d/images/train/images.jpg", "/a/imagesX/images2/b.png", "/d/images/x/.hidden.jpg"],
+)  # fmt: skip
+def test_img_to_label_path_fast_route_matches_pathlib(path):
+    assert img_to_label_path(path) == _label_path_reference(path)
+
+
+def test_process_scan_equals_thread_scan(tmp_path, monkeypatch):
+    import yolotrain.data.labels as labels_mod
+
+    items = {f"i{k:02d}": f"{k % 3} 0.5 0.5 0.{k % 8 + 1} 0.2\n" for k in range(24)}
+    items["m"] = None
+    img_dir = make_split(tmp_path, "train", items)
+    (img_dir / "bad.jpg").write_bytes(b"not a jpeg")
+    ref, ref_rep = scan_split([str(img_dir)], nc=3, use_cache=False, log_problems=False)
+    monkeypatch.setattr(labels_mod, "PROCESS_SCAN_MIN", 1)  # force the process pool
+    calls = []
+    real = labels_mod.ProcessPoolExecutor
+    monkeypatch.setattr(labels_mod, "ProcessPoolExecutor", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got, rep = scan_split([str(img_dir)], nc=3, use_cache=False, log_problems=False)
+    assert calls  # the process route ran
+    assert [r.im_file for r in got] == [r.im_file for r in ref] and len(got) == 25
+    for a, b in zip(got, ref):
+        assert (a.height, a.width) == (b.height, b.width)
+        np.testing.assert_array_equal(a.cls, b.cls)
+        np.testing.assert_array_equal(a.bboxes, b.bboxes)
+    assert rep.to_json() == ref_rep.to_json() and rep.corrupt_images == 1 and rep.missing_labels == 1

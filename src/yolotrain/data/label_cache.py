@@ -41,12 +41,14 @@ def files_hash(im_files: list[str], label_files: list[str], nc: int, extra: str 
         A hex digest.
     """
     h = hashlib.sha256(f"v{CACHE_VERSION}|nc={nc}|n={len(im_files)}|{extra}".encode())
+    lines = []
     for f in (*im_files, *label_files):
         try:
             st = os.stat(f)
-            h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            lines.append(f"{f}|{st.st_size}|{st.st_mtime_ns}\n")
         except OSError:
-            h.update(f"{f}|missing\n".encode())
+            lines.append(f"{f}|missing\n")
+    h.update("".join(lines).encode())  # one update: the same digest as one per line, less overhead
     return h.hexdigest()
 
 
@@ -89,7 +91,8 @@ def save_cache(path: Path, key: str, records: list[ImageRecord], report: dict[st
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, separators=(",", ":"))
+            # dumps (C encoder) then one write: json.dump streams through the pure-Python encoder.
+            f.write(json.dumps(payload, separators=(",", ":")))
         os.replace(tmp, path)
         return True
     except OSError as e:
@@ -177,17 +180,17 @@ def load_cache(path: Path, key: str, nc: int | None = None) -> tuple[list[ImageR
             raise ValueError("report is not a mapping")
         ends = np.cumsum(counts)
         starts = ends - counts
+        if not all(isinstance(f, str) for f in im_files):
+            raise ValueError("image names are not strings")
+        # Arrays are already typed and shaped: skip ImageRecord's per-field conversions.
+        hw, s_, e_ = shapes.tolist(), starts.tolist(), ends.tolist()
         records = [
-            ImageRecord(
-                im_file=str(im_files[i]),
-                height=int(shapes[i, 0]),
-                width=int(shapes[i, 1]),
-                cls=cls[starts[i] : ends[i]],
-                bboxes=boxes[starts[i] : ends[i]],
-                crowd=None if crowd is None else crowd[starts[i] : ends[i]],
+            ImageRecord.trusted(
+                im_files[i], hw[i][0], hw[i][1], cls[s_[i] : e_[i]], boxes[s_[i] : e_[i]],
+                None if crowd is None else crowd[s_[i] : e_[i]],
             )
             for i in range(n)
-        ]
+        ]  # fmt: skip
         bad = first_invalid_row(records, nc)
         if bad:
             LOGGER.warning("label cache %s holds an invalid row (%s); rebuilding it", path, bad)

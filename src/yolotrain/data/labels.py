@@ -13,7 +13,10 @@ which produce the same records and the same report.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -28,6 +31,7 @@ from yolotrain.errors import DataError
 LOGGER = logging.getLogger("yolotrain")
 
 MAX_WARNINGS = 20
+PROCESS_SCAN_MIN = 4096  # images from which a first scan uses processes (below: threads)
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -202,15 +206,37 @@ def class_id_error(label_file: str, nc: int) -> str:
     )
 
 
+def _scan_chunk(im_files: list[str], nc: int) -> list[tuple[tuple[int, int] | str, lp.LabelResult | None]]:
+    return [_scan_one(f, nc) for f in im_files]
+
+
+def _scan_many(im_files: list[str], nc: int, workers: int) -> list[tuple[tuple[int, int] | str, lp.LabelResult | None]]:
+    """:func:`_scan_one` over every file, in input order.
+
+    Large scans go to processes in chunks: with the files in the page cache, PIL's header parsing
+    holds the GIL and threads cannot use more than one core. Small scans (and single-core machines)
+    use threads, which overlap the file reads that dominate on cold disks and network filesystems.
+    """
+    cpus = os.cpu_count() or 1
+    if len(im_files) >= PROCESS_SCAN_MIN and cpus > 1 and "fork" in mp.get_all_start_methods():
+        n = min(cpus, workers)
+        size = max(256, -(-len(im_files) // (n * 8)))
+        chunks = [im_files[i : i + size] for i in range(0, len(im_files), size)]
+        try:
+            # fork: the children inherit the imported modules instead of importing them again
+            with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("fork")) as pool:
+                return [r for part in pool.map(_scan_chunk, chunks, [nc] * len(chunks)) for r in part]
+        except (OSError, BrokenProcessPool) as e:  # no processes allowed here: fall back to threads
+            LOGGER.debug("process scan unavailable (%s), using threads", e)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda f: _scan_one(f, nc), im_files))
+
+
 def _scan_files(im_files: list[str], nc: int, workers: int) -> tuple[list[ImageRecord], ScanReport]:
     rep = ScanReport(images_found=len(im_files))
     records: list[ImageRecord] = []
     bad_class_files: list[str] = []
-    # Threads overlap the file reads, which dominate on cold disks and network filesystems
-    # (with everything in the page cache, PIL's header parsing holds the GIL and one thread does
-    # about 3k images/s). Processes would add pickling for no gain there.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda f: _scan_one(f, nc), im_files))
+    results = _scan_many(im_files, nc, workers)
     for im_file, (shape, lab) in zip(im_files, results):
         if isinstance(shape, str):
             rep.corrupt_images += 1
