@@ -347,6 +347,7 @@ def test_process_scan_equals_thread_scan(tmp_path, monkeypatch):
     (img_dir / "bad.jpg").write_bytes(b"not a jpeg")
     ref, ref_rep = scan_split([str(img_dir)], nc=3, use_cache=False, log_problems=False)
     monkeypatch.setattr(labels_mod, "PROCESS_SCAN_MIN", 1)  # force the process pool
+    monkeypatch.setattr(labels_mod, "SCAN_CHUNK", 4)  # and several chunks
     calls = []
     real = labels_mod.ProcessPoolExecutor
     monkeypatch.setattr(labels_mod, "ProcessPoolExecutor", lambda *a, **k: calls.append(1) or real(*a, **k))

@@ -32,6 +32,7 @@ LOGGER = logging.getLogger("yolotrain")
 
 MAX_WARNINGS = 20
 PROCESS_SCAN_MIN = 4096  # images from which a first scan uses processes (below: threads)
+SCAN_CHUNK = 256  # smallest number of images a process scans per task
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -220,7 +221,7 @@ def _scan_many(im_files: list[str], nc: int, workers: int) -> list[tuple[tuple[i
     cpus = os.cpu_count() or 1
     if len(im_files) >= PROCESS_SCAN_MIN and cpus > 1 and "fork" in mp.get_all_start_methods():
         n = min(cpus, workers)
-        size = max(256, -(-len(im_files) // (n * 8)))
+        size = max(SCAN_CHUNK, -(-len(im_files) // (n * 8)))
         chunks = [im_files[i : i + size] for i in range(0, len(im_files), size)]
         try:
             # fork: the children inherit the imported modules instead of importing them again
