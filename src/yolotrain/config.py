@@ -105,6 +105,9 @@ SETTINGS: dict[str, Setting] = {
     "seed": S(0, "int", "random seed for reproducible runs", lo=0, hi=2**32 - 1),
     "deterministic": S(True, "bool", "prefer deterministic algorithms"),
     "cache": S("off", "str", "keep decoded images in memory", choices=("off", "ram")),
+    "profile": S(
+        False, "bool", "after the first epoch, log the data path's per-stage times, its data-wait share and advice"
+    ),
     "rect": S(
         True, "bool", "validate in rectangular batches (aspect-sorted, each padded to its smallest stride multiple)"
     ),

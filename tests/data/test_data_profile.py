@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from yolotrain.data.dataset import DetectionDataset
 from yolotrain.data.loader import build_dataloader, set_loader_epoch
-from yolotrain.data.profile import STAGES, LoaderStats, advise
+from yolotrain.data.profile import STAGES, LoaderStats, advise, loader_advice
 from yolotrain.data.scan import scan_split
 
 
@@ -82,6 +82,13 @@ def test_advice_more_workers_and_cache():
     assert not any(ln.startswith("imgsz=") for ln in lines)
 
 
+def test_advice_when_cpu_cost_does_not_explain_the_wait():
+    # 2 ms/image with 2 workers makes 1000 images/s; the model takes 100: the wait is not the CPU work.
+    st = _stats(2.0, 8.0, 800, {"decode": 1.0, "affine": 1.0})
+    lines = advise(st, workers=2, cpu_count=8, imgsz=640, cache="ram", cache_bytes=1e9, available_bytes=8e9)
+    assert len(lines) == 2 and "1000 images/s with workers=2" in lines[1] and "model's 100 images/s" in lines[1]
+
+
 def test_advice_smaller_imgsz_when_cores_cannot_keep_up():
     # The model takes 1000 images/s; 2 cores at 12 ms/image after caching make 166.7/s:
     # imgsz 640 * sqrt(166.7 / 1000) = 261 -> 256.
@@ -100,3 +107,22 @@ def test_advice_nothing_when_data_keeps_up():
     lines = advise(st, workers=2, cpu_count=8, imgsz=640, cache="off", cache_bytes=1e9, available_bytes=8e9)
     assert lines[0].startswith("data wait 5%") and lines[1] == "the data path keeps up: no change needed"
     assert len(lines) == 2
+
+
+def test_loader_advice_from_a_real_epoch(tmp_path):
+    img_dir = make_shapes_split(tmp_path, n=8, size=64)
+    recs, _ = scan_split([str(img_dir)], nc=3, use_cache=False)
+    ds = DetectionDataset(recs, 64, True, default_hyp())
+    loader = build_dataloader(ds, batch_size=4, workers=0, shuffle=True, seed=0)
+    set_loader_epoch(loader, 0)
+    for _ in loader:
+        time.sleep(1.0)  # a slow model: the data keeps up
+    lines = loader_advice(loader, workers=0, imgsz=64, cache="off")
+    assert lines[0].startswith("data wait ") and "decode" in lines[0]
+    assert lines[1] == "the data path keeps up: no change needed"
+    # with an instant consumer the wait dominates and advice follows (a number of workers or imgsz)
+    for _ in loader:
+        pass
+    lines = loader_advice(loader, workers=0, imgsz=64, cache="off")
+    assert loader.stats.wait_share > 0.5
+    assert lines[1].startswith("workers=")  # an instant consumer: as many workers as there are cores

@@ -10,8 +10,10 @@ batch (:class:`LoaderStats`). :func:`advise` turns both into concrete advice.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 STAGES = ("read", "decode", "resize", "mosaic", "affine", "hsv", "flip", "letterbox", "format", "collate")
 
@@ -147,11 +149,13 @@ def advise(
     per_worker = 1000.0 / ms  # images/s one loader process makes
     need_workers = math.ceil(need_rate / per_worker)
     io_ms = per.get("read", 0.0) + per.get("decode", 0.0) + per.get("resize", 0.0)
-    if need_workers > max(workers, 1) and need_workers <= cpu_count:
+    want = max(need_workers, 1)  # workers=0 loads in the main process: never alongside the step
+    if workers < want <= cpu_count:
         lines.append(
-            f"workers={need_workers}: one worker makes {per_worker:.0f} images/s, the model takes {need_rate:.0f}"
+            f"workers={want}: one worker makes {per_worker:.0f} images/s, the model takes {need_rate:.0f}"
+            + (" (workers=0 loads between steps, never alongside them)" if workers == 0 else "")
         )
-    elif need_workers > cpu_count and workers < cpu_count:
+    elif want > cpu_count and workers < cpu_count:
         lines.append(f"workers={cpu_count} (every core): the model takes {need_rate:.0f} images/s")
     if cache != "ram" and io_ms / ms > 0.3:
         fits = cache_bytes < 0.7 * available_bytes
@@ -174,4 +178,42 @@ def advise(
                 f"imgsz={new}: even {cpu_count} workers make only {reach:.0f} images/s at imgsz={imgsz}; "
                 f"the per-image cost falls with the pixel count"
             )
+    if len(lines) == 1:
+        lines.append(
+            f"the loader's {ms:.2f} ms/image of CPU ({per_worker * max(workers, 1):.0f} images/s with "
+            f"workers={workers}) covers the model's {need_rate:.0f} images/s: the wait comes from elsewhere "
+            "(worker start-up, a busy machine, slow storage)"
+        )
     return lines
+
+
+def loader_advice(loader: Any, *, workers: int, imgsz: int, cache: str) -> list[str]:
+    """:func:`advise` for a loader that has run an epoch (``loader.stats``), with this machine's facts.
+
+    The trainer's one call for ``profile=true``: the memory ``cache=ram`` would take comes from the
+    dataset (``ram_bytes()``), the memory available from psutil (when installed) and the cores from
+    the CPU affinity of this process.
+
+    Args:
+        loader: A :class:`~yolotrain.data.loader.DetectionLoader` after at least one pass.
+        workers: The ``workers`` setting.
+        imgsz: Training image size.
+        cache: The ``cache`` setting.
+    """
+    try:
+        import psutil  # optional dependency: without it the cache advice assumes the memory is there
+
+        available = float(psutil.virtual_memory().available)
+    except Exception:
+        available = float("inf")
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    ds = loader.dataset
+    need = float(ds.ram_bytes()) if hasattr(ds, "ram_bytes") else 0.0
+    stride = int(getattr(ds, "stride", 32))
+    return advise(
+        loader.stats, workers=workers, cpu_count=cpus, imgsz=imgsz, cache=cache, cache_bytes=need,
+        available_bytes=available, stride=stride,
+    )  # fmt: skip
