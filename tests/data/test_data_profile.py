@@ -82,6 +82,16 @@ def test_advice_more_workers_and_cache():
     assert not any(ln.startswith("imgsz=") for ln in lines)
 
 
+def test_advice_one_worker_instead_of_none():
+    # 400 images in 10 s of steps: 40 images/s; 20 ms/image: one worker (50/s) suffices, but 0 never overlaps.
+    st = _stats(5.0, 10.0, 400, {"decode": 4, "affine": 16})
+    lines = advise(st, workers=0, cpu_count=2, imgsz=640, cache="off", cache_bytes=1e9, available_bytes=8e9)
+    assert lines[1] == (
+        "workers=1: one worker makes 50 images/s, the model takes 40 (workers=0 loads between steps, never alongside them)"
+    )
+    assert len(lines) == 2  # read+decode is 20%: no cache advice
+
+
 def test_advice_when_cpu_cost_does_not_explain_the_wait():
     # 2 ms/image with 2 workers makes 1000 images/s; the model takes 100: the wait is not the CPU work.
     st = _stats(2.0, 8.0, 800, {"decode": 1.0, "affine": 1.0})

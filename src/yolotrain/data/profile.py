@@ -149,7 +149,7 @@ def advise(
     per_worker = 1000.0 / ms  # images/s one loader process makes
     need_workers = math.ceil(need_rate / per_worker)
     io_ms = per.get("read", 0.0) + per.get("decode", 0.0) + per.get("resize", 0.0)
-    want = max(need_workers, 1)  # workers=0 loads in the main process: never alongside the step
+    want = need_workers  # >= 1: workers=0 loads in the main process, never alongside the step
     if workers < want <= cpu_count:
         lines.append(
             f"workers={want}: one worker makes {per_worker:.0f} images/s, the model takes {need_rate:.0f}"
