@@ -87,7 +87,8 @@ def test_advice_one_worker_instead_of_none():
     st = _stats(5.0, 10.0, 400, {"decode": 4, "affine": 16})
     lines = advise(st, workers=0, cpu_count=2, imgsz=640, cache="off", cache_bytes=1e9, available_bytes=8e9)
     assert lines[1] == (
-        "workers=1: one worker makes 50 images/s, the model takes 40 (workers=0 loads between steps, never alongside them)"
+        "workers=1: one worker makes 50 images/s, the model takes 40"
+        " (workers=0 loads between steps, never alongside them)"
     )
     assert len(lines) == 2  # read+decode is 20%: no cache advice
 
