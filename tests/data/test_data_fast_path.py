@@ -10,6 +10,7 @@ import torch
 from data_helpers import default_hyp, make_shapes_split
 
 from yolotrain.data import augment as A
+from yolotrain.data import mosaic as M
 from yolotrain.data.dataset import MOSAIC_GROUP, DetectionDataset, SampleKey, epoch_order
 from yolotrain.data.image_io import decode_image, jpeg_reduction, read_bytes
 from yolotrain.data.loader import _stack_images, build_dataloader, collate, set_loader_epoch
@@ -99,12 +100,12 @@ def test_window_canvas_warp_equals_full_canvas_warp():
     smaller = 0
     for seed in range(6):
         r = np.random.default_rng(seed)
-        center = A.mosaic_center(s, r)
+        center = M.mosaic_center(s, r)
         m, _ = A.affine_matrix((2 * s, 2 * s), (s, s), 10.0, 0.1, 0.5, 2.0, r)
-        full, _, _ = A.mosaic4(items, s, center=center)
+        full, _, _ = M.mosaic4(items, s, center=center)
         ref = cv2.warpAffine(full, m[:2], (s, s), flags=cv2.INTER_LINEAR, borderValue=A.PAD_COLOR)
         x0, y0, x1, y1 = A.source_window(m, (s, s), (2 * s, 2 * s))
-        part, _, _ = A.mosaic4(items, s, center=center, window=(x0, y0, x1, y1))
+        part, _, _ = M.mosaic4(items, s, center=center, window=(x0, y0, x1, y1))
         assert part.shape[:2] == (y1 - y0, x1 - x0)
         smaller += part.size < full.size
         shift = np.eye(3)

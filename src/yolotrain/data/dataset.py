@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from yolotrain.data import augment as A
+from yolotrain.data import mosaic as M
 from yolotrain.data.image_io import decode_image, jpeg_reduction, read_bytes
 from yolotrain.data.profile import CLOCK
 from yolotrain.data.records import ImageRecord, xywhn_to_xyxy, xyxy_to_xywhn
@@ -375,7 +376,7 @@ class DetectionDataset(Dataset):
                 b, c = self._pixel_labels(j, img_j)
                 items.append((img_j, b, c))
                 shapes.append(shape_j)
-            center = A.mosaic_center(size, rng)
+            center = M.mosaic_center(size, rng)
             src_size = (2 * size, 2 * size)
             shape0 = shapes[0]
             ratio_pad = ((1.0, 1.0), (0, 0))
@@ -394,7 +395,7 @@ class DetectionDataset(Dataset):
             m, m_img = A.hflip_matrix(size) @ m, A.hflip_matrix(size - 1) @ m
         if use_mosaic and fast:
             # No canvas: each tile's visible part is resized straight into the output.
-            img, new, cls, before = A.mosaic4_scaled(items, size, center, m, (size, size))
+            img, new, cls, before = M.mosaic4_scaled(items, size, center, m, (size, size))
             t = CLOCK.add("mosaic", t)
             if flip:
                 img = cv2.flip(img, 1)
@@ -410,7 +411,7 @@ class DetectionDataset(Dataset):
         if use_mosaic:
             t = CLOCK.add("affine", t)
             x0, y0, x1, y1 = A.source_window(m_img, (size, size), src_size)
-            src, boxes, cls = A.mosaic4(items, size, center=center, window=(x0, y0, x1, y1))
+            src, boxes, cls = M.mosaic4(items, size, center=center, window=(x0, y0, x1, y1))
             shift = np.eye(3)
             shift[:2, 2] = (x0, y0)  # window pixel (u, v) is canvas pixel (u + x0, v + y0)
             m_img = m_img @ shift
