@@ -140,7 +140,7 @@ def test_bad_settings():
     with pytest.raises(ConfigError, match="hyp"):
         DetectionDataset([], imgsz=64, augment=True, hyp=object())
     with pytest.raises(ConfigError, match="cache"):
-        DetectionDataset([], imgsz=64, augment=False, cache="disk")
+        DetectionDataset([], imgsz=64, augment=False, cache="tape")
 
 
 def test_labels_for_eval_in_original_pixels(records):

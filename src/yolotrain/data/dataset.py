@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import cv2
@@ -29,6 +32,12 @@ _HYP_KEYS = (
 MOSAIC_GROUP = 8
 # (image, boxes xyxy pixels, cls, original (h, w), ratio_pad)
 _Sample = tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int], Any]
+
+
+def disk_cache_dir() -> Path:
+    """Folder of ``cache=disk`` arrays: ``$YOLOTRAIN_CACHE/decoded`` or ``~/.cache/yolotrain/decoded``."""
+    base = os.environ.get("YOLOTRAIN_CACHE") or os.path.join(Path.home(), ".cache", "yolotrain")
+    return Path(base).expanduser() / "decoded"
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -78,7 +87,8 @@ class DetectionDataset(Dataset):
         hyp: Object with attributes mosaic, degrees, translate, scale, shear, fliplr, hsv_h, hsv_s,
             hsv_v (only needed when ``augment``).
         stride: Model stride.
-        cache: ``"ram"`` or True keeps the resized images in memory.
+        cache: ``"ram"`` or True keeps the resized images in memory; ``"disk"`` stores them as
+            ``.npy`` files in :func:`disk_cache_dir`, reused across runs.
         seed: Base seed of the augmentation randomness.
         buffer: Recently decoded images kept per process (least recently used dropped first); a
             dataset no larger than this is decoded once per process, not once per epoch. The
@@ -106,8 +116,8 @@ class DetectionDataset(Dataset):
             missing = [k for k in _HYP_KEYS if not hasattr(hyp, k)]
             if missing:
                 raise ConfigError(f"hyp: augmentation settings missing: {', '.join(missing)}")
-        if cache not in (False, True, None, "ram", "off", ""):
-            raise ConfigError(f"cache: expected 'ram' or 'off', got {cache!r}")
+        if cache not in (False, True, None, "ram", "disk", "off", ""):
+            raise ConfigError(f"cache: expected 'ram', 'disk' or 'off', got {cache!r}")
         if rect is None:
             rect = bool(getattr(hyp, "rect", True))
         self.rect = bool(rect) and not augment
@@ -126,6 +136,9 @@ class DetectionDataset(Dataset):
         self._recent: OrderedDict[int, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
         self._order_epoch = -1  # epoch whose order (and its inverse) is held for mosaic groups
         self._order = self._pos = np.zeros(0, dtype=np.int64)
+        # cache=disk: decoded, resized arrays in $YOLOTRAIN_CACHE/decoded (or ~/.cache/yolotrain/decoded),
+        # reused across runs; an image that changes gets a new file (its size and mtime are in the key).
+        self._disk_dir = disk_cache_dir() if cache == "disk" else None
         if cache in (True, "ram"):
             self._cache_in_ram()
 
@@ -186,7 +199,48 @@ class DetectionDataset(Dataset):
         """Bytes the decoded images take once resized to a long side of ``imgsz`` (``cache=ram``)."""
         return float(sum(3 * self.imgsz**2 * min(r.height, r.width) / max(r.height, r.width, 1) for r in self.records))
 
+    def _disk_cache_file(self, i: int) -> Path | None:
+        """``cache=disk``: where image ``i``'s decoded, resized array lives (None when the image is gone).
+
+        The name holds the image's path, size and modification time and the resize settings, so a
+        changed image is decoded again (and a new file written) instead of served stale.
+        """
+        rec = self.records[i]
+        try:
+            st = os.stat(rec.im_file)
+        except OSError:
+            return None
+        key = f"{os.path.abspath(rec.im_file)}|{st.st_size}|{st.st_mtime_ns}|{self.imgsz}|{self.augment}|v1"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return self._disk_dir / digest[:2] / f"{digest}.npy"
+
     def _load_from_disk(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
+        if self._disk_dir is None:
+            return self._decode(i)
+        rec = self.records[i]
+        f = self._disk_cache_file(i)
+        if f is not None and f.is_file():
+            t = CLOCK.now()
+            try:
+                img = np.load(f, allow_pickle=False)  # .npy without pickle: a cache file never runs code
+            except (OSError, ValueError):
+                img = None  # damaged or half-written by a crash elsewhere: decode again
+            if img is not None and img.ndim == 3 and img.dtype == np.uint8 and img.shape[2] == 3:
+                CLOCK.add("read", t)
+                return img, (rec.height, rec.width)
+        img, shape = self._decode(i)
+        if f is not None and shape == (rec.height, rec.width):  # the record's size is what a hit returns
+            tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.npy")
+            try:
+                f.parent.mkdir(parents=True, exist_ok=True)
+                np.save(tmp, img, allow_pickle=False)
+                os.replace(tmp, f)  # atomic: readers see the whole file or none
+            except OSError as e:
+                LOGGER.debug("cache=disk: %s not written (%s)", f, e)
+                tmp.unlink(missing_ok=True)
+        return img, shape
+
+    def _decode(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
         rec = self.records[i]
         t = CLOCK.now()
         buf = read_bytes(rec.im_file)
