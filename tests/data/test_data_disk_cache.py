@@ -60,3 +60,19 @@ def test_damaged_cache_file_is_decoded_again(records, tmp_path):
     fresh = DetectionDataset(records, 64, False, cache="disk", rect=False)
     assert torch.equal(fresh[1]["img"], ref)
     assert np.load(f, allow_pickle=False).shape[2] == 3  # and rewritten
+
+
+def test_touched_image_gets_a_new_cache_file(records, tmp_path):
+    ds = DetectionDataset(records, 64, False, cache="disk", rect=False)
+    ds[2]
+    old = ds._disk_cache_file(2)
+    f = records[2].im_file
+    data = open(f, "rb").read()
+    with open(f, "wb") as fh:  # same bytes and size, a new modification time: an edit the size cannot show
+        fh.write(data)
+    st = os.stat(f)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    new = ds._disk_cache_file(2)
+    assert new != old
+    DetectionDataset(records, 64, False, cache="disk", rect=False)[2]
+    assert new.is_file()
