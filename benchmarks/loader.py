@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--imgsz", type=int, nargs="+", default=[320, 640])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=2, help="measured epochs after one warm-up epoch")
-    ap.add_argument("--cache", nargs="+", default=["off"], choices=["off", "ram"])
+    ap.add_argument("--cache", nargs="+", default=["off"], choices=["off", "ram", "disk"])
     ap.add_argument("--repeat", type=int, default=1, help="copies of each image (8: 1024 images from coco128)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating ours/peer rounds; the best of each counts")
     ap.add_argument("--no-peer", action="store_true", help="skip Ultralytics even when installed")
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         dst = Path(tmp) / src.name
         shutil.copytree(src, dst)
+        os.environ["YOLOTRAIN_CACHE"] = str(Path(tmp) / "cache")  # cache=disk files stay in the temporary folder
         img_dir = next(
             p for p in (dst / "images" / "train2017", dst / "images" / "train", dst / "images") if p.is_dir()
         )
