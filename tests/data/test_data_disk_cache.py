@@ -6,6 +6,7 @@ import os
 
 import cv2
 import numpy as np
+import psutil
 import pytest
 import torch
 from data_helpers import default_hyp, make_shapes_split
@@ -76,3 +77,15 @@ def test_touched_image_gets_a_new_cache_file(records, tmp_path):
     assert new != old
     DetectionDataset(records, 64, False, cache="disk", rect=False)[2]
     assert new.is_file()
+
+
+def test_refused_ram_cache_keeps_the_buffer(records, monkeypatch):
+    class _Tiny:
+        available = 1000  # bytes: no image set fits
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: _Tiny())
+    ds = DetectionDataset(records, 64, False, cache="ram")
+    assert ds._ram is None and ds.buffer == 128  # refused: recent images are still kept
+    monkeypatch.undo()
+    cached = DetectionDataset(records, 64, False, cache="ram")
+    assert cached._ram is not None and cached.buffer == 0  # all in memory: no second copy

@@ -132,7 +132,7 @@ class DetectionDataset(Dataset):
         self._ram: list[tuple[np.ndarray, tuple[int, int]] | None] | None = None
         # The last `buffer` decoded images, per process (like the peers' mosaic buffer, but only a
         # cache: partners are chosen by mosaic_partners, never by what happens to be buffered).
-        self.buffer = max(0, int(buffer)) if cache not in (True, "ram") else 0
+        self.buffer = max(0, int(buffer))
         self._recent: OrderedDict[int, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
         self._order_epoch = -1  # epoch whose order (and its inverse) is held for mosaic groups
         self._order = self._pos = np.zeros(0, dtype=np.int64)
@@ -141,6 +141,8 @@ class DetectionDataset(Dataset):
         self._disk_dir = disk_cache_dir() if cache == "disk" else None
         if cache in (True, "ram"):
             self._cache_in_ram()
+            if self._ram is not None:
+                self.buffer = 0  # everything is in memory already
 
     def __len__(self) -> int:
         return len(self.records)
