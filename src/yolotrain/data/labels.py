@@ -160,10 +160,16 @@ def check_image(im_file: str) -> tuple[int, int] | str:
         return f"{im_file}: unsupported image extension, skipped"
     try:
         with Image.open(im_file) as im:
+            if im.format == "JPEG":
+                # A JPEG's size and EXIF are parsed by open() and survive verify(): one open, not two
+                # (PNG refuses verify() after its chunks were read, so other formats open twice).
+                w, h = im.size
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
             im.verify()  # cheap integrity check; the object is unusable afterwards
-        with Image.open(im_file) as im:
-            w, h = im.size
-            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+        if im.format != "JPEG":
+            with Image.open(im_file) as im:
+                w, h = im.size
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
     except FileNotFoundError:
         return f"{im_file}: image file not found, skipped"
     except Exception as e:  # PIL raises many types (SyntaxError, struct.error, ...) for bad files
