@@ -11,6 +11,7 @@ Usage::
     python benchmarks/loader.py                                   # coco128, imgsz 320 and 640
     python benchmarks/loader.py --imgsz 320 --cache ram --epochs 1
     python benchmarks/loader.py --repeat 8       # 1024 images: more than either loader's buffer
+    python benchmarks/loader.py --val --imgsz 640  # validation: square vs rectangular batches
     PYTHONPATH=/tmp/ultra python benchmarks/loader.py             # peer installed outside the project
 
 The dataset is copied to a temporary folder first (the peer writes a label cache beside the labels).
@@ -122,6 +123,35 @@ def repeat_images(img_dir: Path, times: int) -> None:
                 shutil.copy(lab, lbl_dir / f"{f.stem}_r{k}.txt")
 
 
+def run_val(img_dir: Path, imgsz: int, batch: int) -> dict:
+    """Validation loader, square against rectangular batches: input pixels, loader and model-n forward CPU-s."""
+    import torch
+
+    from yolotrain.data import DetectionDataset, build_dataloader, scan_split, set_loader_epoch
+    from yolotrain.models import build_model
+
+    torch.set_num_threads(1)
+    records, _ = scan_split([str(img_dir)], 80, use_cache=False, log_problems=False)
+    model = build_model(scale="n", nc=80).eval()
+    out = {}
+    for rect in (False, True):
+        loader = build_dataloader(DetectionDataset(records, imgsz, False, rect=rect), batch, 0, shuffle=False)
+        set_loader_epoch(loader, 0)
+        c0 = time.process_time()
+        batches = list(loader)
+        data_s = time.process_time() - c0
+        c0 = time.process_time()
+        with torch.no_grad():
+            for b in batches:
+                model(b["img"].float().div_(255).contiguous(memory_format=torch.channels_last))
+        out[f"rect={str(rect).lower()}"] = {
+            "input_mpixels": round(sum(b["img"][:, 0].numel() for b in batches) / 1e6, 2),
+            "loader_cpu_s": round(data_s, 2),
+            "forward_cpu_s": round(time.process_time() - c0, 2),
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="YOLO dataset folder with images/train2017 or images/")
@@ -131,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cache", nargs="+", default=["off"], choices=["off", "ram", "disk"])
     ap.add_argument("--repeat", type=int, default=1, help="copies of each image (8: 1024 images from coco128)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating ours/peer rounds; the best of each counts")
+    ap.add_argument("--val", action="store_true", help="instead: validation loader, square vs rect (model n forward)")
     ap.add_argument("--no-peer", action="store_true", help="skip Ultralytics even when installed")
     args = ap.parse_args(argv)
 
@@ -143,6 +174,10 @@ def main(argv: list[str] | None = None) -> dict:
             p for p in (dst / "images" / "train2017", dst / "images" / "train", dst / "images") if p.is_dir()
         )
         repeat_images(img_dir, args.repeat)
+        if args.val:
+            out = {f"val imgsz={imgsz}": run_val(img_dir, imgsz, args.batch) for imgsz in args.imgsz}
+            print(json.dumps(out))
+            return out
         peer = not args.no_peer and peer_available()
         out: dict = {
             "data": src.name,
