@@ -456,8 +456,7 @@ class DetectionDataset(Dataset):
             if flip:
                 img = cv2.flip(img, 1)
                 new[:, [0, 2]] = size - new[:, [2, 0]]
-            new[:, [0, 2]] = new[:, [0, 2]].clip(0, size)
-            new[:, [1, 3]] = new[:, [1, 3]].clip(0, size)
+            np.clip(new, 0, size, out=new)  # a square output: x and y share the bounds
             keep = A.box_candidates(before * s, new)
             CLOCK.add("affine", t)
             t = CLOCK.now()

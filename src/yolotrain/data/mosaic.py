@@ -115,7 +115,7 @@ def mosaic4_scaled(
             if x1 > x0 and y1 > y0:
                 out[y0:y1, x0:x1] = part[y0 - dya : y1 - dya, x0 - dxa : x1 - dxa]
         b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        b = np.stack([b[:, 0].clip(u0, u1), b[:, 1].clip(v0, v1), b[:, 2].clip(u0, u1), b[:, 3].clip(v0, v1)], 1)
+        b = np.clip(b, np.float32([u0, v0, u0, v0]), np.float32([u1, v1, u1, v1]))  # one call, not four
         all_before.append(b + np.array([ox, oy, ox, oy], dtype=np.float32))
         all_boxes.append(b * np.array([ex, ey, ex, ey], dtype=np.float32) + np.array([fx, fy, fx, fy], np.float32))
         all_cls.append(np.asarray(cls).reshape(-1))
