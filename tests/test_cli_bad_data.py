@@ -25,7 +25,8 @@ def write_set(root, n=10):
     cv2.imwrite(str(t / "empty.png"), np.zeros((64, 64, 3), np.uint8))
     (root / "labels" / "train" / "empty.txt").write_text("")
     cv2.imwrite(str(t / "nolabel.png"), np.zeros((64, 64, 3), np.uint8))
-    (root / "labels" / "train" / "0.txt").write_text("0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.1 0.1\n")
+    # a duplicate row (dropped, counted); an out-of-range class id is an error (test_data_class_ids_cli.py)
+    (root / "labels" / "train" / "0.txt").write_text("0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n")
     y = root / "data.yaml"
     y.write_text("path: .\ntrain: images/train\nval: images/val\nnames: [box]\n")
     return y

@@ -123,7 +123,18 @@ SETTINGS: dict[str, Setting] = {
     "workers": S(2, "int", "dataloader worker processes (0 loads in the main process)", lo=0, hi=64),
     "seed": S(0, "int", "random seed for reproducible runs", lo=0, hi=2**32 - 1),
     "deterministic": S(True, "bool", "prefer deterministic algorithms"),
-    "cache": S("off", "str", "keep decoded images in memory", choices=("off", "ram")),
+    "cache": S(
+        "off",
+        "str",
+        "keep decoded, resized images in memory (ram) or as .npy files reused across runs (disk)",
+        choices=("off", "ram", "disk"),
+    ),
+    "profile": S(
+        False, "bool", "after the first epoch, log the data path's per-stage times, its data-wait share and advice"
+    ),
+    "rect": S(
+        True, "bool", "validate in rectangular batches (aspect-sorted, each padded to its smallest stride multiple)"
+    ),
     # several processes (torchrun); see README "Distributed training"
     "nproc": S(
         0,

@@ -8,12 +8,12 @@ import pytest
 from yolotrain.data.augment import (
     box_candidates,
     letterbox,
-    mosaic4,
     random_affine,
     random_flip_lr,
     random_hsv,
     transform_boxes,
 )
+from yolotrain.data.mosaic import mosaic4
 
 
 def _white_extent(img: np.ndarray, thr: int = 127) -> np.ndarray | None:

@@ -10,6 +10,7 @@ from data_helpers import default_hyp, make_shapes_split
 from PIL import Image
 
 from yolotrain.data.dataset import DetectionDataset, SampleKey
+from yolotrain.data.loader import collate
 from yolotrain.data.records import ImageRecord, xywhn_to_xyxy
 from yolotrain.data.scan import scan_split
 from yolotrain.errors import ConfigError
@@ -38,7 +39,7 @@ def test_eval_item_geometry(tmp_path):
     ds = DetectionDataset([rec], imgsz=64, augment=False)
     item = ds[0]
     assert item["img"].dtype == torch.uint8 and item["img"].shape == (3, 64, 64)
-    assert item["img"].is_contiguous()
+    assert collate([item])["img"].is_contiguous()
     assert item["ori_shape"] == (100, 200) and item["index"] == 0 and item["im_file"] == str(p)
     (rw, rh), (pw, ph) = item["ratio_pad"]
     assert rw == pytest.approx(0.32) and rh == pytest.approx(0.32) and (pw, ph) == (0, 16)
@@ -139,7 +140,7 @@ def test_bad_settings():
     with pytest.raises(ConfigError, match="hyp"):
         DetectionDataset([], imgsz=64, augment=True, hyp=object())
     with pytest.raises(ConfigError, match="cache"):
-        DetectionDataset([], imgsz=64, augment=False, cache="disk")
+        DetectionDataset([], imgsz=64, augment=False, cache="tape")
 
 
 def test_labels_for_eval_in_original_pixels(records):

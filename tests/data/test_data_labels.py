@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import PurePosixPath
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 
 from yolotrain.data import label_cache
 from yolotrain.data.label_parse import parse_label_file, validate_rows
+from yolotrain.data.records import ImageRecord
 from yolotrain.data.scan import scan_split
 from yolotrain.data.yolo_paths import cache_path_for, img_to_label_path
 from yolotrain.errors import DataError
@@ -102,7 +104,7 @@ def test_scan_counts_every_problem(tmp_path, caplog):
             "b_missing": None,
             "c_empty": "",
             "d_malformed": "0 0.5 x 0.1 0.1\n",
-            "e_badrows": "7 0.5 0.5 0.1 0.1\n0 0.5 0.5 0.1 0.1\n0 0.5 0.5 0.1 0.1\n",
+            "e_badrows": "0 0.5 0.5 0 0.1\n0 0.5 0.5 0.1 0.1\n0 0.5 0.5 0.1 0.1\n",
         },
     )
     (img_dir / "f_corrupt.jpg").write_bytes(b"this is not a jpeg")
@@ -119,7 +121,7 @@ def test_scan_counts_every_problem(tmp_path, caplog):
     assert rep.malformed_label_files == 1
     assert rep.images_ok == 5  # a, b, c, e, g
     assert rep.missing_labels == 1 and rep.empty_labels == 1
-    assert rep.dropped_rows == {"class_out_of_range": 1}
+    assert rep.dropped_rows == {"zero_size": 1}
     assert rep.duplicate_rows == 1
     assert rep.instances == 2 + 1 + 1
     assert [os.path.basename(r.im_file) for r in records] == [
@@ -224,9 +226,65 @@ def test_cache_created_reused_and_invalidated(tmp_path, monkeypatch):
     os.utime(lab, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     _, rep3 = scan_split([str(img_dir)], nc=2)
     assert not rep3.from_cache and rep3.instances == 3
-    # So does a different class count.
-    _, rep4 = scan_split([str(img_dir)], nc=1)
-    assert not rep4.from_cache and rep4.dropped_rows == {"class_out_of_range": 1}
+    # So does a different class count; b.txt's class 1 is then out of range: an error naming the row.
+    with pytest.raises(DataError, match=r"b\.txt: row 1: class id 1 is outside \[0, 1\)"):
+        scan_split([str(img_dir)], nc=1)
+
+
+def test_out_of_range_class_is_an_error_naming_file_and_row(tmp_path):
+    img_dir = make_split(
+        tmp_path,
+        "train",
+        {
+            "a": "0 0.5 0.5 0.2 0.2\n",
+            "b": "1 0.5 0.5 0.2 0.2\n2 0.3 0.3 0.1 0.1\n-1 0.2 0.2 0.1 0.1\n",
+            "c": "5 0.5 0.5 0.1 0.1\n",
+        },
+    )
+    with pytest.raises(DataError) as e:
+        scan_split([str(img_dir)], nc=2, use_cache=False)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(str(tmp_path / "labels" / "train" / "b.txt") + ": row 2: class id 2 is outside [0, 2)")
+    assert "(1 more rows like it)" in msg and "(and 1 more label files)" in msg
+
+
+def test_cache_rows_revalidated_against_classes(tmp_path, caplog):
+    img_dir = make_split(tmp_path, "train", {"a": "0 0.5 0.5 0.2 0.2\n", "b": "1 0.3 0.3 0.2 0.2\n0 0.6 0.6 0.1 0.1\n"})
+    cache = cache_path_for(img_dir)
+    scan_split([str(img_dir)], nc=2)
+    good = json.loads(cache.read_text())
+    # An edited cache: the right key, a class id the model does not have (row 2 of b's rows).
+    bad = dict(good, cls=[0, 1, 7])
+    cache.write_text(json.dumps(bad))
+    assert label_cache.load_cache(cache, good["key"], nc=2) is None  # the cache layer refuses it
+    assert label_cache.load_cache(cache, good["key"]) is not None  # (only boxes are checked without nc)
+    with caplog.at_level(logging.WARNING, logger="yolotrain"):
+        recs, rep = scan_split([str(img_dir)], nc=2)
+    assert not rep.from_cache  # not trusted: rebuilt from the label files
+    assert sorted(int(c) for r in recs for c in r.cls) == [0, 0, 1]
+    assert "b.png: label row 2: class id 7 is outside [0, 2)" in caplog.text and "rebuilding" in caplog.text
+    assert json.loads(cache.read_text())["cls"] == good["cls"]  # and rewritten
+    # A damaged box is caught the same way.
+    cache.write_text(json.dumps(dict(good, bboxes=[[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, -0.2, 0.2], [0.6, 0.6, 0.1, 0.1]])))
+    recs, rep = scan_split([str(img_dir)], nc=2)
+    assert not rep.from_cache and recs[1].bboxes[0, 2] == pytest.approx(0.2)
+
+
+def test_first_invalid_row_hand_checked():
+    recs = [
+        ImageRecord("a.jpg", 10, 10, [0, 1], [[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 1.0, 1.0]]),
+        ImageRecord("b.jpg", 10, 10, [], np.zeros((0, 4))),
+        ImageRecord("c.jpg", 10, 10, [2, 3, 1], [[0.5, 0.5, 0.2, 0.2]] * 3),
+    ]
+    assert label_cache.first_invalid_row(recs, 4) is None
+    assert label_cache.first_invalid_row(recs, 3) == "c.jpg: label row 2: class id 3 is outside [0, 3)"
+    assert (
+        label_cache.first_invalid_row(recs, 2)
+        == "c.jpg: label row 1: class id 2 is outside [0, 2) (1 more invalid rows)"
+    )
+    recs[0].bboxes[1] = [0.9, 0.5, 0.4, 0.2]  # reaches x = 1.1
+    assert label_cache.first_invalid_row(recs, None).startswith("a.jpg: label row 2: box [0.9, 0.5, 0.4, 0.2]")
 
 
 def test_corrupt_cache_is_rebuilt(tmp_path):
@@ -258,3 +316,46 @@ def test_unwritable_cache_folder_is_skipped(tmp_path, monkeypatch, caplog):
     assert not cache_path_for(img_dir).exists()
     assert "label cache not written" in caplog.text
     assert not list((tmp_path / "labels").glob("*.tmp"))
+
+
+def _label_path_reference(im_file: str) -> str:
+    """img_to_label_path written with pathlib alone (the rule: swap the last 'images' folder, .txt)."""
+    p = PurePosixPath(im_file)
+    parts = list(p.parts)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return str(PurePosixPath(*parts).with_suffix(".txt"))
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/d/images/train/a.jpg", "/images/x/images/train/a.b.PNG", "/d/pics/a.jpg", "/d/images.jpg", "/images/a.jpg",
+     "/d/images/x/noext", "/d/images/train/images.jpg", "/a/imagesX/images2/b.png", "/d/images/x/.hidden.jpg"],
+)  # fmt: skip
+def test_img_to_label_path_fast_route_matches_pathlib(path):
+    assert img_to_label_path(path) == _label_path_reference(path)
+
+
+def test_process_scan_equals_thread_scan(tmp_path, monkeypatch):
+    import yolotrain.data.labels as labels_mod
+
+    items = {f"i{k:02d}": f"{k % 3} 0.5 0.5 0.{k % 8 + 1} 0.2\n" for k in range(24)}
+    items["m"] = None
+    img_dir = make_split(tmp_path, "train", items)
+    (img_dir / "bad.jpg").write_bytes(b"not a jpeg")
+    ref, ref_rep = scan_split([str(img_dir)], nc=3, use_cache=False, log_problems=False)
+    monkeypatch.setattr(labels_mod, "PROCESS_SCAN_MIN", 1)  # force the process pool
+    monkeypatch.setattr(labels_mod, "SCAN_CHUNK", 4)  # and several chunks
+    calls = []
+    real = labels_mod.ProcessPoolExecutor
+    monkeypatch.setattr(labels_mod, "ProcessPoolExecutor", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got, rep = scan_split([str(img_dir)], nc=3, use_cache=False, log_problems=False)
+    assert calls  # the process route ran
+    assert [r.im_file for r in got] == [r.im_file for r in ref] and len(got) == 25
+    for a, b in zip(got, ref):
+        assert (a.height, a.width) == (b.height, b.width)
+        np.testing.assert_array_equal(a.cls, b.cls)
+        np.testing.assert_array_equal(a.bboxes, b.bboxes)
+    assert rep.to_json() == ref_rep.to_json() and rep.corrupt_images == 1 and rep.missing_labels == 1

@@ -88,7 +88,7 @@ def test_skip_batches_resumes_mid_epoch(records):
 
 
 def test_eval_loader_is_sequential(records):
-    ds = DetectionDataset(records, 64, False)
+    ds = DetectionDataset(records, 64, False, rect=False)
     loader = build_dataloader(ds, batch_size=4, workers=0, shuffle=False)
     idx = torch.cat([b["index"] for b in _epoch(loader, 0)]).tolist()
     assert idx == list(range(10))

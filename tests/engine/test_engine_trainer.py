@@ -1,5 +1,8 @@
 """Trainer behaviour: non-finite losses, callbacks, and that a short training measurably learns."""
 
+import csv
+import time
+
 import pytest
 import torch
 
@@ -152,3 +155,30 @@ def test_short_training_learns(tmp_path):
     rows = trainer.history
     assert rows[-1]["train/box_loss"] < 0.7 * rows[0]["train/box_loss"]
     assert rows[0]["metrics/mAP50"] == ""  # not validated at epoch 1 (val_period=20)
+
+
+def test_data_wait_is_logged_and_profile_gives_advice(tiny_data, tmp_path, caplog):
+    """A loader made slow on purpose (2 s per batch, in the main process) shows as data wait."""
+
+    def slow_collate(loader):
+        real = loader.collate_fn
+
+        def collate(items):
+            time.sleep(2.0)
+            return real(items)
+
+        loader.collate_fn = collate
+
+    t = Trainer(cfg_for(tiny_data, tmp_path, profile=True, plots=False))
+    t.callbacks.add("on_train_start", lambda tr: slow_collate(tr.train_loader))
+    with caplog.at_level("INFO", logger="yolotrain"):
+        t.fit()
+    with open(t.save_dir / "results.csv") as f:
+        row = next(csv.DictReader(f))
+    wait, seconds = float(row["data_wait"]), float(row["seconds"])
+    # 3 batches each waited at least 2 s, within an epoch of `seconds`: the share is at least 6 / seconds
+    # (whatever the machine's load makes of the training steps)
+    assert 0.95 * 6.0 / seconds <= wait <= 1.0
+    assert f"data wait {wait:.0%}" in caplog.text
+    profile = [ln for ln in caplog.text.splitlines() if "profile: " in ln]
+    assert len(profile) >= 2 and "profile: data wait" in profile[0]

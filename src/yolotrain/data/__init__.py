@@ -1,7 +1,7 @@
 """Data: YAML config, formats (YOLO/COCO/VOC), label scanning and caching, augmentation, dataset,
 loader, demo set, and the ``data check`` / ``data convert`` tools."""
 
-from yolotrain.data.augment import letterbox, mosaic4, random_affine, random_flip_lr, random_hsv
+from yolotrain.data.augment import letterbox, random_affine, random_flip_lr, random_hsv
 from yolotrain.data.check import check_dataset
 from yolotrain.data.convert import convert_dataset
 from yolotrain.data.data_yaml import load_data_yaml
@@ -17,6 +17,7 @@ from yolotrain.data.loader import (
     collate,
     set_loader_epoch,
 )
+from yolotrain.data.mosaic import mosaic4
 from yolotrain.data.records import ImageRecord, xywhn_to_xyxy, xyxy_to_xywhn
 from yolotrain.data.scan import scan_split
 from yolotrain.data.yolo_paths import IMG_EXTS, img_to_label_path

@@ -84,11 +84,17 @@ def random_hsv(img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: n
     if not (hgain or sgain or vgain):
         return img
     x = np.arange(256, dtype=np.float32)
-    lut_h = np.mod(np.round(x + dh * 180.0), 180).astype(np.uint8)  # OpenCV 8-bit hue is 0..179
-    lut_s = np.clip(np.round(x * gs), 0, 255).astype(np.uint8)
-    lut_v = np.clip(np.round(x * gv), 0, 255).astype(np.uint8)
-    h, s, v = cv2.split(cv2.cvtColor(img, cv2.COLOR_RGB2HSV))
-    hsv = cv2.merge((cv2.LUT(h, lut_h), cv2.LUT(s, lut_s), cv2.LUT(v, lut_v)))
+    luts = (
+        np.mod(np.round(x + dh * 180.0), 180).astype(np.uint8),  # OpenCV 8-bit hue is 0..179
+        np.clip(np.round(x * gs), 0, 255).astype(np.uint8),
+        np.clip(np.round(x * gv), 0, 255).astype(np.uint8),
+    )
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    # Single-channel LUTs in place (OpenCV's 3-channel LUT is about twice as slow as three of these).
+    planes = cv2.split(hsv)
+    for plane, lut in zip(planes, luts):
+        cv2.LUT(plane, lut, dst=plane)
+    cv2.merge(planes, dst=hsv)
     cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=img)
     return img
 
@@ -203,7 +209,38 @@ def random_affine(
         raise ValueError("random_affine needs an explicit numpy Generator (rng=...)")
     h, w = img.shape[:2]
     oh, ow = out_size if out_size is not None else (h + 2 * border, w + 2 * border)
+    m, s = affine_matrix((h, w), (oh, ow), degrees, translate, scale, shear, rng)
+    if (oh, ow) != (h, w) or not np.allclose(m, np.eye(3)):
+        img = cv2.warpAffine(img, m[:2], dsize=(ow, oh), flags=cv2.INTER_LINEAR, borderValue=color)
+    boxes, cls = affine_boxes(boxes, cls, m, s, (oh, ow))
+    return img, boxes, cls
 
+
+def affine_matrix(
+    in_size: tuple[int, int],
+    out_size: tuple[int, int],
+    degrees: float,
+    translate: float,
+    scale: float,
+    shear: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, float]:
+    """The random 3x3 matrix of :func:`random_affine` and its scale factor (same draws, same order).
+
+    Args:
+        in_size: Input ``(h, w)``.
+        out_size: Output ``(h, w)``.
+        degrees: Rotation range (+-) in degrees.
+        translate: Translation range (+-) as a fraction of the output size.
+        scale: Scale range: the factor is drawn from ``[1 - scale, 1 + scale]``.
+        shear: Shear range (+-) in degrees.
+        rng: Random generator.
+
+    Returns:
+        ``(m, s)``: input pixel ``(x, y, 1)`` maps to output ``m @ (x, y, 1)``; ``s`` is the scale.
+    """
+    h, w = in_size
+    oh, ow = out_size
     center = np.eye(3)
     center[:2, 2] = (-w / 2, -h / 2)
     angle = rng.uniform(-degrees, degrees)
@@ -216,55 +253,105 @@ def random_affine(
     move = np.eye(3)
     move[0, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * ow
     move[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * oh
-    m = move @ sh @ rot @ center  # right to left: centre, rotate+scale, shear, move
+    return move @ sh @ rot @ center, float(s)  # right to left: centre, rotate+scale, shear, move
 
-    if (oh, ow) != (h, w) or not np.allclose(m, np.eye(3)):
-        img = cv2.warpAffine(img, m[:2], dsize=(ow, oh), flags=cv2.INTER_LINEAR, borderValue=color)
 
+def affine_boxes(
+    boxes: np.ndarray, cls: np.ndarray, m: np.ndarray, s: float, out_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (and their classes) through matrix ``m``: clipped to ``out_size``, filtered by :func:`box_candidates`.
+
+    Args:
+        boxes: (n, 4) xyxy pixels of the input.
+        cls: (n,) class ids.
+        m: 3x3 matrix from :func:`affine_matrix` (possibly composed with a flip).
+        s: Its scale factor (the candidates compare areas at that scale).
+        out_size: Output ``(h, w)``.
+    """
+    oh, ow = out_size
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     cls = np.asarray(cls)
     if len(boxes) == 0:
-        return img, boxes, cls
+        return boxes, cls
     new = transform_boxes(boxes, m)
     new[:, [0, 2]] = new[:, [0, 2]].clip(0, ow)
     new[:, [1, 3]] = new[:, [1, 3]].clip(0, oh)
     keep = box_candidates(boxes * s, new)
-    return img, new[keep], cls[keep]
+    return new[keep], cls[keep]
 
 
-def mosaic4(items: list[ImageLabels], size: int, rng: np.random.Generator) -> ImageLabels:
-    """Tile four images around a random centre of a ``2*size`` square canvas.
+def source_window(m: np.ndarray, out_size: tuple[int, int], in_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The part ``(x0, y0, x1, y1)`` of an ``in_size`` input that warping by ``m`` to ``out_size`` reads.
+
+    The output rectangle's corners mapped back through ``m``, widened by two pixels for the bilinear
+    neighbours and clipped to the input: pixels outside it never reach the output.
+    """
+    oh, ow = out_size
+    corners = np.array([[0, 0, 1], [ow, 0, 1], [0, oh, 1], [ow, oh, 1]], dtype=np.float64)
+    src = corners @ np.linalg.inv(m).T
+    h, w = in_size
+    x0 = int(np.clip(math.floor(src[:, 0].min()) - 2, 0, w))
+    y0 = int(np.clip(math.floor(src[:, 1].min()) - 2, 0, h))
+    x1 = int(np.clip(math.ceil(src[:, 0].max()) + 2, 0, w))
+    y1 = int(np.clip(math.ceil(src[:, 1].max()) + 2, 0, h))
+    return x0, y0, max(x1, x0), max(y1, y0)
+
+
+def is_scale_translate(m: np.ndarray) -> bool:
+    """True when ``m`` only scales (by positive factors) and translates: no rotation, shear or flip."""
+    return m[0, 1] == 0 and m[1, 0] == 0 and m[0, 0] > 0 and m[1, 1] > 0
+
+
+def resize_span(s: float, t: float, n_in: int, n_out: int) -> tuple[int, int, int, int]:
+    """One axis of a scale ``s`` and shift ``t``: the source span ``[a, b)`` an ``n_out`` output needs
+    and its output span ``[da, db)`` on whole pixels (used by :func:`scale_translate_warp` and the mosaic)."""
+    a = min(max(math.floor(-t / s), 0), n_in)  # plain ints: np.clip on scalars costs ~100x more
+    b = min(max(math.ceil((n_out - t) / s), 0), n_in)
+    da, db = round(s * a + t), round(s * b + t)
+    return a, b, da, db
+
+
+def scale_translate_warp(
+    img: np.ndarray, m: np.ndarray, out_size: tuple[int, int], color: tuple[int, int, int] = PAD_COLOR
+) -> tuple[np.ndarray, np.ndarray]:
+    """``warpAffine`` for a scale-and-translate matrix, done as a crop, a resize and a paste.
+
+    A separable resize costs a fraction of a general warp. The crop's ends land on whole output
+    pixels, so the mapping actually applied differs from ``m`` by under a pixel over the image;
+    it is returned, and boxes must go through it (then they follow the pixels exactly).
 
     Args:
-        items: Four ``(img, boxes, cls)`` tuples; images are expected to have a long side of
-            ``size`` (they are placed as they are).
-        size: Target training size ``s``; the canvas is ``2s x 2s``.
-        rng: Random generator (draws the mosaic centre).
+        img: HWC source.
+        m: 3x3 matrix with :func:`is_scale_translate` true.
+        out_size: Output ``(h, w)``.
+        color: Fill of the uncovered output.
 
     Returns:
-        ``(canvas, boxes, cls)`` with boxes in canvas pixels, clipped to the canvas, empty ones
-        removed. Crop back to ``s x s`` with ``random_affine(..., out_size=(s, s))``.
+        ``(out, m_applied)``.
     """
-    if len(items) != 4:
-        raise ValueError(f"mosaic4 needs 4 images, got {len(items)}")
-    s2 = 2 * size
-    canvas = np.full((s2, s2, 3), PAD_VALUE, dtype=np.uint8)
-    # The centre stays in the middle half so each quadrant's image is at least partly visible.
-    xc, yc = (int(v) for v in rng.uniform(0.5 * size, 1.5 * size, 2))
-    all_boxes, all_cls = [], []
-    for k, (img, boxes, cls) in enumerate(items):
-        h, w = img.shape[:2]
-        # Each image touches the centre with one corner: top-left, top-right, bottom-left,
-        # bottom-right quadrant in that order.
-        ox = xc - w if k in (0, 2) else xc
-        oy = yc - h if k in (0, 1) else yc
-        x1, y1, x2, y2 = max(ox, 0), max(oy, 0), min(ox + w, s2), min(oy + h, s2)
-        if x2 > x1 and y2 > y1:
-            canvas[y1:y2, x1:x2] = img[y1 - oy : y2 - oy, x1 - ox : x2 - ox]
-        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        all_boxes.append(b + np.array([ox, oy, ox, oy], dtype=np.float32))
-        all_cls.append(np.asarray(cls).reshape(-1))
-    boxes = np.concatenate(all_boxes).clip(0, s2)
-    cls = np.concatenate(all_cls)
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return canvas, boxes[keep], cls[keep]
+    h, w = img.shape[:2]
+    oh, ow = out_size
+    xa, xb, dxa, dxb = resize_span(float(m[0, 0]), float(m[0, 2]), w, ow)
+    ya, yb, dya, dyb = resize_span(float(m[1, 1]), float(m[1, 2]), h, oh)
+    # np.full with one value is a memset; assigning a colour tuple is ~100x slower.
+    out = np.full((oh, ow, 3), color[0], dtype=np.uint8) if len(set(color)) == 1 else np.empty((oh, ow, 3), np.uint8)
+    if len(set(color)) != 1:
+        out[:] = color
+    applied = m.astype(np.float64).copy()
+    if xb > xa and yb > ya and dxb > dxa and dyb > dya:
+        sx, sy = (dxb - dxa) / (xb - xa), (dyb - dya) / (yb - ya)
+        applied[0, 0], applied[0, 2] = sx, dxa - xa * sx
+        applied[1, 1], applied[1, 2] = sy, dya - ya * sy
+        part = cv2.resize(img[ya:yb, xa:xb], (dxb - dxa, dyb - dya), interpolation=cv2.INTER_LINEAR)
+        x0, y0 = max(dxa, 0), max(dya, 0)
+        x1, y1 = min(dxb, ow), min(dyb, oh)
+        if x1 > x0 and y1 > y0:
+            out[y0:y1, x0:x1] = part[y0 - dya : y1 - dya, x0 - dxa : x1 - dxa]
+    return out, applied
+
+
+def hflip_matrix(width: int) -> np.ndarray:
+    """3x3 matrix mirroring x in an image ``width`` pixels wide (compose it into a warp: a free flip)."""
+    f = np.eye(3)
+    f[0, 0], f[0, 2] = -1.0, float(width)
+    return f

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
 from typing import Any, NamedTuple
 
 import cv2
@@ -12,7 +12,9 @@ import torch
 from torch.utils.data import Dataset
 
 from yolotrain.data import augment as A
-from yolotrain.data.image_io import read_image
+from yolotrain.data import mosaic as M
+from yolotrain.data.image_source import ImageSource, disk_cache_dir
+from yolotrain.data.profile import CLOCK
 from yolotrain.data.records import ImageRecord, xywhn_to_xyxy, xyxy_to_xywhn
 from yolotrain.errors import ConfigError
 
@@ -21,8 +23,22 @@ LOGGER = logging.getLogger("yolotrain")
 _HYP_KEYS = (
     "mosaic", "degrees", "translate", "scale", "shear", "fliplr", "hsv_h", "hsv_s", "hsv_v"
 )  # fmt: skip
+# Mosaic partners come from a group of this many consecutive samples of the epoch's order, so a
+# batch (default 16) decodes each of its images once; see DetectionDataset.mosaic_partners.
+MOSAIC_GROUP = 8
 # (image, boxes xyxy pixels, cls, original (h, w), ratio_pad)
 _Sample = tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int], Any]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled order of ``n`` samples in ``epoch``: a function of (seed, epoch) only.
+
+    The same rule as ``torch.utils.data.DistributedSampler`` (``randperm`` seeded with
+    ``seed + epoch``), so one process and many agree.
+    """
+    g = torch.Generator()
+    g.manual_seed(int(seed) + int(epoch))
+    return torch.randperm(n, generator=g).numpy()
 
 
 class SampleKey(NamedTuple):
@@ -30,24 +46,28 @@ class SampleKey(NamedTuple):
 
     Worker processes hold their own copy of the dataset, so state that changes between epochs
     (the epoch itself, whether mosaic is on) travels with every index instead of living on the
-    dataset object.
+    dataset object; so does the shape of a rectangular evaluation batch, which depends on the
+    batch the sample lands in.
     """
 
     index: int
     epoch: int
     mosaic: bool
+    shape: tuple[int, int] | None = None  # evaluation letterbox (h, w) of a rectangular batch
 
 
-class DetectionDataset(Dataset):
+class DetectionDataset(ImageSource, Dataset):
     """YOLO detection samples from :class:`ImageRecord` lists.
 
-    Each item is a dict: ``img`` uint8 (3, H, W) RGB; ``cls`` float32 (n, 1); ``bboxes`` float32
-    (n, 4) normalized xywh of the output image (crowd boxes excluded); ``im_file``; ``ori_shape`` (h, w); ``ratio_pad``
+    Each item is a dict: ``img`` uint8 (3, H, W) RGB (a channels-last view; ``collate`` stacks
+    it); ``cls`` float32 (n, 1); ``bboxes`` float32 (n, 4) normalized xywh of the output image
+    (crowd boxes excluded); ``im_file``; ``ori_shape`` (h, w); ``ratio_pad``
     ``((rw, rh), (pad_left, pad_top))`` mapping original pixels to output pixels (exact in eval,
     informative only when augmenting); ``index``.
 
-    Training randomness comes from ``np.random.default_rng([seed, epoch, index])``, so a sample is
-    the same whatever the number of workers or the order of requests.
+    Training randomness comes from ``np.random.default_rng([seed, epoch, index])`` and the mosaic
+    partners from the epoch's order (a function of (seed, epoch)), so a sample is the same whatever
+    the number of workers, the batch size or the order of requests.
 
     Args:
         records: Images and labels.
@@ -57,8 +77,15 @@ class DetectionDataset(Dataset):
         hyp: Object with attributes mosaic, degrees, translate, scale, shear, fliplr, hsv_h, hsv_s,
             hsv_v (only needed when ``augment``).
         stride: Model stride.
-        cache: ``"ram"`` or True keeps the resized images in memory.
+        cache: ``"ram"`` or True keeps the resized images in memory; ``"disk"`` stores them as
+            ``.npy`` files in :func:`disk_cache_dir`, reused across runs.
         seed: Base seed of the augmentation randomness.
+        buffer: Recently decoded images kept per process (least recently used dropped first); a
+            dataset no larger than this is decoded once per process, not once per epoch. The
+            peers keep the same kind of buffer (Ultralytics: ``min(n, 8 * batch, 1000)`` images).
+        rect: Evaluation only: rectangular batches (images sorted by aspect ratio, each batch
+            letterboxed to its smallest stride-multiple shape; the loader's sampler plans them).
+            None: ``hyp.rect`` when ``hyp`` has it, else True. Ignored when ``augment``.
     """
 
     def __init__(
@@ -70,6 +97,8 @@ class DetectionDataset(Dataset):
         stride: int = 32,
         cache: str | bool = False,
         seed: int = 0,
+        buffer: int = 128,
+        rect: bool | None = None,
     ) -> None:
         if imgsz <= 0 or imgsz % stride:
             raise ConfigError(f"imgsz: {imgsz} must be a positive multiple of the model stride {stride}")
@@ -77,8 +106,11 @@ class DetectionDataset(Dataset):
             missing = [k for k in _HYP_KEYS if not hasattr(hyp, k)]
             if missing:
                 raise ConfigError(f"hyp: augmentation settings missing: {', '.join(missing)}")
-        if cache not in (False, True, None, "ram", "off", ""):
-            raise ConfigError(f"cache: expected 'ram' or 'off', got {cache!r}")
+        if cache not in (False, True, None, "ram", "disk", "off", ""):
+            raise ConfigError(f"cache: expected 'ram', 'disk' or 'off', got {cache!r}")
+        if rect is None:
+            rect = bool(getattr(hyp, "rect", True))
+        self.rect = bool(rect) and not augment
         self.records = list(records)
         self.imgsz = int(imgsz)
         self.augment = bool(augment)
@@ -88,8 +120,19 @@ class DetectionDataset(Dataset):
         self.epoch = 0
         self.mosaic_enabled = True
         self._ram: list[tuple[np.ndarray, tuple[int, int]] | None] | None = None
+        # The last `buffer` decoded images, per process (like the peers' mosaic buffer, but only a
+        # cache: partners are chosen by mosaic_partners, never by what happens to be buffered).
+        self.buffer = max(0, int(buffer))
+        self._recent: OrderedDict[int, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
+        self._order_epoch = -1  # epoch whose order (and its inverse) is held for mosaic groups
+        self._order = self._pos = np.zeros(0, dtype=np.int64)
+        # cache=disk: decoded, resized arrays in $YOLOTRAIN_CACHE/decoded (or ~/.cache/yolotrain/decoded),
+        # reused across runs; an image that changes gets a new file (its size and mtime are in the key).
+        self._disk_dir = disk_cache_dir() if cache == "disk" else None
         if cache in (True, "ram"):
             self._cache_in_ram()
+            if self._ram is not None:
+                self.buffer = 0  # everything is in memory already
 
     def __len__(self) -> int:
         return len(self.records)
@@ -99,50 +142,29 @@ class DetectionDataset(Dataset):
         self.epoch = int(epoch)
 
     # ------------------------------------------------------------------ loading
-    def _cache_in_ram(self) -> None:
-        # Resized images keep their aspect ratio with the long side at imgsz.
-        need = sum(3 * self.imgsz**2 * min(r.height, r.width) / max(r.height, r.width, 1) for r in self.records)
-        try:
-            import psutil
+    def rect_plan(self, group: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rectangular evaluation batches: the order (by aspect ratio) and each position's shape.
 
-            available = psutil.virtual_memory().available
-        except Exception:  # psutil missing or unsupported platform: trust the user
-            available = float("inf")
-        if need > 0.7 * available:
-            LOGGER.warning(
-                "cache=ram needs %.1f GB but only %.1f GB is available; not caching images",
-                need / 1e9,
-                available / 1e9,
-            )
-            return
-        with ThreadPoolExecutor(max_workers=4) as pool:  # decoding releases the GIL
-            self._ram = list(pool.map(self._load_from_disk, range(len(self.records))))
-        LOGGER.info("cached %d images in RAM (%.2f GB)", len(self.records), need / 1e9)
-
-    def _load_from_disk(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
-        img = read_image(self.records[i].im_file)
-        h0, w0 = img.shape[:2]
-        r = self.imgsz / max(h0, w0)
-        if r != 1:
-            # Shrinking with INTER_AREA avoids aliasing; enlarging is bilinear either way.
-            interp = cv2.INTER_AREA if r < 1 and not self.augment else cv2.INTER_LINEAR
-            size = (max(1, min(self.imgsz, round(w0 * r))), max(1, min(self.imgsz, round(h0 * r))))
-            img = cv2.resize(img, size, interpolation=interp)
-        return img, (h0, w0)
-
-    def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
-        """Image ``i`` resized so its long side is ``imgsz``, and its original ``(h, w)``.
+        Positions ``[k * group, (k + 1) * group)`` of the order form batch ``k`` (``group`` is the
+        global batch, so every rank's share of a batch has the same shape). Each batch is letterboxed
+        to the smallest stride multiple that holds all its images at a long side of ``imgsz``.
 
         Args:
-            i: Record index.
+            group: Images per batch over all processes.
 
         Returns:
-            ``(img, (h0, w0))``; the image is a fresh array the caller may modify.
+            ``(order (n,), shapes (n, 2) as (h, w) per position)``.
         """
-        if self._ram is not None and self._ram[i] is not None:
-            img, shape = self._ram[i]
-            return img.copy(), shape
-        return self._load_from_disk(i)
+        ar = np.array([r.height / max(r.width, 1) for r in self.records], dtype=np.float64)
+        order = np.argsort(ar, kind="stable")
+        ar = ar[order]
+        shapes = np.empty((len(ar), 2), dtype=np.int64)
+        for k in range(0, len(ar), group):
+            lo, hi = ar[k : k + group].min(), ar[k : k + group].max()
+            # (h, w) as fractions of imgsz: wide batches are short, tall batches are narrow
+            rel = (hi, 1.0) if hi < 1 else (1.0, 1.0 / lo) if lo > 1 else (1.0, 1.0)
+            shapes[k : k + group] = [int(np.ceil(v * self.imgsz / self.stride)) * self.stride for v in rel]
+        return order, shapes
 
     def _pixel_labels(self, i: int, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Record ``i``'s training targets in the pixels of the (resized) image.
@@ -174,17 +196,34 @@ class DetectionDataset(Dataset):
 
     # ------------------------------------------------------------------ items
     def __getitem__(self, item: int | SampleKey | tuple[int, int, bool]) -> dict[str, Any]:
+        return self._item(item, {})
+
+    def __getitems__(self, items: list[Any]) -> list[dict[str, Any]]:
+        """A whole batch at once (the DataLoader calls this): each image is decoded once for the batch.
+
+        The samples are exactly those of ``[self[k] for k in items]``.
+        """
+        memo: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
+        return [self._item(item, memo) for item in items]
+
+    def _item(self, item: int | SampleKey | tuple[int, int, bool], memo: dict) -> dict[str, Any]:
+        shape = None
         if isinstance(item, tuple):
             index, epoch, mosaic = int(item[0]), int(item[1]), bool(item[2])
+            shape = item[3] if len(item) > 3 else None
         else:
             index, epoch, mosaic = int(item), self.epoch, self.mosaic_enabled
         if self.augment:
-            img, boxes, cls, shape0, ratio_pad = self._train_sample(index, epoch, mosaic)
+            img, boxes, cls, shape0, ratio_pad = self._train_sample(index, epoch, mosaic, memo)
         else:
-            img, boxes, cls, shape0, ratio_pad = self._letterboxed(index)
+            img, boxes, cls, shape0, ratio_pad = self._letterboxed(index, memo, shape)
+        t = CLOCK.now()
+        if not img.flags.writeable:  # a shared decoded image that needed no letterbox: the batch owns a copy
+            img = img.copy()
         h, w = img.shape[:2]
-        return {
-            "img": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
+        out = {
+            # A CHW view of the HWC array: collate's stack makes the one contiguous copy.
+            "img": torch.from_numpy(img).permute(2, 0, 1),
             "cls": torch.from_numpy(np.asarray(cls, dtype=np.float32).reshape(-1, 1)),
             "bboxes": torch.from_numpy(xyxy_to_xywhn(boxes, w, h)),
             "im_file": self.records[index].im_file,
@@ -192,48 +231,116 @@ class DetectionDataset(Dataset):
             "ratio_pad": ratio_pad,
             "index": index,
         }
+        CLOCK.add("format", t)
+        CLOCK.images += 1
+        return out
 
-    def _letterboxed(self, i: int) -> _Sample:
-        """Image ``i`` letterboxed to ``imgsz`` square: the whole eval pipeline."""
-        img, (h0, w0) = self.load_image(i)
+    def _letterboxed(self, i: int, memo: dict | None = None, shape: tuple[int, int] | None = None) -> _Sample:
+        """Image ``i`` letterboxed to ``shape`` ``(h, w)`` (default ``imgsz`` square): the eval pipeline."""
+        img, (h0, w0) = self._image(i, memo)
         boxes, cls = self._pixel_labels(i, img)
         h, w = img.shape[:2]
-        img, (rw, rh), (pw, ph) = A.letterbox(img, self.imgsz, stride=self.stride)
+        t = CLOCK.now()
+        img, (rw, rh), (pw, ph) = A.letterbox(img, shape or self.imgsz, stride=self.stride)
         boxes = boxes * np.float32([rw, rh, rw, rh]) + np.float32([pw, ph, pw, ph])
         ratio_pad = ((w / w0 * rw, h / h0 * rh), (pw, ph))
+        CLOCK.add("letterbox", t)
         return img, boxes, cls, (h0, w0), ratio_pad
 
-    def _train_sample(self, i: int, epoch: int, mosaic: bool) -> _Sample:
-        """Mosaic (or letterbox) -> random affine to ``imgsz`` square -> HSV -> flip."""
+    def mosaic_partners(self, i: int, epoch: int, rng: np.random.Generator) -> list[int]:
+        """Three mosaic partners of sample ``i``, drawn from its group in the epoch's order.
+
+        The epoch's order (:func:`epoch_order`, the training sampler's order) is cut into groups of
+        :data:`MOSAIC_GROUP` consecutive positions (the last group takes the remainder). A batch
+        therefore holds whole groups, and every image is decoded once per batch instead of four
+        times, while the partners still depend only on (seed, epoch, index), never on which worker
+        or batch builds the sample.
+        """
+        n = len(self)
+        if self._order_epoch != epoch:
+            self._order = epoch_order(n, self.seed, epoch)
+            self._pos = np.empty(n, dtype=np.int64)
+            self._pos[self._order] = np.arange(n)
+            self._order_epoch = epoch
+        groups = max(n // MOSAIC_GROUP, 1)
+        g = min(int(self._pos[i]) // MOSAIC_GROUP, groups - 1)
+        members = self._order[g * MOSAIC_GROUP : n if g == groups - 1 else (g + 1) * MOSAIC_GROUP]
+        others = members[members != i]
+        if len(others) == 0:
+            others = np.array([i])
+        return rng.choice(others, size=3, replace=len(others) < 3).tolist()
+
+    def _train_sample(self, i: int, epoch: int, mosaic: bool, memo: dict | None = None) -> _Sample:
+        """Mosaic (or letterbox) -> random affine (with the flip) to ``imgsz`` square -> HSV.
+
+        One warp does the affine and the flip; with mosaic only the part of the 2s x 2s canvas the
+        warp reads is built (:func:`~yolotrain.data.augment.source_window`); the output is that of
+        building the whole canvas and warping it (up to OpenCV's fixed-point rounding, +-1 on rare
+        pixels). Without rotation and shear (the default) the warp is a crop + resize
+        (:func:`~yolotrain.data.augment.scale_translate_warp`) and the flip a mirror of its output.
+        """
         hyp = self.hyp
+        size = self.imgsz
         # SeedSequence needs non-negative ints; the triple makes each (seed, epoch, index) stream
         # independent of every other and of worker scheduling.
         rng = np.random.default_rng([self.seed % 2**63, max(epoch, 0), i])
         use_mosaic = rng.random() < float(hyp.mosaic) and mosaic  # always draw: keeps streams aligned
         if use_mosaic:
-            partners = rng.integers(0, len(self), size=3)
             items, shapes = [], []
-            for j in (i, *partners.tolist()):
-                img_j, shape_j = self.load_image(j)
+            for j in (i, *self.mosaic_partners(i, max(epoch, 0), rng)):
+                img_j, shape_j = self._image(j, memo)
                 b, c = self._pixel_labels(j, img_j)
                 items.append((img_j, b, c))
                 shapes.append(shape_j)
-            img, boxes, cls = A.mosaic4(items, self.imgsz, rng)
+            center = M.mosaic_center(size, rng)
+            src_size = (2 * size, 2 * size)
             shape0 = shapes[0]
             ratio_pad = ((1.0, 1.0), (0, 0))
         else:
-            img, boxes, cls, shape0, ratio_pad = self._letterboxed(i)
-        img, boxes, cls = A.random_affine(
-            img,
-            boxes,
-            cls,
-            degrees=float(hyp.degrees),
-            translate=float(hyp.translate),
-            scale=float(hyp.scale),
-            shear=float(hyp.shear),
-            out_size=(self.imgsz, self.imgsz),
-            rng=rng,
+            src, boxes, cls, shape0, ratio_pad = self._letterboxed(i, memo)
+            src_size = src.shape[:2]
+        t = CLOCK.now()
+        m, s = A.affine_matrix(
+            src_size, (size, size), float(hyp.degrees), float(hyp.translate), float(hyp.scale), float(hyp.shear), rng
         )
+        flip = rng.random() < float(hyp.fliplr)
+        fast = A.is_scale_translate(m)  # no rotation or shear (the default): crop + resize, then mirror
+        m_img = m
+        if flip and not fast:
+            # Boxes are continuous (x -> size - x); pixel indices mirror as x -> size - 1 - x.
+            m, m_img = A.hflip_matrix(size) @ m, A.hflip_matrix(size - 1) @ m
+        if use_mosaic and fast:
+            # No canvas: each tile's visible part is resized straight into the output.
+            img, new, cls, before = M.mosaic4_scaled(items, size, center, m, (size, size))
+            t = CLOCK.add("mosaic", t)
+            if flip:
+                img = cv2.flip(img, 1)
+                new[:, [0, 2]] = size - new[:, [2, 0]]
+            np.clip(new, 0, size, out=new)  # a square output: x and y share the bounds
+            keep = A.box_candidates(before * s, new)
+            CLOCK.add("affine", t)
+            t = CLOCK.now()
+            A.random_hsv(img, float(hyp.hsv_h), float(hyp.hsv_s), float(hyp.hsv_v), rng)
+            CLOCK.add("hsv", t)
+            return img, new[keep], cls[keep], shape0, ratio_pad
+        if use_mosaic:
+            t = CLOCK.add("affine", t)
+            x0, y0, x1, y1 = A.source_window(m_img, (size, size), src_size)
+            src, boxes, cls = M.mosaic4(items, size, center=center, window=(x0, y0, x1, y1))
+            shift = np.eye(3)
+            shift[:2, 2] = (x0, y0)  # window pixel (u, v) is canvas pixel (u + x0, v + y0)
+            m_img = m_img @ shift
+            t = CLOCK.add("mosaic", t)
+        if fast:
+            img, applied = A.scale_translate_warp(src, m_img, (size, size))
+            m = applied @ np.linalg.inv(m_img) @ m  # the mapping applied, in source (canvas) pixels
+            if flip:
+                img = cv2.flip(img, 1)
+                m = A.hflip_matrix(size) @ m
+        else:
+            img = cv2.warpAffine(src, m_img[:2], dsize=(size, size), flags=cv2.INTER_LINEAR, borderValue=A.PAD_COLOR)
+        boxes, cls = A.affine_boxes(boxes, cls, m, s, (size, size))
+        t = CLOCK.add("affine", t)
         A.random_hsv(img, float(hyp.hsv_h), float(hyp.hsv_s), float(hyp.hsv_v), rng)
-        img, boxes = A.random_flip_lr(img, boxes, float(hyp.fliplr), rng)
+        CLOCK.add("hsv", t)
         return img, boxes, cls, shape0, ratio_pad

@@ -24,7 +24,7 @@ from yolotrain.data.records import ImageRecord
 
 LOGGER = logging.getLogger("yolotrain")
 
-CACHE_VERSION = 2  # 2: optional per-box crowd flags
+CACHE_VERSION = 3  # 2: optional per-box crowd flags; 3: truncated JPEGs are no longer usable images
 
 
 def files_hash(im_files: list[str], label_files: list[str], nc: int, extra: str = "") -> str:
@@ -41,12 +41,14 @@ def files_hash(im_files: list[str], label_files: list[str], nc: int, extra: str 
         A hex digest.
     """
     h = hashlib.sha256(f"v{CACHE_VERSION}|nc={nc}|n={len(im_files)}|{extra}".encode())
+    lines = []
     for f in (*im_files, *label_files):
         try:
             st = os.stat(f)
-            h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            lines.append(f"{f}|{st.st_size}|{st.st_mtime_ns}\n")
         except OSError:
-            h.update(f"{f}|missing\n".encode())
+            lines.append(f"{f}|missing\n")
+    h.update("".join(lines).encode())  # one update: the same digest as one per line, less overhead
     return h.hexdigest()
 
 
@@ -89,7 +91,8 @@ def save_cache(path: Path, key: str, records: list[ImageRecord], report: dict[st
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, separators=(",", ":"))
+            # dumps (C encoder) then one write: json.dump streams through the pure-Python encoder.
+            f.write(json.dumps(payload, separators=(",", ":")))
         os.replace(tmp, path)
         return True
     except OSError as e:
@@ -102,12 +105,53 @@ def save_cache(path: Path, key: str, records: list[ImageRecord], report: dict[st
         return False
 
 
-def load_cache(path: Path, key: str) -> tuple[list[ImageRecord], dict[str, Any]] | None:
-    """Load the cache if it exists, is well-formed and matches ``key``.
+def first_invalid_row(records: list[ImageRecord], nc: int | None) -> str | None:
+    """A message naming the first label row no scan could have produced, or None when all are valid.
+
+    Valid rows have an integer class id in ``[0, nc)`` (when ``nc`` is given) and a finite box of
+    positive size inside the image (normalized, up to float rounding); images are at least 1 px.
+    Used on every record read back from a cache (a cache file may be stale, edited or damaged)
+    and on every split before training.
+
+    Args:
+        records: Records to check.
+        nc: Number of classes (None skips the class check).
+    """
+    for rec in records:
+        if rec.height < 1 or rec.width < 1:
+            return f"{rec.im_file}: image size {rec.height}x{rec.width} is not positive"
+    counts = np.array([r.num_instances for r in records], dtype=np.int64)
+    if not counts.sum():
+        return None
+    cls = np.concatenate([r.cls for r in records])
+    b = np.concatenate([r.bboxes for r in records]).astype(np.float64)
+    bad_cls = (cls < 0) | (cls >= nc) if nc is not None else np.zeros(len(cls), bool)
+    with np.errstate(invalid="ignore"):
+        lo, hi = b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2
+        bad_box = ~np.isfinite(b).all(1) | (b[:, 2:] <= 0).any(1) | (lo < -1e-4).any(1) | (hi > 1 + 1e-4).any(1)
+    bad = np.flatnonzero(bad_cls | bad_box)
+    if not len(bad):
+        return None
+    k = int(bad[0])
+    ends = np.cumsum(counts)
+    i = int(np.searchsorted(ends, k, side="right"))
+    row = k - int(ends[i] - counts[i]) + 1
+    more = f" ({len(bad) - 1} more invalid rows)" if len(bad) > 1 else ""
+    if bad_cls[k]:
+        what = f"class id {int(cls[k])} is outside [0, {nc})"
+    else:
+        what = f"box {np.round(b[k], 4).tolist()} is not a finite box inside the image"
+    return f"{records[i].im_file}: label row {row}: {what}{more}"
+
+
+def load_cache(path: Path, key: str, nc: int | None = None) -> tuple[list[ImageRecord], dict[str, Any]] | None:
+    """Load the cache if it exists, is well-formed, matches ``key`` and every row is valid.
 
     Args:
         path: Cache file.
         key: Expected :func:`files_hash` value.
+        nc: Number of classes: rows are re-validated against it (:func:`first_invalid_row`), so a
+            stale, edited or damaged cache never hands out a class id the model does not have.
 
     Returns:
         ``(records, report_dict)`` or None when the cache is absent, stale or corrupt.
@@ -136,17 +180,21 @@ def load_cache(path: Path, key: str) -> tuple[list[ImageRecord], dict[str, Any]]
             raise ValueError("report is not a mapping")
         ends = np.cumsum(counts)
         starts = ends - counts
+        if not all(isinstance(f, str) for f in im_files):
+            raise ValueError("image names are not strings")
+        # Arrays are already typed and shaped: skip ImageRecord's per-field conversions.
+        hw, s_, e_ = shapes.tolist(), starts.tolist(), ends.tolist()
         records = [
-            ImageRecord(
-                im_file=str(im_files[i]),
-                height=int(shapes[i, 0]),
-                width=int(shapes[i, 1]),
-                cls=cls[starts[i] : ends[i]],
-                bboxes=boxes[starts[i] : ends[i]],
-                crowd=None if crowd is None else crowd[starts[i] : ends[i]],
+            ImageRecord.trusted(
+                im_files[i], hw[i][0], hw[i][1], cls[s_[i] : e_[i]], boxes[s_[i] : e_[i]],
+                None if crowd is None else crowd[s_[i] : e_[i]],
             )
             for i in range(n)
-        ]
+        ]  # fmt: skip
+        bad = first_invalid_row(records, nc)
+        if bad:
+            LOGGER.warning("label cache %s holds an invalid row (%s); rebuilding it", path, bad)
+            return None
         return records, report
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         # json.JSONDecodeError is a ValueError; any damage simply means "rebuild".
@@ -161,16 +209,18 @@ def cached_scan(
     scan: Callable[[], tuple[list[ImageRecord], Any]],
     report_from_json: Callable[[dict[str, Any]], Any],
     message: str | None,
+    nc: int | None = None,
 ) -> tuple[list[ImageRecord], Any, bool]:
     """Records from the cache when its key matches, else from ``scan()`` (then cached).
 
     Shared by every label format, so they all get the same invalidation and the same safe format.
     ``message`` is logged before a scan; None means there are no files (nothing is scanned or cached).
+    ``nc``, when given, re-validates the cached rows (see :func:`load_cache`).
 
     Returns:
         ``(records, report, read_from_cache)``.
     """
-    cached = load_cache(cache_file, key) if use_cache else None
+    cached = load_cache(cache_file, key, nc) if use_cache else None
     if cached is not None:
         LOGGER.debug("labels read from cache %s", cache_file)
         return cached[0], report_from_json(cached[1]), True

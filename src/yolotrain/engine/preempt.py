@@ -32,18 +32,28 @@ REPEAT_WINDOW_S = 1.0  # a stop signal repeated within this many seconds is the 
 
 
 def fork_safe_iter(loader: Iterable) -> Iterator:
-    """``iter(loader)`` with stop signals held back while it starts worker processes.
+    """Iterate ``loader`` with stop signals held back until its first batch, while it starts worker processes.
 
-    A signal that arrives between a worker's fork and its :func:`ignore_stop_signals` would kill it; blocked,
-    it waits, and the worker discards it once it ignores it. The main process gets it right after.
+    A signal that arrives between a worker's fork and its :func:`yolotrain.data.loader.ignore_stop_signals`
+    would kill it; blocked, it waits, and the worker discards it once it ignores it. The main process gets it
+    right after the first batch. (A loader's ``__iter__`` may be a generator that starts the workers only at
+    the first ``next``, so the first ``next`` is what is guarded.)
     """
-    if threading.current_thread() is not threading.main_thread():
-        return iter(loader)
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    it = iter(loader)
+    guard = threading.current_thread() is threading.main_thread()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if guard else None
     try:
-        return iter(loader)
+        first = next(it, _END)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if guard:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    if first is _END:
+        return
+    yield first
+    yield from it
+
+
+_END = object()
 
 
 def shutdown_workers(loader) -> None:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from yolotrain.config import Config
 from yolotrain.data import set_loader_epoch
+from yolotrain.data.profile import loader_advice
 from yolotrain.engine import distributed as dist
 from yolotrain.engine.build import Run, build_run, resolve_run
 from yolotrain.engine.callbacks import Callbacks, load_callbacks
@@ -67,6 +68,7 @@ class Trainer:
         self.owns_group = False  # whether fit() joined the process group (and must leave it)
         self.train_seconds = 0.0
         self.images_per_s = 0.0
+        self.data_wait = 0.0  # share of the last epoch's step time spent waiting for the next batch
         self.summary = ""
         # what the current iteration handles, for on_train_batch_* callbacks
         self.current_batch: dict[str, Any] | None = None
@@ -198,6 +200,11 @@ class Trainer:
                 break
             bar.set_postfix_str(self.progress_text(mean, batch, seen / (time.perf_counter() - t0)))
         self.images_per_s = seen / max(time.perf_counter() - t0, 1e-9)
+        stats = getattr(loader, "stats", None)  # the loader measures how long each batch was waited for
+        self.data_wait = stats.wait_share if stats is not None else 0.0
+        if cfg.profile and epoch == self.run.first_epoch and dist.is_main():
+            for line in loader_advice(loader, workers=cfg.workers, imgsz=cfg.imgsz, cache=cfg.cache):
+                LOGGER.info(f"profile: {line}")
         return dict(zip(LOSS_NAMES, mean.tolist()))
 
     def progress_text(self, mean: torch.Tensor, batch: dict[str, Any], images_per_s: float) -> str:
@@ -258,6 +265,7 @@ class Trainer:
         row["skipped_steps"] = run.state.epoch_skipped
         row["amp_scale"] = run.precision.scale if run.precision.scale is not None else ""
         row["images_per_s"] = round(self.images_per_s, 2)
+        row["data_wait"] = round(self.data_wait, 3)  # share of the epoch's step time spent waiting for data
         improved = run.state.record_epoch(row, m)
         self.log_epoch(epoch, m, seconds)
         run.state.position = self.position(epoch, self.nb, complete=True)
@@ -279,7 +287,8 @@ class Trainer:
         frozen = f" ({self.phase.name}, batch {self.phase.batch})" if self.run.planner.freeze_prefixes else ""
         line = (
             f"epoch {epoch + 1}{frozen}: {self.images_per_s:.1f} images/s, "
-            f"{1000 / max(self.images_per_s, 1e-9):.1f} ms/image, mem {memory_mb(self.run.device):.0f} MB"
+            f"{1000 / max(self.images_per_s, 1e-9):.1f} ms/image, data wait {self.data_wait:.0%}, "
+            f"mem {memory_mb(self.run.device):.0f} MB"
         )
         if m is not None:
             line += (

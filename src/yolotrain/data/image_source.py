@@ -1,0 +1,172 @@
+"""Where a dataset's images come from: the RAM cache, a batch's memo, the recent-images buffer, the
+``cache=disk`` arrays, or a decode (reduced-scale for large JPEGs) and a resize to ``imgsz``."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from yolotrain.data.image_io import decode_image, jpeg_reduction, read_bytes
+from yolotrain.data.profile import CLOCK
+from yolotrain.data.records import ImageRecord
+
+LOGGER = logging.getLogger("yolotrain")
+
+
+def disk_cache_dir() -> Path:
+    """Folder of ``cache=disk`` arrays: ``$YOLOTRAIN_CACHE/decoded`` or ``~/.cache/yolotrain/decoded``."""
+    base = os.environ.get("YOLOTRAIN_CACHE") or os.path.join(Path.home(), ".cache", "yolotrain")
+    return Path(base).expanduser() / "decoded"
+
+
+class ImageSource:
+    """Decoded, resized images for :class:`~yolotrain.data.dataset.DetectionDataset` (a mixin).
+
+    The dataset sets ``records``, ``imgsz``, ``augment``, ``buffer``, ``_recent`` (an OrderedDict),
+    ``_ram`` (None or a list) and ``_disk_dir`` (None or a folder) before using these methods.
+    """
+
+    records: list[ImageRecord]
+    imgsz: int
+    augment: bool
+    buffer: int
+    _recent: OrderedDict
+    _ram: list | None
+    _disk_dir: Path | None
+
+    def _cache_in_ram(self) -> None:
+        need = self.ram_bytes()
+        try:
+            import psutil  # optional: without it the user's request is trusted
+
+            available = psutil.virtual_memory().available
+        except Exception:  # psutil missing or unsupported platform: trust the user
+            available = float("inf")
+        if need > 0.7 * available:
+            LOGGER.warning(
+                "cache=ram needs %.1f GB but only %.1f GB is available; not caching images",
+                need / 1e9,
+                available / 1e9,
+            )
+            return
+        with ThreadPoolExecutor(max_workers=4) as pool:  # decoding releases the GIL
+            self._ram = list(pool.map(self._load_from_disk, range(len(self.records))))
+        for entry in self._ram:
+            entry[0].flags.writeable = False  # shared by every sample that uses the image
+        LOGGER.info("cached %d images in RAM (%.2f GB)", len(self.records), need / 1e9)
+
+    def ram_bytes(self) -> float:
+        """Bytes the decoded images take once resized to a long side of ``imgsz`` (``cache=ram``)."""
+        return float(sum(3 * self.imgsz**2 * min(r.height, r.width) / max(r.height, r.width, 1) for r in self.records))
+
+    def _disk_cache_file(self, i: int) -> Path | None:
+        """``cache=disk``: where image ``i``'s decoded, resized array lives (None when the image is gone).
+
+        The name holds the image's path, size and modification time and the resize settings, so a
+        changed image is decoded again (and a new file written) instead of served stale.
+        """
+        rec = self.records[i]
+        try:
+            st = os.stat(rec.im_file)
+        except OSError:
+            return None
+        key = f"{os.path.abspath(rec.im_file)}|{st.st_size}|{st.st_mtime_ns}|{self.imgsz}|{self.augment}|v1"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return self._disk_dir / digest[:2] / f"{digest}.npy"
+
+    def _load_from_disk(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
+        if self._disk_dir is None:
+            return self._decode(i)
+        rec = self.records[i]
+        f = self._disk_cache_file(i)
+        if f is not None and f.is_file():
+            t = CLOCK.now()
+            try:
+                img = np.load(f, allow_pickle=False)  # .npy without pickle: a cache file never runs code
+            except (OSError, ValueError):
+                img = None  # damaged or half-written by a crash elsewhere: decode again
+            if img is not None and img.ndim == 3 and img.dtype == np.uint8 and img.shape[2] == 3:
+                CLOCK.add("read", t)
+                return img, (rec.height, rec.width)
+        img, shape = self._decode(i)
+        if f is not None and shape == (rec.height, rec.width):  # the record's size is what a hit returns
+            tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.npy")
+            try:
+                f.parent.mkdir(parents=True, exist_ok=True)
+                np.save(tmp, img, allow_pickle=False)
+                os.replace(tmp, f)  # atomic: readers see the whole file or none
+            except OSError as e:
+                LOGGER.debug("cache=disk: %s not written (%s)", f, e)
+                tmp.unlink(missing_ok=True)
+        return img, shape
+
+    def _decode(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
+        rec = self.records[i]
+        t = CLOCK.now()
+        buf = read_bytes(rec.im_file)
+        t = CLOCK.add("read", t)
+        # A JPEG at least twice the needed size is decoded at 1/2, 1/4 or 1/8 scale by libjpeg.
+        f = jpeg_reduction(buf, max(rec.height, rec.width), self.imgsz)
+        img = decode_image(buf, rec.im_file, f)
+        h0, w0 = img.shape[:2]
+        if f > 1:
+            if (h0, w0) == (-(-rec.height // f), -(-rec.width // f)):
+                h0, w0 = rec.height, rec.width
+            else:  # the record's size is not the file's (edited file): decode in full for the true size
+                img = decode_image(buf, rec.im_file)
+                h0, w0 = img.shape[:2]
+        t = CLOCK.add("decode", t)
+        h, w = img.shape[:2]
+        r = self.imgsz / max(h, w)
+        if r != 1:
+            # Shrinking with INTER_AREA avoids aliasing; enlarging is bilinear either way.
+            interp = cv2.INTER_AREA if r < 1 and not self.augment else cv2.INTER_LINEAR
+            size = (max(1, min(self.imgsz, round(w * r))), max(1, min(self.imgsz, round(h * r))))
+            img = cv2.resize(img, size, interpolation=interp)
+        CLOCK.add("resize", t)
+        return img, (h0, w0)
+
+    def _image(self, i: int, memo: dict[int, tuple[np.ndarray, tuple[int, int]]] | None = None):
+        """Image ``i`` resized (read-only: shared by the samples that use it), and its original shape.
+
+        Looked up in the RAM cache, then the batch's memo, then the recent-images buffer; decoded
+        from disk otherwise. Decoding is deterministic, so where an image comes from never changes
+        a sample.
+        """
+        if self._ram is not None and self._ram[i] is not None:
+            return self._ram[i]
+        if memo is not None and i in memo:
+            return memo[i]
+        hit = self._recent.get(i)
+        if hit is not None:
+            self._recent.move_to_end(i)
+        else:
+            img, shape = self._load_from_disk(i)
+            img.flags.writeable = False
+            hit = (img, shape)
+            if self.buffer > 0:
+                self._recent[i] = hit
+                if len(self._recent) > self.buffer:
+                    self._recent.popitem(last=False)  # least recently used
+        if memo is not None:
+            memo[i] = hit
+        return hit
+
+    def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """Image ``i`` resized so its long side is ``imgsz``, and its original ``(h, w)``.
+
+        Args:
+            i: Record index.
+
+        Returns:
+            ``(img, (h0, w0))``; the image is a fresh array the caller may modify.
+        """
+        img, shape = self._image(i)
+        return img.copy(), shape
