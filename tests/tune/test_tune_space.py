@@ -72,6 +72,7 @@ def test_space_file_forms_and_sampling(tmp_path):
     assert all(1e-4 <= s["lr0"] <= 0.1 for s in seen)
     assert all(0.8 <= s["momentum"] <= 0.98 for s in seen)
     assert {s["close_mosaic"] for s in seen} <= {0, 2, 4, 6, 8, 10}
+    assert space["close_mosaic"].contains(4) and not space["close_mosaic"].contains(3)  # on the grid only
     assert all(isinstance(s["close_mosaic"], int) for s in seen)
     assert {s["optimizer"] for s in seen} == {"SGD", "AdamW"}
     # log-uniform: about half the draws of 30 below sqrt(1e-4 * 0.1) = 0.00316; uniform would give ~3%

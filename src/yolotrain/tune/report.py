@@ -113,13 +113,13 @@ def write_plots(study: optuna.Study, folder: Path, top: int = 6) -> list[Path]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            important = list(optuna.importance.get_param_importances(study))[:top]
+            important = list(optuna.importance.get_param_importances(study, evaluator=_evaluator()))[:top]
     except Exception:  # noqa: BLE001 - too few trials: show every setting
         important = None
     written = []
     for name, draw in (
         ("optimization_history", ovm.plot_optimization_history),
-        ("param_importances", ovm.plot_param_importances),
+        ("param_importances", lambda s: ovm.plot_param_importances(s, evaluator=_evaluator())),
         ("parallel_coordinate", lambda s: ovm.plot_parallel_coordinate(s, params=important)),
         ("intermediate_values", ovm.plot_intermediate_values),
     ):
@@ -137,6 +137,11 @@ def write_plots(study: optuna.Study, folder: Path, top: int = 6) -> list[Path]:
             LOGGER.warning(f"tune: plot {name} skipped: {type(e).__name__}: {e}".splitlines()[0])
             plt.close("all")
     return written
+
+
+def _evaluator() -> optuna.importance.BaseImportanceEvaluator:
+    """PED-ANOVA: needs nothing beyond numpy (Optuna's fANOVA would need scikit-learn)."""
+    return optuna.importance.PedAnovaImportanceEvaluator()
 
 
 def summarize(study: optuna.Study, result: TuneResult, epochs: int) -> TuneResult:

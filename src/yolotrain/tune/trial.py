@@ -158,7 +158,9 @@ def train_trial(
     callbacks = Callbacks()
     for event, fn in [*extra_callbacks, *TrialReporter(trial, proposed).callbacks()]:
         callbacks.add(event, fn)
-    Trainer(cfg, callbacks=callbacks).fit()
+    trainer = Trainer(cfg, callbacks=callbacks)
+    trainer.fit()
+    check_applied(proposed, Path(trainer.save_dir) / "args.yaml")  # again at the end: what the run kept
 
 
 __all__ = ["SettingsNotApplied", "TrialReporter", "train_trial", "WORKER_CALLBACKS"]
