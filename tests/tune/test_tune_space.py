@@ -131,3 +131,32 @@ def test_continuing_a_study_with_other_settings_is_refused(tmp_path):
         open_study(tmp_path, None, "s", pruner, 5, other)
     with pytest.raises(ConfigError, match="another search space"):
         open_study(tmp_path, None, "s", pruner, 5, {**about, "space": {"lr0": {"low": 0.001, "high": 0.2}}})
+
+
+@pytest.mark.parametrize("name", ["median", "halving"])
+def test_pruner_waits_prune_warmup_epochs_then_stops_a_bad_trial(name):
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(name, warmup=1))
+    for _ in range(3):  # good trials, mAP 0.5 at every epoch, asking the pruner as the tuner does
+        t = study.ask()
+        for epoch in (1, 2, 3):
+            t.report(0.5, epoch)
+            assert not t.should_prune()
+        study.tell(t, 0.5)
+    bad = study.ask()
+    bad.report(0.01, 1)
+    assert not bad.should_prune()  # epoch 1 <= prune_warmup: never pruned
+    bad.report(0.01, 2)
+    assert bad.should_prune()
+    good = study.ask()
+    good.report(0.9, 1)
+    good.report(0.9, 2)
+    assert not good.should_prune()
+    assert not make_pruner("none", 0).prune(study, study.trials[-2])
+
+
+def test_rdb_url_storage(tmp_path):
+    url = f"sqlite:///{tmp_path / 'tune.db'}"
+    about = {"settings": {"epochs": 3}, "space": {}}
+    open_study(tmp_path, url, "rdb", make_pruner("median", 1), 5, about)
+    assert (tmp_path / "tune.db").is_file() and not (tmp_path / "study.journal").exists()
+    assert optuna.load_study(study_name="rdb", storage=url).user_attrs["about"] == about
