@@ -8,9 +8,10 @@ import optuna
 import pytest
 import yaml
 
-from yolotrain.config import SETTINGS
+from yolotrain.config import SETTINGS, resolve
 from yolotrain.errors import ConfigError
 from yolotrain.tune.options import split_options
+from yolotrain.tune.runner import lr0_effective
 from yolotrain.tune.space import DEFAULT_SPACE, SettingsNotApplied, check_applied, load_space, parse_space
 from yolotrain.tune.study import make_pruner, open_study
 
@@ -160,3 +161,13 @@ def test_rdb_url_storage(tmp_path):
     open_study(tmp_path, url, "rdb", make_pruner("median", 1), 5, about)
     assert (tmp_path / "tune.db").is_file() and not (tmp_path / "study.journal").exists()
     assert optuna.load_study(study_name="rdb", storage=url).user_attrs["about"] == about
+
+
+def test_tuning_lr0_never_runs_under_optimizer_auto():
+    # optimizer=auto picks its own lr for short runs: lr0 would be sampled and silently ignored
+    space = parse_space({"lr0": [1e-4, 0.1], "mosaic": [0.0, 1.0]})
+    assert lr0_effective({"epochs": 3}, space, resolve({"epochs": 3})) == {"epochs": 3, "optimizer": "SGD"}
+    given = {"epochs": 3, "optimizer": "AdamW"}
+    assert lr0_effective(given, space, resolve(given)) == given
+    no_lr = parse_space({"mosaic": [0.0, 1.0]})
+    assert lr0_effective({"epochs": 3}, no_lr, resolve({"epochs": 3})) == {"epochs": 3}

@@ -86,6 +86,7 @@ def test_three_trial_study_end_to_end_then_continued(tune_data, tmp_path, capsys
         recorded = yaml.safe_load((tune_dir / "trials" / f"trial_{t.number:03d}" / "args.yaml").read_text())
         assert all(recorded[k] == pytest.approx(v) for k, v in t.params.items())
         assert recorded["epochs"] == 1 and recorded["imgsz"] == 64
+        assert recorded["optimizer"] == "SGD"  # lr0 is tuned: optimizer=auto would ignore it
     best = max(trials, key=lambda t: t.value)
     cfg = resolve({"cfg": tune_dir / "best.yaml"})  # usable as cfg=best.yaml
     assert all(getattr(cfg, k) == pytest.approx(v) for k, v in best.params.items())

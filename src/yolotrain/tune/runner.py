@@ -65,6 +65,7 @@ def run_tune(args: Mapping[str, Any], callbacks: list[tuple[str, Callable[[Any],
     tune_dir.mkdir(parents=True, exist_ok=True)
     # what every trial trains with: the given settings (cfg= file included), validated and typed
     settings = {k: getattr(base, k) for k in base.explicit if k not in PER_TRIAL | {"cfg"}}
+    settings = lr0_effective(settings, space, base)
     about = {
         "settings": {k: v for k, v in settings.items() if k not in VOLATILE},
         "space": space_to_dict(space),
@@ -100,6 +101,22 @@ def run_tune(args: Mapping[str, Any], callbacks: list[tuple[str, Callable[[Any],
     result.seconds = time.monotonic() - t0
     _write_outputs(study, tune_dir, settings, space, base, result, plots=True)
     return result
+
+
+def lr0_effective(settings: dict[str, Any], space: dict[str, Dimension], base: Config) -> dict[str, Any]:
+    """The trials' shared settings, with ``optimizer=SGD`` when ``lr0`` is tuned under ``optimizer=auto``.
+
+    ``optimizer=auto`` picks AdamW with its own learning rate for runs of up to 10,000 optimizer steps (most
+    tuning runs), so a sampled ``lr0`` would change nothing: every trial would silently train at one lr.
+    SGD is what ``auto`` uses for long runs, with ``lr0`` as given.
+    """
+    if "lr0" not in space or base.optimizer != "auto":
+        return settings
+    LOGGER.warning(
+        "tune: optimizer=auto sets its own learning rate for runs of up to 10,000 optimizer steps, so lr0 "
+        "would not be tuned; trials use optimizer=SGD (give optimizer=SGD, Adam or AdamW to choose)"
+    )
+    return {**settings, "optimizer": "SGD"}
 
 
 def _over_budget(opts: TuneOptions, t0: float) -> bool:
@@ -145,7 +162,9 @@ def _run_claim(
     cfg = resolve({**settings, **proposed, **where})
     LOGGER.info(f"tune: trial {trial.number}: " + " ".join(f"{k}={_fmt(v)}" for k, v in proposed.items()))
     try:
-        train_trial(cfg, trial, proposed, callbacks, worker_env)
+        # checked against args.yaml: what the sampler proposed and every shared setting that fixes the result
+        expected = {**{k: v for k, v in settings.items() if k not in VOLATILE}, **proposed}
+        train_trial(cfg, trial, expected, callbacks, worker_env)
     except (Preempted, KeyboardInterrupt):
         LOGGER.warning(f"tune: trial {trial.number} interrupted; running the same command again resumes it")
         raise
