@@ -112,7 +112,7 @@ def test_settings_check_reads_args_yaml(tmp_path):
     args = tmp_path / "args.yaml"
     args.write_text(yaml.safe_dump({"lr0": 0.0123, "degrees": 0, "optimizer": "SGD", "close_mosaic": 4}))
     check_applied({"lr0": 0.0123, "degrees": 0.0, "optimizer": "SGD", "close_mosaic": 4}, args)  # equal
-    with pytest.raises(SettingsNotApplied, match="'lr0': the sampler proposed 0.0124 but the run trained with 0.0123"):
+    with pytest.raises(SettingsNotApplied, match="'lr0': tune asked for 0.0124 but the run trained with 0.0123"):
         check_applied({"lr0": 0.0124}, args)
     with pytest.raises(SettingsNotApplied, match="'optimizer'"):
         check_applied({"optimizer": "AdamW"}, args)

@@ -141,7 +141,7 @@ def test_trial_whose_settings_do_not_reach_the_trainer_fails_loudly(tune_data, t
     args = _args(tune_data, tmp_path, "mismatch", trials=2, callbacks=f"{cb}:on_pretrain_routine_start")
     assert main(["tune", *args]) == 2
     err = capsys.readouterr().err
-    assert "error: trial 0: setting 'lr0': the sampler proposed 0.01 but the run trained with 0.0123" in err
+    assert "error: trial 0: setting 'lr0': tune asked for 0.01 but the run trained with 0.0123" in err
     trials = _study(tmp_path / "mismatch").get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL]  # the study stops: no second trial
     assert "settings not applied" in trials[0].user_attrs["error"]

@@ -230,7 +230,7 @@ class SettingsNotApplied(YoloTrainError):
 
 
 def check_applied(proposed: dict[str, Any], args_yaml: Path) -> None:
-    """Compare the settings a trial's run recorded in ``args.yaml`` with what the sampler proposed.
+    """Compare the settings a trial's run recorded in ``args.yaml`` with what tune gave it.
 
     Raises:
         SettingsNotApplied: Naming the first setting that differs (or a missing ``args.yaml``).
@@ -242,7 +242,7 @@ def check_applied(proposed: dict[str, Any], args_yaml: Path) -> None:
         got = recorded.get(key, "<missing>")
         if not _same(coerce(key, want), got):
             raise SettingsNotApplied(
-                f"setting '{key}': the sampler proposed {want!r} but the run trained with {got!r} ({args_yaml})"
+                f"setting '{key}': tune asked for {want!r} but the run trained with {got!r} ({args_yaml})"
             )
 
 

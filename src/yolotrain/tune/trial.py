@@ -40,7 +40,7 @@ class TrialReporter:
 
     Args:
         trial: The Optuna trial (``report``/``should_prune`` go to its study's storage).
-        proposed: The settings the sampler proposed, to check against the run's ``args.yaml``.
+        proposed: The settings the trial was given (sampled and shared), to check against its ``args.yaml``.
     """
 
     def __init__(self, trial: optuna.trial.Trial, proposed: dict[str, Any]):
