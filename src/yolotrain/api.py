@@ -7,7 +7,7 @@ from typing import Any
 
 from yolotrain.config import resolve
 from yolotrain.engine.callbacks import Callbacks
-from yolotrain.utils.logging import setup_logging
+from yolotrain.utils.logging import LOGGER, setup_logging
 
 
 class Detector:
@@ -46,6 +46,18 @@ class Detector:
             wdir = self.trainer.wdir
         self.model = str(wdir / ("best.pt" if (wdir / "best.pt").exists() else "last.pt"))
         return best
+
+    def tune(self, **settings: Any):
+        """Tune hyperparameters with Optuna (``trials``, ``space``, ``pruner``... and training settings).
+
+        Every trial trains this model (scale or checkpoint) with the callbacks added to this Detector.
+        Returns a :class:`~yolotrain.tune.TuneResult`; ``best_yaml`` holds the best settings.
+        """
+        from yolotrain.tune import run_tune
+
+        result = run_tune({"model": self.model, **settings}, callbacks=self.callbacks.items())
+        LOGGER.info(result.summary)
+        return result
 
     def val(self, **settings: Any):
         """Validate the current weights; returns an EvalResult."""

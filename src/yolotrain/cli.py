@@ -7,6 +7,7 @@ Examples::
     yolotrain predict model=runs/train/exp/weights/best.pt source=images/
     yolotrain info model=n
     yolotrain export model=runs/train/exp/weights/best.pt format=onnx opset=17
+    yolotrain tune data=path/data.yaml model=n epochs=30 trials=50 [space=space.yaml] [budget=hours]
     yolotrain data check data=path/data.yaml
     yolotrain data convert src=path/data.yaml to=yolo out=converted/
 """
@@ -23,9 +24,9 @@ from yolotrain.errors import Preempted, YoloTrainError
 from yolotrain.runners import load_for_inference, run_predict_cfg, run_val
 from yolotrain.utils.logging import setup_logging
 
-COMMANDS = ("train", "val", "predict", "info", "export", "data", "ckpt", "help")
+COMMANDS = ("train", "val", "predict", "info", "export", "tune", "data", "ckpt", "help")
 USAGE = (
-    "usage: yolotrain {train,val,predict,info,export,data,ckpt,help} [key=value ...]\n"
+    "usage: yolotrain {train,val,predict,info,export,tune,data,ckpt,help} [key=value ...]\n"
     "  e.g. yolotrain train data=data.yaml model=n epochs=50 imgsz=640 batch=16"
 )
 
@@ -90,6 +91,15 @@ def cmd_export(cfg: Config) -> int:
     return 0
 
 
+def cmd_tune(args: dict) -> int:
+    from yolotrain.tune import run_tune
+
+    setup_logging(True)  # the tuner's trial lines always show; verbose=false still quiets the progress bars
+    result = run_tune(args)
+    print(result.summary)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``yolotrain`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -111,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
             setup_logging(True)
             return run_data_command(rest)
+        if command == "tune":  # tune's own keys (trials, space, pruner...) are not training settings
+            return cmd_tune(parse_cli_args(rest))
         setup_logging(True)  # resolve may warn (callbacks a cfg= file names are not run); level set below
         cfg = resolve(parse_cli_args(rest))
         setup_logging(cfg.verbose or command != "train")
