@@ -31,8 +31,8 @@ class Detector:
 
     def train(self, **settings: Any):
         """Train with the given settings; returns the best epoch's EvalResult (None without val)."""
-        from yolotrain.engine.launch import launch, processes_wanted
-        from yolotrain.engine.trainer import Trainer
+        from yolotrain.engine.launch import launch, processes_wanted  # noqa: PLC0415 - torch and the engine load only when a method runs
+        from yolotrain.engine.trainer import Trainer  # noqa: PLC0415 - torch and the engine load only when a method runs
 
         cfg = resolve({"model": self.model, **settings})
         n = processes_wanted(cfg)
@@ -53,7 +53,7 @@ class Detector:
         Every trial trains this model (scale or checkpoint) with the callbacks added to this Detector.
         Returns a :class:`~yolotrain.tune.TuneResult`; ``best_yaml`` holds the best settings.
         """
-        from yolotrain.tune import run_tune
+        from yolotrain.tune import run_tune  # noqa: PLC0415 - torch and the engine load only when a method runs
 
         result = run_tune({"model": self.model, **settings}, callbacks=self.callbacks.items())
         LOGGER.info(result.summary)
@@ -61,28 +61,28 @@ class Detector:
 
     def val(self, **settings: Any):
         """Validate the current weights; returns an EvalResult."""
-        from yolotrain.runners import run_val
+        from yolotrain.runners import run_val  # noqa: PLC0415 - torch and the engine load only when a method runs
 
         return run_val(resolve({"model": self.model, **settings}))
 
     def predict(self, source: str, **settings: Any):
         """Predict on an image, folder or glob; returns a list of Prediction (also saved to disk)."""
-        from yolotrain.runners import run_predict_cfg
+        from yolotrain.runners import run_predict_cfg  # noqa: PLC0415 - torch and the engine load only when a method runs
 
         preds, _ = run_predict_cfg(resolve({"model": self.model, "source": source, **settings}))
         return preds
 
     def export(self, format: str = "onnx", **settings: Any) -> Path:
         """Export the current weights (``opset``, ``imgsz``, ``dynamic``, ``half``, ``out``); returns the file."""
-        from yolotrain.export import export_from_config
+        from yolotrain.export import export_from_config  # noqa: PLC0415 - torch and the engine load only when a method runs
 
         return export_from_config(resolve({"model": self.model, "format": format, **settings}), nc=self.nc)
 
 
 def _best_result(wdir: Path):
     """The best epoch's EvalResult recorded in ``wdir``'s checkpoint (after a multi-process run)."""
-    from yolotrain.engine.checkpoint import load_checkpoint
-    from yolotrain.eval import EvalResult
+    from yolotrain.engine.checkpoint import load_checkpoint  # noqa: PLC0415 - torch and the engine load only when a method runs
+    from yolotrain.eval import EvalResult  # noqa: PLC0415 - torch and the engine load only when a method runs
 
     last = wdir / "last.pt"
     best = load_checkpoint(last).get("best_metrics") if last.is_file() else None

@@ -32,8 +32,8 @@ USAGE = (
 
 
 def cmd_train(cfg: Config) -> int:
-    from yolotrain.engine.launch import launch, processes_wanted
-    from yolotrain.engine.trainer import Trainer
+    from yolotrain.engine.launch import launch, processes_wanted  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
+    from yolotrain.engine.trainer import Trainer  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
 
     n = processes_wanted(cfg)
     if n > 1:  # nproc=N or device=0,1: torchrun starts the workers, which come back here with WORLD_SIZE set
@@ -51,7 +51,7 @@ def cmd_train(cfg: Config) -> int:
 
 
 def cmd_val(cfg: Config) -> int:
-    from yolotrain.eval import format_table
+    from yolotrain.eval import format_table  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
 
     result = run_val(cfg)
     print(format_table(result, result.names), file=sys.stderr if cfg.json else sys.stdout)
@@ -69,7 +69,7 @@ def cmd_predict(cfg: Config) -> int:
 
 
 def cmd_info(cfg: Config) -> int:
-    from yolotrain.models import model_info
+    from yolotrain.models import model_info  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
 
     model, _, _, _ = load_for_inference(cfg.replace(device="cpu") if not cfg.device else cfg)
     imgsz = cfg.imgsz if "imgsz" in cfg.explicit else 640
@@ -85,14 +85,14 @@ def cmd_info(cfg: Config) -> int:
 
 
 def cmd_export(cfg: Config) -> int:
-    from yolotrain.export import export_from_config
+    from yolotrain.export import export_from_config  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
 
     print(f"exported to {export_from_config(cfg)}")
     return 0
 
 
 def cmd_tune(args: dict) -> int:
-    from yolotrain.tune import run_tune
+    from yolotrain.tune import run_tune  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
 
     setup_logging(True)  # the tuner's trial lines always show; verbose=false still quiets the progress bars
     result = run_tune(args)
@@ -112,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if command == "ckpt":  # positional paths: ckpt info PATH | strip PATH OUT | diff A B
-            from yolotrain.engine.ckpt_tools import run_ckpt_command
+            from yolotrain.engine.ckpt_tools import run_ckpt_command  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
 
             setup_logging(True)
             return run_ckpt_command(rest)
         if command == "data":  # check/convert take their own keys (src, to, out...), not settings
-            from yolotrain.data.commands import run_data_command
+            from yolotrain.data.commands import run_data_command  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
 
             setup_logging(True)
             return run_data_command(rest)

@@ -14,6 +14,8 @@ import json
 import sys
 
 from yolotrain.config import BOOL_FALSE, BOOL_TRUE, parse_cli_args
+from yolotrain.data.check import check_dataset, check_summary, format_check
+from yolotrain.data.convert import TARGETS, convert_dataset
 from yolotrain.errors import ConfigError, DataError
 
 USAGE = (
@@ -42,7 +44,6 @@ def _args(sub: str, argv: list[str]) -> dict[str, str]:
 
 def cmd_check(argv: list[str]) -> int:
     """``data check``: print the report; 0 when every split is usable, 1 otherwise."""
-    from yolotrain.data.check import check_dataset, check_summary, format_check
 
     args = _args("check", argv)
     if not args.get("data"):
@@ -64,7 +65,6 @@ def cmd_check(argv: list[str]) -> int:
 
 def cmd_convert(argv: list[str]) -> int:
     """``data convert``: write the converted dataset and print where its data.yaml is."""
-    from yolotrain.data.convert import TARGETS, convert_dataset
 
     args = _args("convert", argv)
     src = args.get("src") or args.get("data")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
 
 from yolotrain.data.image_io import decode_image, jpeg_reduction, read_bytes
 from yolotrain.data.profile import CLOCK
@@ -44,8 +45,6 @@ class ImageSource:
     def _cache_in_ram(self) -> None:
         need = self.ram_bytes()
         try:
-            import psutil  # optional: without it the user's request is trusted
-
             available = psutil.virtual_memory().available
         except Exception:  # psutil missing or unsupported platform: trust the user
             available = float("inf")

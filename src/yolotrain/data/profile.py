@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 STAGES = ("read", "decode", "resize", "mosaic", "affine", "hsv", "flip", "letterbox", "format", "collate")
 
 
@@ -201,8 +203,6 @@ def loader_advice(loader: Any, *, workers: int, imgsz: int, cache: str) -> list[
         cache: The ``cache`` setting.
     """
     try:
-        import psutil  # optional dependency: without it the cache advice assumes the memory is there
-
         available = float(psutil.virtual_memory().available)
     except Exception:
         available = float("inf")

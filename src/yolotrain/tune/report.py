@@ -106,8 +106,8 @@ def write_plots(study: optuna.Study, folder: Path, top: int = 6) -> list[Path]:
     The parallel-coordinate view shows the ``top`` most important settings (all of them are unreadable). A
     plot Optuna cannot draw yet (importances need two complete trials) is skipped with a warning.
     """
-    import matplotlib.pyplot as plt  # heavy: only when a study ends
-    from optuna.visualization import matplotlib as ovm
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy: only when a study ends
+    from optuna.visualization import matplotlib as ovm  # noqa: PLC0415 - optional plotting, only when a study ends
 
     folder.mkdir(parents=True, exist_ok=True)
     try:

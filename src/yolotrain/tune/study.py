@@ -71,7 +71,7 @@ def make_storage(spec: str | None, tune_dir: Path) -> optuna.storages.BaseStorag
         return spec  # sqlite:///, postgresql://, mysql://: Optuna's RDB storage
     path = Path(spec) if spec else tune_dir / "study.journal"
     path.parent.mkdir(parents=True, exist_ok=True)
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalStorage  # noqa: PLC0415 - the journal storage loads only for file storage
 
     return JournalStorage(JournalFileBackend(str(path)))
 

@@ -137,9 +137,9 @@ def train_trial(
         SettingsNotApplied: When the run did not train with the proposed settings.
         Whatever training raises (Preempted on Ctrl-C/SIGTERM, TrainingError...).
     """
-    from yolotrain.engine.callbacks import Callbacks
-    from yolotrain.engine.launch import launch, processes_wanted
-    from yolotrain.engine.trainer import Trainer
+    from yolotrain.engine.callbacks import Callbacks  # noqa: PLC0415 - torch and the engine load only when a trial runs
+    from yolotrain.engine.launch import launch, processes_wanted  # noqa: PLC0415 - torch and the engine load only when a trial runs
+    from yolotrain.engine.trainer import Trainer  # noqa: PLC0415 - torch and the engine load only when a trial runs
 
     n = processes_wanted(cfg)
     if n > 1:
