@@ -33,3 +33,13 @@ def record_order(trainer):
     """Append (epoch, iteration, image indices) of every batch to YT_ORDER."""
     with open(os.environ["YT_ORDER"], "a") as f:
         f.write(f"{trainer.epoch} {trainer.last_iteration} {trainer.current_batch['index'].tolist()}\n")
+
+
+def kill_a_loader_worker(trainer):
+    """At the YT_AT-th batch: SIGKILL one of this process's loader workers (an out-of-memory kill, say)."""
+    COUNT[0] += 1
+    if COUNT[0] == int(os.environ["YT_AT"]):
+        import psutil
+
+        os.kill(psutil.Process().children()[0].pid, signal.SIGKILL)
+        time.sleep(1.0)  # the worker is gone before the loader asks it for the next batch

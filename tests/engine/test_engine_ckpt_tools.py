@@ -57,10 +57,17 @@ def test_diff_exit_codes(trained_run, tmp_path, capsys):
 
 def test_finetune_with_other_class_count_reports_counts(trained_run, tiny_data, tmp_path, capsys):
     # a 1-class dataset from the same images: the head's class branch no longer fits
-    yaml = tmp_path / "one.yaml"
-    root = tiny_data.parent
+    yaml, root = tmp_path / "one.yaml", tmp_path / "one"
+    for split in ("train", "val"):  # the same images, every box relabelled as class 0
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for img in (tiny_data.parent / "images" / split).iterdir():
+            (root / "images" / split / img.name).symlink_to(img)
+            label = tiny_data.parent / "labels" / split / f"{img.stem}.txt"
+            rows = [f"0 {ln.split(' ', 1)[1]}" for ln in label.read_text().splitlines() if ln.strip()]
+            (root / "labels" / split / label.name).write_text("".join(r + "\n" for r in rows))
     yaml.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames: [thing]\n")
-    lbl = tmp_path  # labels with class ids >= 1 are dropped and counted; class 0 rows remain
+    lbl = tmp_path
     assert (
         main(
             [

@@ -222,3 +222,13 @@ def test_ddp_sigterm_to_every_process_saves_once_and_resumes_exactly(tiny_data, 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resume: at epoch 2, iteration 4 of 6" in resumed.stderr
     assert_same_weights(last, tmp_path / "ref" / "weights" / "last.pt")
+
+
+def test_a_loader_worker_killed_otherwise_is_a_one_line_error(tiny_data, tmp_path):
+    env = {**os.environ, "YT_AT": "2"}
+    cmd = train_cmd(tiny_data, tmp_path, "job", "verbose=false",
+                    f"callbacks=on_train_batch_end={HOOKS}:kill_a_loader_worker")  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "a data loader worker died: DataLoader worker (pid" in errors[0], errors
