@@ -361,6 +361,11 @@ class Trainer:
     def metrics(self) -> EvalResult | None:
         return self.run.state.metrics
 
+    @metrics.setter
+    def metrics(self, result: EvalResult | None) -> None:
+        # a callback may replace the latest result (at on_val_end / on_fit_epoch_end, before it is used)
+        self.run.state.metrics = result
+
     @property
     def best(self) -> EvalResult | None:
         return self.run.state.best if self.run else None
