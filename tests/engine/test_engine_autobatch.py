@@ -48,23 +48,6 @@ def run(curve, **kw):
     return autobatch(curve.step, "cpu", measure=curve, timer=curve.clock, **kw)
 
 
-def _batch(counts, size=8):
-    """A collated batch with counts[i] boxes on image i (box values encode the image for checking)."""
-    n_img = len(counts)
-    bidx = torch.repeat_interleave(torch.arange(n_img, dtype=torch.float32), torch.tensor(counts))
-    n = int(bidx.numel())
-    return {
-        "img": torch.arange(n_img, dtype=torch.uint8).view(-1, 1, 1, 1).expand(n_img, 3, size, size).clone(),
-        "cls": (bidx * 10).view(-1, 1),
-        "bboxes": torch.rand(n, 4),
-        "batch_idx": bidx,
-        "im_file": [f"im{i}.jpg" for i in range(n_img)],
-        "ori_shape": [(size, size)] * n_img,
-        "ratio_pad": [None] * n_img,
-        "index": torch.arange(100, 100 + n_img),
-    }
-
-
 def test_throughput_knee_is_chosen_and_the_curve_logged(caplog):
     # by hand, seconds = 0.2 + 0.05 b + 0.002 b^2: batch 1 0.252 s (4.0 img/s), 2 0.308 s (6.5), 4 0.432 s (9.3),
     # 8 0.728 s (11.0), 16 1.512 s (10.6): batch 16 is slower per image than 8, so 8 it is, although memory

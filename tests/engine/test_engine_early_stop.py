@@ -2,35 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from datetime import timedelta
-
 import pytest
-import torch
 
 from yolotrain.engine.early_stop import EarlyStopping
-from yolotrain.engine.multiscale import MultiScale, pick_synchronized
-from yolotrain.models import build_model
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build_model("n", nc=3)
-
-
-def _numel_under(model, prefix):
-    return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefix + "."))
-
-
-def _sync_worker(rank, world, port, out_dir):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
-    try:
-        ms = MultiScale(640, fraction=0.5, seed=100 + rank)  # deliberately different local seeds
-        sizes = [pick_synchronized(ms, 1, i, (640, 640)) for i in range(20)]
-        (out_dir / f"rank{rank}.txt").write_text(repr(sizes))
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------------------- early stopping

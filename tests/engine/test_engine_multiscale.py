@@ -12,16 +12,6 @@ import torch
 
 from yolotrain.engine.multiscale import MultiScale, pick_synchronized, resize_batch
 from yolotrain.errors import ConfigError
-from yolotrain.models import build_model
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build_model("n", nc=3)
-
-
-def _numel_under(model, prefix):
-    return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefix + "."))
 
 
 def _sync_worker(rank, world, port, out_dir):

@@ -5,46 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from yolotrain.engine.autobatch import autobatch
 from yolotrain.engine.oom import OOMInjector, free_memory, is_oom, split_batch
 from yolotrain.errors import ConfigError
-
-
-class Curve:
-    """A simulated device: memory = intercept + slope * batch, OOM from ``oom_at`` images on, and a clock
-    that each step advances by ``seconds(batch)``."""
-
-    def __init__(self, intercept=500.0, slope=100.0, oom_at=None, memory=None, seconds=lambda b: 1 + 0.001 * b):
-        self.intercept, self.slope, self.oom_at, self.memory, self.seconds = intercept, slope, oom_at, memory, seconds
-        self.probed: list[int] = []
-        self.resets = 0
-        self.last = 0
-        self.now = 0.0
-
-    def step(self, b):
-        self.probed.append(b)
-        if self.oom_at is not None and b >= self.oom_at:
-            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {b} GiB")
-        self.last = b
-        self.now += self.seconds(b)
-
-    def clock(self):
-        return self.now
-
-    def sizes(self):
-        """The distinct batch sizes probed, in order (each runs twice: memory, then timed)."""
-        return list(dict.fromkeys(self.probed))
-
-    def reset(self):
-        self.resets += 1
-
-    def __call__(self):
-        return self.memory(self.last) if self.memory else self.intercept + self.slope * self.last
-
-
-def run(curve, **kw):
-    kw.setdefault("total", 10_000)
-    return autobatch(curve.step, "cpu", measure=curve, timer=curve.clock, **kw)
 
 
 def _batch(counts, size=8):
