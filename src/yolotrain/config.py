@@ -319,7 +319,7 @@ class Config:
 
     def __setattr__(self, key: str, value: Any) -> None:
         if key not in SETTINGS:
-            raise ConfigError(_unknown_key_message(key))
+            raise ConfigError(unknown_key_message(key))
         self._values[key] = coerce(key, value)
 
     def to_dict(self) -> dict[str, Any]:
@@ -341,8 +341,9 @@ class Config:
         return f"Config({self.to_dict()})"
 
 
-def _unknown_key_message(key: str) -> str:
-    close = difflib.get_close_matches(key, SETTINGS.keys(), n=1, cutoff=0.6)
+def unknown_key_message(key: str, extra: Iterable[str] = ()) -> str:
+    """``unknown setting 'X'; did you mean 'Y'?`` with the closest of the settings and ``extra`` names."""
+    close = difflib.get_close_matches(key, [*extra, *SETTINGS], n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else "; run 'yolotrain help' for the list"
     return f"unknown setting '{key}'{hint}"
 
@@ -362,7 +363,7 @@ def coerce(key: str, value: Any) -> Any:
         ConfigError: With a one-line message naming the key and what is allowed.
     """
     if key not in SETTINGS:
-        raise ConfigError(_unknown_key_message(key))
+        raise ConfigError(unknown_key_message(key))
     s = SETTINGS[key]
     if isinstance(value, str) and s.kind != "str":
         value = _parse_scalar(value.strip())

@@ -31,6 +31,7 @@ from torch import nn
 
 from yolotrain import __version__
 from yolotrain.errors import ConfigError
+from yolotrain.models.weights_io import is_scale, load_model_spec
 from yolotrain.ops import decode
 
 LOGGER = logging.getLogger("yolotrain")
@@ -254,7 +255,7 @@ def export_from_config(cfg, nc: int | None = None) -> Path:
     Returns:
         The path written.
     """
-    from yolotrain.engine.build import inference_imgsz, is_scale, load_model_spec  # noqa: PLC0415 - the engine loads only when exporting
+    from yolotrain.engine.build import inference_imgsz  # noqa: PLC0415 - the engine loads only when exporting
 
     if cfg.format not in FORMATS:  # config validation already refuses it; kept for direct callers
         raise ConfigError(f"setting 'format'={cfg.format!r} is not supported (one of {', '.join(FORMATS)})")

@@ -13,8 +13,8 @@ from yolotrain.utils.logging import LOGGER
 
 def load_for_inference(cfg: Config):
     """Model, device and precision for val/predict from ``model=`` (a checkpoint or a fresh scale)."""
-    from yolotrain.engine.build import load_model_spec  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
     from yolotrain.engine.precision import Precision  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
+    from yolotrain.models.weights_io import load_model_spec  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
     from yolotrain.utils.torch_utils import select_device  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
 
     device = select_device(cfg.device)

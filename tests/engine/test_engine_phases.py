@@ -254,7 +254,7 @@ def test_build_run_returns_autobatch_choice_without_touching_the_callers_config(
 
     monkeypatch.setattr(autobatch_probe, "autobatch", lambda *a, **k: 4)
     cfg = cfg_for(tiny_data, tmp_path, batch=0.7, epochs=1)
-    run = build_run(cfg, None, tmp_path / "exp")
+    run = build_run(cfg, None, tmp_path / "exp", torch.device("cpu"))
     assert cfg.batch == 0.7 and run.cfg.batch == 4 and run.planner.batch == 4
     assert run.loaders.train_loader.batch_size == 4 and (tmp_path / "exp" / "args.yaml").is_file()
     assert {type(p).__name__ for p in run.checkpointer.parts} >= {"TrainState", "RngStreams", "Precision", "ModelEMA"}

@@ -38,9 +38,9 @@ from yolotrain.engine.sync_bn import convert_sync_bn
 from yolotrain.engine.validator import Validator
 from yolotrain.errors import CheckpointError, ConfigError, DataError
 from yolotrain.loss import DetectionLoss
-from yolotrain.models import available_scales, build_model, model_info, weights_io
+from yolotrain.models import build_model, model_info, weights_io
 from yolotrain.utils.files import increment_path
-from yolotrain.utils.torch_utils import configure_backend, init_seeds, select_device
+from yolotrain.utils.torch_utils import configure_backend, init_seeds
 
 LOGGER = logging.getLogger("yolotrain")
 MAX_STRIDE = 32
@@ -128,19 +128,6 @@ def build_loader(
     )
 
 
-def is_scale(model: str) -> bool:
-    return str(model) in available_scales()
-
-
-def build_train_model(cfg: Config, nc: int) -> nn.Module:
-    """A fresh model, optionally initialised from a weights file (fine-tuning, not resuming).
-
-    See :func:`yolotrain.models.weights_io.build_train_model`: yolotrain checkpoints, Ultralytics
-    YOLOv8/YOLO11 checkpoints and ``.safetensors`` files; counts logged and kept in ``model.load_counts``.
-    """
-    return weights_io.build_train_model(str(cfg.model), cfg.pretrained, cfg.load, nc)
-
-
 def run_dir(cfg: Config, create: bool = True) -> Path:
     """The run folder ``{project}/{name}``, auto-incremented unless ``exist_ok``.
 
@@ -152,14 +139,6 @@ def run_dir(cfg: Config, create: bool = True) -> Path:
     if create:
         (path / "weights").mkdir(parents=True, exist_ok=True)
     return path
-
-
-def load_model_spec(spec: str, nc: int = 80) -> tuple[nn.Module, dict[str, Any]]:
-    """The model ``model=`` names for val/predict/export/info, and its checkpoint state (empty for a scale).
-
-    See :func:`yolotrain.models.weights_io.load_model_spec` (any weights file it reads).
-    """
-    return weights_io.load_model_spec(spec, nc)
 
 
 def inference_imgsz(cfg: Config, state: dict[str, Any], default: int = 640) -> int:
@@ -261,17 +240,23 @@ def resolve_run(cfg: Config) -> tuple[Config, dict[str, Any] | None, Path]:
     return Config(values, explicit), state, Path(save_dir)
 
 
-def build_run(cfg: Config, resume_state: dict[str, Any] | None, save_dir: Path, before_optimizer_step=None) -> Run:
+def build_run(
+    cfg: Config,
+    resume_state: dict[str, Any] | None,
+    save_dir: Path,
+    device: torch.device,
+    before_optimizer_step=None,
+) -> Run:
     """Build every part of a run, in order, on every rank; restore ``resume_state`` when given.
 
     Args:
         cfg: The settings (from :func:`resolve_run`).
         resume_state: The checkpoint to continue, or None for a new run.
         save_dir: The run folder (created here, on rank 0, once everything else succeeded).
+        device: Where the model runs (the process group was set up for it).
         before_optimizer_step: Called by the step after unscaling (the ``on_before_optimizer_step`` event).
     """
     state_in = resume_state
-    device = select_device(cfg.device)
     init_seeds(cfg.seed, cfg.deterministic)  # the same on every rank: identical initial weights
     configure_backend(device, cfg.deterministic)
     world = dist.world_size()
@@ -285,7 +270,11 @@ def build_run(cfg: Config, resume_state: dict[str, Any] | None, save_dir: Path, 
 
     # model and loss
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = build_model(**state_in["model_cfg"]) if state_in else build_train_model(cfg, data["nc"])
+    model = (
+        build_model(**state_in["model_cfg"])
+        if state_in
+        else weights_io.build_train_model(str(cfg.model), cfg.pretrained, cfg.load, data["nc"])
+    )
     if model.nc != data["nc"]:
         raise CheckpointError(f"cannot resume: the checkpoint's model has {model.nc} classes, the data {data['nc']}")
     model = model.to(device, memory_format=memory_format)
@@ -309,10 +298,9 @@ def build_run(cfg: Config, resume_state: dict[str, Any] | None, save_dir: Path, 
         imgsz, stride=MAX_STRIDE, fraction=cfg.multi_scale, min_sizes=cfg.min_size or None, max_size=max_size,
         seed=cfg.seed,
     )  # fmt: skip
-    if multiscale.enabled:
-        h, w = multiscale.largest((imgsz, imgsz))
-        LOGGER.info(f"multi-scale: a new size every iteration, up to {h}x{w} (decided on rank 0)")
     largest = multiscale.largest((imgsz, imgsz))
+    if multiscale.enabled:
+        LOGGER.info(f"multi-scale: a new size every iteration, up to {largest[0]}x{largest[1]} (decided on rank 0)")
     per_rank_images = math.ceil(len(train_records) / world)
     batch = choose_batch(cfg.batch, model, criterion, precision, device, largest, world, memory_format, per_rank_images)
     # recorded in the config, so args.yaml and checkpoints hold the batch a resume must reuse

@@ -180,21 +180,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return state
 
 
-def model_from_checkpoint(state: dict[str, Any], prefer_ema: bool = True) -> nn.Module:
-    """Rebuild the detector a checkpoint describes and load its (EMA, if present) weights."""
-    from yolotrain.models import build_model  # noqa: PLC0415 - models.weights_io imports this module
-
-    cfg = state.get("model_cfg")
-    if not isinstance(cfg, dict):
-        raise CheckpointError("checkpoint has no 'model_cfg' describing the model")
-    model = build_model(**cfg)
-    weights = state.get("ema") if prefer_ema and state.get("ema") else state.get("model")
-    if weights is None:
-        raise CheckpointError("checkpoint holds no model weights")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
-    return model.float().eval()
-
-
 def transfer_weights(model: nn.Module, weights: dict[str, torch.Tensor], load: str = "all") -> dict:
     """Load the tensors of ``weights`` whose names and shapes match ``model`` (fine-tuning).
 

@@ -96,7 +96,16 @@ class TrainStep:
         self.train_model = dist.wrap(model, device)
         self.accumulate, self.iters_per_epoch = 1, 1  # set for each phase by configure()
         self.window: list[tuple[dict[str, Any], int]] = []  # the window's batches, kept for an OOM replay
-        self.bn_snapshot: list[torch.Tensor] | None = None  # BatchNorm statistics at the window's start
+        # every BatchNorm's running statistics, and a copy of them taken at each window's start (restored
+        # before an OOM replay); one fused copy per optimizer step, into buffers allocated once
+        self.bn_buffers = [
+            b
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+            if b is not None
+        ]
+        self.bn_snapshot = [b.detach().clone() for b in self.bn_buffers]
         self.window_has_grad = False  # whether a finite loss was back-propagated since the last step
         self.nonfinite_streak = 0
         self.input_size: tuple[int, int] = (0, 0)  # the last input size (multi-scale), for logs and callbacks
@@ -105,7 +114,7 @@ class TrainStep:
     def configure(self, accumulate: int, iters_per_epoch: int) -> None:
         """Set the phase's accumulation and batches per epoch (a new phase starts with an empty window)."""
         self.accumulate, self.iters_per_epoch = accumulate, iters_per_epoch
-        self.window, self.bn_snapshot = [], None
+        self.window = []
 
     def rewrap(self) -> None:
         """Wrap the model for DDP again: DDP registers the trainable parameters when it wraps."""
@@ -126,8 +135,8 @@ class TrainStep:
         On out-of-memory: restore the window's BatchNorm statistics, double the micro-batches and replay
         the window, each batch at its own iteration, so the effective batch, gradient and lr are unchanged.
         """
-        if not self.window:
-            self.bn_snapshot = self._bn_statistics()
+        if not self.window and self.bn_buffers:
+            torch._foreach_copy_(self.bn_snapshot, self.bn_buffers)
         self.window.append((batch, i))
         try:
             items = self.forward_backward(batch, epoch, i)
@@ -141,7 +150,7 @@ class TrainStep:
         boundary = self.is_boundary(i)
         if boundary:
             self.optimizer_step()
-            self.window, self.bn_snapshot = [], None
+            self.window = []
         return StepOutcome(items, boundary)
 
     def forward_backward(self, batch: dict[str, Any], epoch: int, i: int) -> torch.Tensor:
@@ -296,16 +305,6 @@ class TrainStep:
             elif g is not None:
                 p.grad = g
 
-    def _bn_statistics(self) -> list[torch.Tensor]:
-        """Copies of every BatchNorm's running statistics (restored before an OOM replay)."""
-        return [
-            b.detach().clone()
-            for m in self.model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-            if b is not None
-        ]
-
     def _prepare_replay(self, err: BaseException, epoch: int, i: int) -> None:
         """Drop the window's partial gradient and BatchNorm updates, free memory, double the micro-batches.
 
@@ -314,17 +313,9 @@ class TrainStep:
         """
         self.optimizer.zero_grad(set_to_none=True)
         self.window_has_grad = False
-        if self.bn_snapshot is not None:
-            live = [
-                b
-                for m in self.model.modules()
-                if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-                if b is not None
-            ]
+        if self.bn_buffers:
             with torch.no_grad():
-                for dst, src in zip(live, self.bn_snapshot):
-                    dst.copy_(src)
+                torch._foreach_copy_(self.bn_buffers, self.bn_snapshot)
         free_memory(self.device)
         rank_batch = int(self.window[-1][0]["img"].shape[0])
         if self.state.micro_batches >= rank_batch:

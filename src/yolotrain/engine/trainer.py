@@ -80,7 +80,9 @@ class Trainer:
         """Join the process group, choose the run folder (and checkpoint), build the run, enter its phase."""
         self.owns_group = dist.setup(self.device, self.cfg.dist_timeout)
         cfg, resume_state, save_dir = resolve_run(self.cfg)
-        self.run = build_run(cfg, resume_state, save_dir, lambda: self.callbacks.run("on_before_optimizer_step", self))
+        self.run = build_run(
+            cfg, resume_state, save_dir, self.device, lambda: self.callbacks.run("on_before_optimizer_step", self)
+        )
         self.cfg = self.run.cfg  # the resolved settings, with the batch AutoBatch chose
         self.epoch = self.run.first_epoch
         self.enter_phase(self.epoch)
@@ -198,7 +200,8 @@ class Trainer:
                     self.save_within_epoch(epoch, i + 1)
             if self.stop and (outcome.boundary or dist.world_size() == 1):  # ranks leave at the same step
                 break
-            bar.set_postfix_str(self.progress_text(mean, batch, seen / (time.perf_counter() - t0)))
+            if not bar.disable:  # formatted every iteration only when the bar is shown
+                bar.set_postfix_str(self.progress_text(mean, batch, seen / (time.perf_counter() - t0)))
         self.images_per_s = seen / max(time.perf_counter() - t0, 1e-9)
         stats = getattr(loader, "stats", None)  # the loader measures how long each batch was waited for
         self.data_wait = stats.wait_share if stats is not None else 0.0

@@ -6,12 +6,11 @@ other ``key=value`` is a training setting validated by :func:`yolotrain.config.r
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from yolotrain.config import BOOL_FALSE, BOOL_TRUE, SETTINGS
+from yolotrain.config import BOOL_FALSE, BOOL_TRUE, SETTINGS, unknown_key_message
 from yolotrain.errors import ConfigError
 
 PRUNERS = ("median", "halving", "none")
@@ -59,9 +58,7 @@ def split_options(args: Mapping[str, Any]) -> tuple[TuneOptions, dict[str, Any]]
         elif key in SETTINGS or key == "cfg":
             rest[key] = value
         else:
-            close = difflib.get_close_matches(key, [*TUNE_HELP, *SETTINGS], n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else "; run 'yolotrain help' for the list"
-            raise ConfigError(f"unknown setting '{key}'{hint}")
+            raise ConfigError(unknown_key_message(key, TUNE_HELP))
     opts = TuneOptions(
         trials=_int(own, "trials", 10, lo=1),
         space=_text(own, "space"),
