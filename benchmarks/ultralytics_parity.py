@@ -12,12 +12,12 @@ Needs ultralytics importable from a scratch location (never installed into .venv
    ``--weights`` when given: the max absolute difference of the raw per-level head outputs, fp32, on
    random inputs at two sizes (batch 2).
 2. mAP (with ``--weights --data``): Ultralytics' ``val`` (rect=False, so square letterboxed batches like
-   ours; its NMS is multi-label) against ``yolotrain val`` with ``multi_label=true`` and with the default
-   single-label NMS, same imgsz, conf 0.001, iou 0.7, max_det 300. Two differences remain by design and
-   are measured apart: the resize (Ultralytics 8.3 shrinks bilinearly to a ceil-rounded size, yolotrain
-   with INTER_AREA to a rounded size: the ``ultralytics_resize`` entries patch our loader to do as
-   Ultralytics does) and the AP code (COCO-exact here; the ``ultralytics_ap`` figures score our very
-   detections with Ultralytics' ``ap_per_class`` and its validator's matching).
+   ours) against ``yolotrain val`` at the same imgsz, conf 0.001, iou 0.7, max_det 300, first with our
+   defaults, then removing the by-design differences one setting at a time: ``multi_label=true`` (their
+   NMS), ``val_resize=bilinear`` (their resize: full decode, bilinear, size rounded up) and
+   ``ap_style=ultralytics`` (their AP definition, our code). Each entry also scores the very same
+   detections with Ultralytics' own matching and ``ap_per_class`` (``ultralytics_ap_code``): an
+   independent check of ``ap_style=ultralytics``.
 
 The last stdout line is one JSON object: {"outputs": {name: {size: max_abs_diff}}, "map": {...}}.
 """
@@ -26,33 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from ultralytics import YOLO
 from ultralytics.utils.metrics import ap_per_class, box_iou
 
-import yolotrain.data.dataset as dataset_module
 import yolotrain.eval as eval_module
 from yolotrain.config import resolve
-from yolotrain.data.image_io import read_image
 from yolotrain.models.weights_io import load_model_spec
 from yolotrain.runners import run_val
-
-
-def ultralytics_resize(self, i):
-    """Ultralytics 8.3's val resize (data/base.py load_image): bilinear, size rounded up."""
-    img = read_image(self.records[i].im_file)
-    h0, w0 = img.shape[:2]
-    r = self.imgsz / max(h0, w0)
-    if r != 1:
-        size = (min(math.ceil(w0 * r), self.imgsz), min(math.ceil(h0 * r), self.imgsz))
-        img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
-    return img, (h0, w0)
 
 
 def ultralytics_ap(images: list[dict]) -> tuple[float, float]:
@@ -132,16 +117,26 @@ def main() -> None:
             return add(self, **kw)
 
         eval_module.DetectionEvaluator.add = capture
-        for resize in ("yolotrain", "ultralytics"):
-            if resize == "ultralytics":
-                dataset_module.DetectionDataset._load_from_disk = ultralytics_resize
-            for multi in (True, False):
-                captured.clear()
-                cfg = resolve({"model": args.weights, "data": args.data, "multi_label": multi, "workers": 0, **common})
-                r = run_val(cfg)
-                u50, u = ultralytics_ap(captured)
-                key = f"yolotrain_{'multi' if multi else 'single'}_label_{resize}_resize"
-                result["map"][key] = {"mAP50": r.map50, "mAP50-95": r.map50_95, "ultralytics_ap": [u50, u]}
+        # (val_resize, ap_style, multi_label): our default, then one difference at a time down to like for like.
+        variants = [
+            ("area", "coco", False),
+            ("area", "coco", True),
+            ("bilinear", "coco", True),
+            ("bilinear", "ultralytics", True),
+        ]
+        for resize, ap_style, multi in variants:
+            captured.clear()
+            settings = {"val_resize": resize, "ap_style": ap_style, "multi_label": multi}
+            cfg = resolve({"model": args.weights, "data": args.data, "workers": 0, "rect": False, **settings, **common})
+            r = run_val(cfg)
+            u50, u = ultralytics_ap(captured)  # the same detections scored by Ultralytics' own AP code
+            key = f"yolotrain val_resize={resize} ap_style={ap_style} multi_label={str(multi).lower()}"
+            result["map"][key] = {
+                "mAP50": r.map50,
+                "mAP50-95": r.map50_95,
+                "diff_mAP50-95": r.map50_95 - result["map"]["ultralytics"]["mAP50-95"],
+                "ultralytics_ap_code": [u50, u],
+            }
     print(json.dumps(result))
 
 

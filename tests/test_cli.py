@@ -73,6 +73,35 @@ def test_val_json_last_line(trained_run, tiny_data, capsys):
     assert 0.0 <= out["mAP50"] <= 1.0
 
 
+def test_val_like_for_like_settings_reach_the_evaluator_and_loader(trained_run, tiny_data, monkeypatch, capsys):
+    import yolotrain.engine.validator as validator_module
+    from yolotrain.data.dataset import DetectionDataset
+
+    styles, modes = [], []
+    real_evaluator, real_decode = validator_module.DetectionEvaluator, DetectionDataset._decode
+
+    def evaluator(names, **kw):
+        styles.append(kw.get("ap_style"))
+        return real_evaluator(names, **kw)
+
+    def decode(self, i):
+        modes.append(self._resize_mode())
+        return real_decode(self, i)
+
+    monkeypatch.setattr(validator_module, "DetectionEvaluator", evaluator)
+    monkeypatch.setattr(DetectionDataset, "_decode", decode)
+    model = f"model={trained_run / 'weights' / 'best.pt'}"
+    args = ["val", model, f"data={tiny_data}", "imgsz=64", "workers=0", "json=true"]
+    assert main([*args, "ap_style=ultralytics", "val_resize=bilinear", "multi_label=true"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert styles == ["ultralytics"] and set(modes) == {"bilinear"} and 0.0 <= out["mAP50-95"] <= 0.995
+    styles.clear(), modes.clear()
+    assert main([*args]) == 0
+    assert styles == ["coco"] and set(modes) == {"area"}
+    assert main([*args, "ap_style=voc"]) == 2
+    assert "ap_style" in capsys.readouterr().err
+
+
 def test_val_prints_per_class_table(trained_run, capsys):
     # data comes from the checkpoint when not given
     assert main(["val", f"model={trained_run / 'weights' / 'last.pt'}", "workers=0"]) == 0

@@ -261,6 +261,20 @@ SETTINGS: dict[str, Setting] = {
         "validation NMS keeps every class above conf per box, as Ultralytics' val does (off: the best class only, "
         "the detections predict shows)",
     ),
+    "ap_style": S(
+        "coco",
+        "str",
+        "how mAP is computed: coco (COCO-exact, as pycocotools) or ultralytics (as Ultralytics' / YOLOv5's val: "
+        "IoU-greedy matching, every kept detection, trapezoids under the 101-point envelope)",
+        choices=("coco", "ultralytics"),
+    ),
+    "val_resize": S(
+        "area",
+        "str",
+        "how validation shrinks images to imgsz: area (reduced-scale JPEG decode, then INTER_AREA; sharper and "
+        "faster) or bilinear (full decode, bilinear, size rounded up, as Ultralytics' val does)",
+        choices=("area", "bilinear"),
+    ),
     "json": S(False, "bool", "print one JSON object as the last stdout line"),
     "source": S(None, "str", "image, folder or glob for predict", nullable=True),
     "save_txt": S(True, "bool", "predict: write YOLO-format prediction files"),

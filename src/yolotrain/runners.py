@@ -62,6 +62,7 @@ def run_val(cfg: Config):
         max_det=cfg.max_det,
         agnostic=cfg.agnostic_nms,
         multi_label=cfg.multi_label,
+        ap_style=cfg.ap_style,
         progress=cfg.verbose and not cfg.json,
     )
     result = validator(model)

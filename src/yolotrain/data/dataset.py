@@ -75,7 +75,8 @@ class DetectionDataset(ImageSource, Dataset):
         augment: Training augmentation (mosaic, affine, HSV, flip) when True; plain letterbox
             otherwise.
         hyp: Object with attributes mosaic, degrees, translate, scale, shear, fliplr, hsv_h, hsv_s,
-            hsv_v (only needed when ``augment``).
+            hsv_v (only needed when ``augment``); optional ``rect`` and ``val_resize`` (``area`` or
+            ``bilinear``: how evaluation shrinks images, see the ``val_resize`` setting).
         stride: Model stride.
         cache: ``"ram"`` or True keeps the resized images in memory; ``"disk"`` stores them as
             ``.npy`` files in :func:`disk_cache_dir`, reused across runs.
@@ -111,6 +112,9 @@ class DetectionDataset(ImageSource, Dataset):
         if rect is None:
             rect = bool(getattr(hyp, "rect", True))
         self.rect = bool(rect) and not augment
+        self.val_resize = str(getattr(hyp, "val_resize", "area"))
+        if self.val_resize not in ("area", "bilinear"):
+            raise ConfigError(f"val_resize: expected 'area' or 'bilinear', got {self.val_resize!r}")
         self.records = list(records)
         self.imgsz = int(imgsz)
         self.augment = bool(augment)

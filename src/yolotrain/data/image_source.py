@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,8 @@ class ImageSource:
     """Decoded, resized images for :class:`~yolotrain.data.dataset.DetectionDataset` (a mixin).
 
     The dataset sets ``records``, ``imgsz``, ``augment``, ``buffer``, ``_recent`` (an OrderedDict),
-    ``_ram`` (None or a list) and ``_disk_dir`` (None or a folder) before using these methods.
+    ``_ram`` (None or a list), ``_disk_dir`` (None or a folder) and ``val_resize`` (``area`` or
+    ``bilinear``, used when not augmenting) before using these methods.
     """
 
     records: list[ImageRecord]
@@ -41,6 +43,7 @@ class ImageSource:
     _recent: OrderedDict
     _ram: list | None
     _disk_dir: Path | None
+    val_resize: str
 
     def _cache_in_ram(self) -> None:
         need = self.ram_bytes()
@@ -76,7 +79,8 @@ class ImageSource:
             st = os.stat(rec.im_file)
         except OSError:
             return None
-        key = f"{os.path.abspath(rec.im_file)}|{st.st_size}|{st.st_mtime_ns}|{self.imgsz}|{self.augment}|v1"
+        settings = f"{self.imgsz}|{self.augment}|{self._resize_mode()}"
+        key = f"{os.path.abspath(rec.im_file)}|{st.st_size}|{st.st_mtime_ns}|{settings}|v1"
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         return self._disk_dir / digest[:2] / f"{digest}.npy"
 
@@ -106,13 +110,19 @@ class ImageSource:
                 tmp.unlink(missing_ok=True)
         return img, shape
 
+    def _resize_mode(self) -> str:
+        """``bilinear`` for evaluation with ``val_resize=bilinear``, else ``area`` (the default path)."""
+        return "bilinear" if not self.augment and self.val_resize == "bilinear" else "area"
+
     def _decode(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
         rec = self.records[i]
+        bilinear = self._resize_mode() == "bilinear"
         t = CLOCK.now()
         buf = read_bytes(rec.im_file)
         t = CLOCK.add("read", t)
-        # A JPEG at least twice the needed size is decoded at 1/2, 1/4 or 1/8 scale by libjpeg.
-        f = jpeg_reduction(buf, max(rec.height, rec.width), self.imgsz)
+        # A JPEG at least twice the needed size is decoded at 1/2, 1/4 or 1/8 scale by libjpeg (not with
+        # val_resize=bilinear, which reproduces a full decode and a bilinear shrink like Ultralytics' val).
+        f = 1 if bilinear else jpeg_reduction(buf, max(rec.height, rec.width), self.imgsz)
         img = decode_image(buf, rec.im_file, f)
         h0, w0 = img.shape[:2]
         if f > 1:
@@ -124,7 +134,11 @@ class ImageSource:
         t = CLOCK.add("decode", t)
         h, w = img.shape[:2]
         r = self.imgsz / max(h, w)
-        if r != 1:
+        if r != 1 and bilinear:
+            # Ultralytics' val: bilinear, each side rounded up (capped at imgsz).
+            size = (max(1, min(self.imgsz, math.ceil(w * r))), max(1, min(self.imgsz, math.ceil(h * r))))
+            img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+        elif r != 1:
             # Shrinking with INTER_AREA avoids aliasing; enlarging is bilinear either way.
             interp = cv2.INTER_AREA if r < 1 and not self.augment else cv2.INTER_LINEAR
             size = (max(1, min(self.imgsz, round(w * r))), max(1, min(self.imgsz, round(h * r))))

@@ -352,7 +352,7 @@ def build_run(
         progress = cfg.verbose and dist.is_main()
         validator = Validator(
             loaders.val_loader, names, device, precision, conf=conf, iou=cfg.iou, max_det=cfg.max_det,
-            progress=progress, multi_label=cfg.multi_label,
+            progress=progress, multi_label=cfg.multi_label, ap_style=cfg.ap_style,
         )  # fmt: skip
         validator.oom_injector = oom_injector
 

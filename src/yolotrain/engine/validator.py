@@ -33,6 +33,7 @@ class Validator:
         max_det: Detections kept per image.
         agnostic: Class-agnostic NMS.
         multi_label: Multi-label NMS (``multi_label`` setting; Ultralytics' val uses it).
+        ap_style: ``coco`` (COCO-exact mAP) or ``ultralytics`` (``ap_style`` setting).
         progress: Show a progress bar.
     """
 
@@ -48,6 +49,7 @@ class Validator:
         agnostic: bool = False,
         progress: bool = True,
         multi_label: bool = False,
+        ap_style: str = "coco",
     ):
         self.loader = loader
         self.records = loader.dataset.records
@@ -56,6 +58,7 @@ class Validator:
         self.precision = precision
         self.post = Postprocessor(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic, multi_label=multi_label)
         self.progress = progress
+        self.ap_style = ap_style
         self.seconds = 0.0
         self.chunk = 0  # images per forward after an out-of-memory error (0: the whole batch)
         self.calls = 0
@@ -66,7 +69,7 @@ class Validator:
         t0 = time.perf_counter()
         was_training = model.training
         model.eval()
-        evaluator = DetectionEvaluator(self.names)
+        evaluator = DetectionEvaluator(self.names, ap_style=self.ap_style)
         dtype = next(model.parameters()).dtype  # fp32, or fp16/bf16 for half=true
         bar = tqdm(self.loader, desc="val", leave=False, disable=not self.progress, dynamic_ncols=True)
         for batch in bar:
@@ -134,7 +137,7 @@ class Validator:
         states = dist.all_gather_object(evaluator.state())
         result = None
         if dist.is_main():
-            merged = DetectionEvaluator(self.names)
+            merged = DetectionEvaluator(self.names, ap_style=self.ap_style)
             merged.merge(states)
             result = merged.compute()
         return dist.broadcast_object(result)

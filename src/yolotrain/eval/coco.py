@@ -26,11 +26,13 @@ import numpy as np
 
 from yolotrain.errors import DataError
 from yolotrain.eval.curves import RECALL_POINTS, Curves, confusion_matrix, pr_curves
+from yolotrain.eval.interp_ap import ultralytics_style_ap
 from yolotrain.eval.metrics import best_f1_precision_recall, match_detections
 from yolotrain.eval.result import EvalResult
 
 LOGGER = logging.getLogger("yolotrain")
 
+AP_STYLES = ("coco", "ultralytics")
 _STATE_KEYS = ("image_ids", "sizes", "gt_boxes", "gt_cls", "gt_crowd", "preds")
 
 
@@ -66,13 +68,19 @@ class DetectionEvaluator:
         names: Class names; class index ``i`` becomes COCO category id ``i + 1``.
         confusion_conf: Confidence threshold of the confusion matrix in ``result.curves``; None uses the
             best-F1 threshold, so the matrix shows the operating point that P and R describe.
+        ap_style: ``coco`` (COCO-exact mAP, the default) or ``ultralytics`` (mAP as the YOLOv5 / Ultralytics
+            validators compute it, for like-for-like comparisons; see :mod:`yolotrain.eval.interp_ap`).
+            Precision, recall and the curves use COCO's matching either way.
     """
 
-    def __init__(self, names: Sequence[str], confusion_conf: float | None = None) -> None:
+    def __init__(self, names: Sequence[str], confusion_conf: float | None = None, ap_style: str = "coco") -> None:
         if len(names) == 0:
             raise ValueError("DetectionEvaluator needs at least one class name")
+        if ap_style not in AP_STYLES:
+            raise ValueError(f"ap_style: expected one of {', '.join(AP_STYLES)}, got {ap_style!r}")
         self.names = [str(n) for n in names]
         self.confusion_conf = confusion_conf
+        self.ap_style = ap_style
         self.reset()
 
     def reset(self) -> None:
@@ -199,7 +207,12 @@ class DetectionEvaluator:
             LOGGER.warning("evaluation: no ground-truth instances in %d images, metrics are zero", n_images)
             return EvalResult(images=n_images)
 
-        ap = self._coco_ap(st["sizes"], gt_img, gt_boxes, gt_cls, gt_crowd, det_img, preds)
+        if self.ap_style == "ultralytics":  # crowd regions left out, as Ultralytics' COCO converter drops them
+            ap = ultralytics_style_ap(
+                gt_img[counted], gt_boxes[counted], gt_cls[counted], det_img, preds, n_images, n_cls
+            )
+        else:
+            ap = self._coco_ap(st["sizes"], gt_img, gt_boxes, gt_cls, gt_crowd, det_img, preds)
         status = match_detections(
             preds[:, :4], preds[:, 4], preds[:, 5], det_img, gt_boxes, gt_cls, gt_img, gt_crowd, iou_thr=0.5
         )
