@@ -62,7 +62,7 @@ def test_perspective_box_matches_coloured_pixels(seed):
 
 def test_perspective_window_equals_full_canvas_warp():
     """With a perspective term, the part of the mosaic canvas that is built still holds every pixel the warp reads."""
-    s = 48
+    s = 160  # large enough for the perspective to move the window's corners by many pixels
     rng = np.random.default_rng(0)
     items = [(rng.integers(0, 255, (s, s, 3), dtype=np.uint8), np.zeros((0, 4)), np.zeros(0)) for _ in range(4)]
     for seed in range(6):

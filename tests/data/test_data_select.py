@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pytest
 
+from yolotrain.config import resolve
 from yolotrain.data.records import ImageRecord
 from yolotrain.data.select import keep_classes, select_records, single_class_names, take_fraction, to_single_class
 from yolotrain.errors import ConfigError
@@ -74,3 +75,16 @@ def test_single_cls_sets_every_class_to_zero():
         0,
         0,
     ]
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("mixup", "1.5"), ("cutmix", "-0.1"), ("perspective", "0.01"), ("flipud", "2"), ("fraction", "0"),
+        ("fraction", "1.5"), ("classes", "[-1]"), ("classes", "a"), ("single_cls", "maybe"),
+    ],
+)  # fmt: skip
+def test_bad_values_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=f"^setting '{key}'=") as err:
+        resolve({key: value})
+    assert "\n" not in str(err.value)
