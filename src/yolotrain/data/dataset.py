@@ -73,10 +73,11 @@ class DetectionDataset(ImageSource, Dataset):
     Args:
         records: Images and labels.
         imgsz: Output side length (a multiple of ``stride``).
-        augment: Training augmentation (mosaic, affine, HSV, flip) when True; plain letterbox
-            otherwise.
+        augment: Training augmentation (mosaic, affine, mixup, cutmix, HSV, flips) when True; plain
+            letterbox otherwise.
         hyp: Object with attributes mosaic, degrees, translate, scale, shear, fliplr, hsv_h, hsv_s,
-            hsv_v (only needed when ``augment``).
+            hsv_v (only needed when ``augment``); mixup, cutmix, perspective and flipud are optional
+            (missing means 0).
         stride: Model stride.
         cache: ``"ram"`` or True keeps the resized images in memory; ``"disk"`` stores them as
             ``.npy`` files in :func:`disk_cache_dir`, reused across runs.
