@@ -1,6 +1,8 @@
 """single_cls, classes, fraction and the extra augmentations through the CLI and the Python API (tiny runs)."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +90,46 @@ def test_new_augmentations_reach_the_plotted_batches(tiny_data, tmp_path):
         want = upright[SampleKey(i, epoch, True)]["img"]
         assert torch.equal(img, want.flip(1)), i  # the plotted image is the sample, upside down
     assert not np.array_equal(imgs[0].numpy(), imgs[0].flip(1).numpy())
+
+
+STOPPER = """
+import os, signal, sys
+from yolotrain.config import parse_cli_args, resolve
+from yolotrain.engine.trainer import Trainer
+from yolotrain.errors import Preempted
+from yolotrain.utils.logging import setup_logging
+setup_logging(False)
+t = Trainer(resolve(parse_cli_args(sys.argv[2:])))
+seen = [0]
+def stop(tr):
+    seen[0] += 1
+    if seen[0] == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGTERM)  # saves at the next optimizer step, then exits 75
+t.callbacks.add("on_train_batch_end", stop)
+try:
+    t.fit()
+except Preempted:
+    sys.exit(75)
+"""
+
+
+def test_resume_with_selection_and_new_augmentations_is_exact(tiny_data, tmp_path):
+    """Stopped in epoch 2 and resumed, a run with every new setting ends with the uninterrupted run's weights."""
+    args = [
+        f"data={tiny_data}", "model=n", "epochs=2", "imgsz=64", "batch=4", "nbs=8", "workers=0", "seed=3",
+        "close_mosaic=0", "verbose=false", "val=false", "fraction=0.5", "classes=[0,2]", "mixup=0.5", "cutmix=0.5",
+        "perspective=0.0005", "flipud=0.5",
+    ]  # fmt: skip
+    assert main(["train", *args, f"project={tmp_path / 'ref'}"]) == 0
+    stopped = subprocess.run(
+        [sys.executable, "-c", STOPPER, "4", *args, f"project={tmp_path / 'cut'}"], capture_output=True, text=True
+    )  # 12 images / batch 4: 3 iterations per epoch; stopped after the first iteration of epoch 2
+    assert stopped.returncode == 75, stopped.stderr[-2000:]
+    last = tmp_path / "cut" / "exp" / "weights" / "last.pt"
+    assert torch.load(last, weights_only=True)["position"]["epoch"] == 1  # mid-epoch 2 (0-based 1)
+    assert main(["train", f"resume={last}"]) == 0
+    ref = torch.load(tmp_path / "ref" / "exp" / "weights" / "last.pt", weights_only=True)
+    got = torch.load(last, weights_only=True)
+    for part in ("model", "ema"):
+        diff = [k for k in ref[part] if not torch.equal(ref[part][k], got[part][k])]
+        assert not diff, f"{part}: {len(diff)} tensors differ, e.g. {diff[:3]}"
