@@ -94,6 +94,16 @@ def _sizes_check(v: Any) -> str | None:
     return "expected a list of integer sizes >= 32, e.g. [480,512,544]"
 
 
+def _classes_check(v: Any) -> str | None:
+    if v is None or all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v):
+        return None
+    return "expected a list of class ids >= 0, e.g. [0,2]"
+
+
+def _fraction_check(v: Any) -> str | None:
+    return None if v > 0 else "expected a share of the train split in (0, 1]"
+
+
 def _model_check(v: Any) -> str | None:
     return None if str(v).strip() else "expected a scale name (n/s/m/l/x, 11n..11x) or a weights file"
 
@@ -102,6 +112,25 @@ S = Setting
 SETTINGS: dict[str, Setting] = {
     # what to run on
     "data": S(None, "str", "data YAML; empty trains on the built-in demo set", nullable=True),
+    # data selection; see README "Data selection and extra augmentations"
+    "single_cls": S(False, "bool", "train and validate every class as one (named 'object'; the model gets 1 class)"),
+    "classes": S(
+        [],
+        "list",
+        "train and validate on these class ids only, e.g. [0,2]; labels of other classes are dropped, ids and the "
+        "model's class count stay those of the data YAML (empty: all classes)",
+        nullable=True,
+        check=_classes_check,
+    ),
+    "fraction": S(
+        1.0,
+        "float",
+        "train on a random subset of this share of the train split's images, the same for the same seed "
+        "(validation untouched)",
+        lo=0.0,
+        hi=1.0,
+        check=_fraction_check,
+    ),
     "model": S(
         "n",
         "str",
@@ -224,7 +253,29 @@ SETTINGS: dict[str, Setting] = {
     "scale": S(0.5, "float", "scale gain (+/- fraction)", lo=0.0, hi=0.95),
     "shear": S(0.0, "float", "shear (+/- degrees)", lo=0.0, hi=45.0),
     "fliplr": S(0.5, "float", "horizontal flip probability", lo=0.0, hi=1.0),
+    "flipud": S(0.0, "float", "vertical flip probability", lo=0.0, hi=1.0),
+    "perspective": S(
+        0.0,
+        "float",
+        "perspective (+/- projective term added to the affine warp; the peers' range 0-0.001)",
+        lo=0.0,
+        hi=0.001,
+    ),
     "mosaic": S(1.0, "float", "mosaic probability", lo=0.0, hi=1.0),
+    "mixup": S(
+        0.0,
+        "float",
+        "mixup probability: blend with a second augmented sample (ratio ~ Beta(32,32)), boxes of both",
+        lo=0.0,
+        hi=1.0,
+    ),
+    "cutmix": S(
+        0.0,
+        "float",
+        "cutmix probability: paste a random rectangle of a second augmented sample, boxes cropped to it",
+        lo=0.0,
+        hi=1.0,
+    ),
     "close_mosaic": S(10, "int", "turn mosaic off for the last N epochs", lo=0),
     "multi_scale": S(
         0.0, "float", "each batch a random square size in imgsz*(1 +/- this), stride-rounded", lo=0.0, hi=0.99

@@ -37,7 +37,15 @@ def load_for_inference(cfg: Config):
 def run_val(cfg: Config):
     """Validate ``cfg.model`` on ``cfg.split``; returns the EvalResult (with ``seconds`` set)."""
     from yolotrain.data import load_data_yaml  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
-    from yolotrain.engine.build import build_loader, build_records, check_imgsz, inference_imgsz, resolve_data  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
+    from yolotrain.data.select import select_records  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
+    from yolotrain.engine.build import (  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
+        build_loader,
+        build_records,
+        check_imgsz,
+        inference_imgsz,
+        resolve_data,
+        single_class_data,
+    )
     from yolotrain.engine.validator import Validator  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
 
     model, device, precision, state = load_for_inference(cfg)
@@ -47,10 +55,18 @@ def run_val(cfg: Config):
         data = load_data_yaml(state["data_yaml"])
     else:
         data = resolve_data(cfg)
-    if data["nc"] != model.nc:
+    # like the peers, a model trained with single_cls=true is validated as one class unless told otherwise
+    recorded = (state.get("config") or {}).get("single_cls", False) if state else False
+    single_cls = cfg.single_cls if "single_cls" in cfg.explicit else bool(cfg.single_cls or recorded)
+    if data["nc"] != model.nc and not (single_cls and model.nc == 1):
         raise ConfigError(f"data '{data['yaml_file']}' has {data['nc']} classes but the model has {model.nc}")
     imgsz = check_imgsz(inference_imgsz(cfg, state, default=cfg.imgsz))
     records = build_records(data, cfg.split)
+    records = select_records(records, data["nc"], cfg.split, single_cls=single_cls, classes=cfg.classes)
+    if single_cls:
+        data = single_class_data(data)
+    if data["nc"] != model.nc:
+        raise ConfigError(f"data '{data['yaml_file']}' has {data['nc']} classes but the model has {model.nc}")
     loader = build_loader(records, cfg, imgsz, cfg.batch, train=False)
     validator = Validator(
         loader,

@@ -123,11 +123,11 @@ def random_flip_lr(
 
 
 def transform_boxes(boxes: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Apply a 3x3 (or 2x3) affine matrix to boxes via their 4 corners.
+    """Apply a 3x3 (or 2x3) affine or 3x3 projective matrix to boxes via their 4 corners.
 
     Args:
         boxes: (n, 4) xyxy.
-        m: Affine matrix.
+        m: Affine or projective matrix.
 
     Returns:
         (n, 4) axis-aligned xyxy boxes enclosing the transformed corners (not clipped).
@@ -137,8 +137,32 @@ def transform_boxes(boxes: np.ndarray, m: np.ndarray) -> np.ndarray:
         return np.zeros((0, 4), dtype=np.float32)
     corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n * 4, 2).astype(np.float64)
     pts = corners @ m[:2, :2].T + m[:2, 2]
-    pts = pts.reshape(n, 4, 2)
+    if is_projective(m):
+        # Straight lines stay straight, so the 4 corners still bound the box's pixels; a corner the
+        # projection sends behind the viewer (w <= 0) makes the whole box empty (dropped later).
+        w = corners @ m[2, :2] + m[2, 2]
+        behind = (w <= 1e-6).reshape(n, 4).any(1)
+        pts /= np.maximum(w, 1e-6)[:, None]
+        pts = pts.reshape(n, 4, 2)
+        pts[behind] = 0.0
+    else:
+        pts = pts.reshape(n, 4, 2)
     return np.concatenate([pts.min(1), pts.max(1)], 1).astype(np.float32)
+
+
+def is_projective(m: np.ndarray) -> bool:
+    """True when the 3x3 matrix ``m`` has a perspective term (its last row is not ``0 0 1``)."""
+    return m.shape[0] == 3 and bool(m[2, 0] != 0 or m[2, 1] != 0)
+
+
+def warp(
+    img: np.ndarray, m: np.ndarray, out_size: tuple[int, int], color: tuple[int, int, int] = PAD_COLOR
+) -> np.ndarray:
+    """``warpAffine``, or ``warpPerspective`` when ``m`` has a perspective term, to ``out_size`` ``(h, w)``."""
+    oh, ow = out_size
+    if is_projective(m):
+        return cv2.warpPerspective(img, m, dsize=(ow, oh), flags=cv2.INTER_LINEAR, borderValue=color)
+    return cv2.warpAffine(img, m[:2], dsize=(ow, oh), flags=cv2.INTER_LINEAR, borderValue=color)
 
 
 def box_candidates(
@@ -181,8 +205,9 @@ def random_affine(
     border: int = 0,
     rng: np.random.Generator | None = None,
     color: tuple[int, int, int] = PAD_COLOR,
+    perspective: float = 0.0,
 ) -> ImageLabels:
-    """Random rotation, scale, shear and translation as one matrix and one warp.
+    """Random rotation, scale, shear, translation (and perspective) as one matrix and one warp.
 
     The image centre is moved to the origin, rotated/scaled and sheared there, then moved to a
     random point near the centre of the output, so with ``border=-s/2`` on a ``2s x 2s`` mosaic the
@@ -200,6 +225,7 @@ def random_affine(
         border: Border added to (negative: removed from) each side when ``out_size`` is None.
         rng: Random generator (required; keyword-friendly position kept for readability).
         color: Fill colour of uncovered areas.
+        perspective: Perspective range (+-) of the projective terms (see :func:`affine_matrix`).
 
     Returns:
         ``(img, boxes, cls)`` with boxes clipped to the output and filtered by
@@ -209,9 +235,9 @@ def random_affine(
         raise ValueError("random_affine needs an explicit numpy Generator (rng=...)")
     h, w = img.shape[:2]
     oh, ow = out_size if out_size is not None else (h + 2 * border, w + 2 * border)
-    m, s = affine_matrix((h, w), (oh, ow), degrees, translate, scale, shear, rng)
+    m, s = affine_matrix((h, w), (oh, ow), degrees, translate, scale, shear, rng, perspective)
     if (oh, ow) != (h, w) or not np.allclose(m, np.eye(3)):
-        img = cv2.warpAffine(img, m[:2], dsize=(ow, oh), flags=cv2.INTER_LINEAR, borderValue=color)
+        img = warp(img, m, (oh, ow), color)
     boxes, cls = affine_boxes(boxes, cls, m, s, (oh, ow))
     return img, boxes, cls
 
@@ -224,6 +250,7 @@ def affine_matrix(
     scale: float,
     shear: float,
     rng: np.random.Generator,
+    perspective: float = 0.0,
 ) -> tuple[np.ndarray, float]:
     """The random 3x3 matrix of :func:`random_affine` and its scale factor (same draws, same order).
 
@@ -235,9 +262,13 @@ def affine_matrix(
         scale: Scale range: the factor is drawn from ``[1 - scale, 1 + scale]``.
         shear: Shear range (+-) in degrees.
         rng: Random generator.
+        perspective: Range (+-) of the two projective terms, applied about the input centre before
+            rotation (as the peers' ``perspective``, sensible values 0-0.001); drawn last and only
+            when non-zero, so the other draws do not depend on it.
 
     Returns:
-        ``(m, s)``: input pixel ``(x, y, 1)`` maps to output ``m @ (x, y, 1)``; ``s`` is the scale.
+        ``(m, s)``: input pixel ``(x, y, 1)`` maps to output ``m @ (x, y, 1)`` (divided by its third
+        coordinate when ``perspective`` is non-zero); ``s`` is the scale.
     """
     h, w = in_size
     oh, ow = out_size
@@ -253,7 +284,11 @@ def affine_matrix(
     move = np.eye(3)
     move[0, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * ow
     move[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * oh
-    return move @ sh @ rot @ center, float(s)  # right to left: centre, rotate+scale, shear, move
+    if perspective:
+        proj = np.eye(3)
+        proj[2, :2] = rng.uniform(-perspective, perspective, 2)  # x and y perspective
+        center = proj @ center
+    return move @ sh @ rot @ center, float(s)  # right to left: centre (+ perspective), rotate+scale, shear, move
 
 
 def affine_boxes(
@@ -290,6 +325,12 @@ def source_window(m: np.ndarray, out_size: tuple[int, int], in_size: tuple[int, 
     corners = np.array([[0, 0, 1], [ow, 0, 1], [0, oh, 1], [ow, oh, 1]], dtype=np.float64)
     src = corners @ np.linalg.inv(m).T
     h, w = in_size
+    if is_projective(m):
+        # A projective map sends the output rectangle back to a quadrilateral with these corners,
+        # unless part of it lies beyond the horizon (w <= 0): then the whole input is read.
+        if (src[:, 2] <= 1e-6).any():
+            return 0, 0, w, h
+        src = src[:, :2] / src[:, 2:]
     x0 = int(np.clip(math.floor(src[:, 0].min()) - 2, 0, w))
     y0 = int(np.clip(math.floor(src[:, 1].min()) - 2, 0, h))
     x1 = int(np.clip(math.ceil(src[:, 0].max()) + 2, 0, w))
@@ -298,8 +339,8 @@ def source_window(m: np.ndarray, out_size: tuple[int, int], in_size: tuple[int, 
 
 
 def is_scale_translate(m: np.ndarray) -> bool:
-    """True when ``m`` only scales (by positive factors) and translates: no rotation, shear or flip."""
-    return m[0, 1] == 0 and m[1, 0] == 0 and m[0, 0] > 0 and m[1, 1] > 0
+    """True when ``m`` only scales (by positive factors) and translates: no rotation, shear, flip or perspective."""
+    return m[0, 1] == 0 and m[1, 0] == 0 and m[0, 0] > 0 and m[1, 1] > 0 and not is_projective(m)
 
 
 def resize_span(s: float, t: float, n_in: int, n_out: int) -> tuple[int, int, int, int]:
@@ -355,3 +396,16 @@ def hflip_matrix(width: int) -> np.ndarray:
     f = np.eye(3)
     f[0, 0], f[0, 2] = -1.0, float(width)
     return f
+
+
+def flip_ud(img: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror top-bottom: a new image, and boxes with ``y -> h - y`` (a new array).
+
+    Args:
+        img: HWC image.
+        boxes: (n, 4) xyxy pixels.
+    """
+    h = img.shape[0]
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+    boxes[:, [1, 3]] = h - boxes[:, [3, 1]]
+    return cv2.flip(img, 0), boxes

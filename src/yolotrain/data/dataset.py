@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from yolotrain.data import augment as A
+from yolotrain.data import mix as X
 from yolotrain.data import mosaic as M
 from yolotrain.data.image_source import ImageSource, disk_cache_dir
 from yolotrain.data.profile import CLOCK
@@ -72,11 +73,12 @@ class DetectionDataset(ImageSource, Dataset):
     Args:
         records: Images and labels.
         imgsz: Output side length (a multiple of ``stride``).
-        augment: Training augmentation (mosaic, affine, HSV, flip) when True; plain letterbox
-            otherwise.
+        augment: Training augmentation (mosaic, affine, mixup, cutmix, HSV, flips) when True; plain
+            letterbox otherwise.
         hyp: Object with attributes mosaic, degrees, translate, scale, shear, fliplr, hsv_h, hsv_s,
-            hsv_v (only needed when ``augment``); optional ``rect`` and ``val_resize`` (``area`` or
-            ``bilinear``: how evaluation shrinks images, see the ``val_resize`` setting).
+            hsv_v (only needed when ``augment``); mixup, cutmix, perspective and flipud are optional
+            (missing means 0); optional ``rect`` and ``val_resize`` (``area`` or ``bilinear``: how
+            evaluation shrinks images, see the ``val_resize`` setting).
         stride: Model stride.
         cache: ``"ram"`` or True keeps the resized images in memory; ``"disk"`` stores them as
             ``.npy`` files in :func:`disk_cache_dir`, reused across runs.
@@ -251,14 +253,11 @@ class DetectionDataset(ImageSource, Dataset):
         CLOCK.add("letterbox", t)
         return img, boxes, cls, (h0, w0), ratio_pad
 
-    def mosaic_partners(self, i: int, epoch: int, rng: np.random.Generator) -> list[int]:
-        """Three mosaic partners of sample ``i``, drawn from its group in the epoch's order.
+    def _group(self, i: int, epoch: int) -> np.ndarray:
+        """The other members of sample ``i``'s group in ``epoch``'s order (``[i]`` when it is alone).
 
         The epoch's order (:func:`epoch_order`, the training sampler's order) is cut into groups of
-        :data:`MOSAIC_GROUP` consecutive positions (the last group takes the remainder). A batch
-        therefore holds whole groups, and every image is decoded once per batch instead of four
-        times, while the partners still depend only on (seed, epoch, index), never on which worker
-        or batch builds the sample.
+        :data:`MOSAIC_GROUP` consecutive positions (the last group takes the remainder).
         """
         n = len(self)
         if self._order_epoch != epoch:
@@ -270,28 +269,77 @@ class DetectionDataset(ImageSource, Dataset):
         g = min(int(self._pos[i]) // MOSAIC_GROUP, groups - 1)
         members = self._order[g * MOSAIC_GROUP : n if g == groups - 1 else (g + 1) * MOSAIC_GROUP]
         others = members[members != i]
-        if len(others) == 0:
-            others = np.array([i])
+        return others if len(others) else np.array([i])
+
+    def mosaic_partners(self, i: int, epoch: int, rng: np.random.Generator) -> list[int]:
+        """Three mosaic partners of sample ``i``, drawn from its group in the epoch's order.
+
+        A batch holds whole groups, so every image is decoded once per batch instead of four times,
+        while the partners still depend only on (seed, epoch, index), never on which worker or batch
+        builds the sample.
+        """
+        others = self._group(i, epoch)
         return rng.choice(others, size=3, replace=len(others) < 3).tolist()
 
     def _train_sample(self, i: int, epoch: int, mosaic: bool, memo: dict | None = None) -> _Sample:
-        """Mosaic (or letterbox) -> random affine (with the flip) to ``imgsz`` square -> HSV.
+        """The training sample: base sample -> mixup -> cutmix -> HSV -> vertical flip.
+
+        The base sample (:meth:`_base_sample`) is the mosaic (or letterbox) warped to ``imgsz``. Mixup
+        and cutmix take a second base sample of a member of ``i``'s mosaic group (whose images the
+        batch decodes anyway), built with a generator of their own seeded by (seed, epoch, i), so
+        the result still depends only on (seed, epoch, index); like the peers, they are off while
+        mosaic is closed (``close_mosaic``). Each extra step draws its randomness only when its
+        setting is non-zero: with the new settings at 0 nothing extra runs and the sample is the
+        one it was before they existed.
+        """
+        hyp = self.hyp
+        epoch = max(epoch, 0)
+        # SeedSequence needs non-negative ints; the triple makes each (seed, epoch, index) stream
+        # independent of every other and of worker scheduling.
+        seed = self.seed % 2**63
+        rng = np.random.default_rng([seed, epoch, i])
+        img, boxes, cls, shape0, ratio_pad = self._base_sample(i, epoch, mosaic, memo, rng)
+        for k, name in enumerate(("mixup", "cutmix"), 1):
+            p = float(getattr(hyp, name, 0.0))
+            if not (p and mosaic):
+                continue
+            sub = np.random.default_rng([seed, epoch, i, k])  # its own stream: the base's draws stay as they were
+            if sub.random() >= p:
+                continue
+            j = int(sub.choice(self._group(i, epoch)))
+            img2, boxes2, cls2, _, _ = self._base_sample(j, epoch, mosaic, memo, sub)
+            t = CLOCK.now()
+            if name == "mixup":
+                img, boxes, cls = X.mixup(img, boxes, cls, img2, boxes2, cls2, X.mixup_ratio(sub))
+            else:
+                region = X.cutmix_region(*img.shape[:2], sub)
+                img, boxes, cls = X.cutmix(img, boxes, cls, img2, boxes2, cls2, region)
+            CLOCK.add("mosaic", t)  # mixing is charged to the mosaic stage (the partner to its own stages)
+        t = CLOCK.now()
+        A.random_hsv(img, float(hyp.hsv_h), float(hyp.hsv_s), float(hyp.hsv_v), rng)
+        t = CLOCK.add("hsv", t)
+        flipud = float(getattr(hyp, "flipud", 0.0))
+        if flipud and rng.random() < flipud:
+            img, boxes = A.flip_ud(img, boxes)
+            CLOCK.add("flip", t)
+        return img, boxes, cls, shape0, ratio_pad
+
+    def _base_sample(self, i: int, epoch: int, mosaic: bool, memo: dict | None, rng: np.random.Generator) -> _Sample:
+        """Mosaic (or letterbox) -> random affine (with perspective and the horizontal flip) to ``imgsz`` square.
 
         One warp does the affine and the flip; with mosaic only the part of the 2s x 2s canvas the
         warp reads is built (:func:`~yolotrain.data.augment.source_window`); the output is that of
         building the whole canvas and warping it (up to OpenCV's fixed-point rounding, +-1 on rare
-        pixels). Without rotation and shear (the default) the warp is a crop + resize
+        pixels). Without rotation, shear and perspective (the default) the warp is a crop + resize
         (:func:`~yolotrain.data.augment.scale_translate_warp`) and the flip a mirror of its output.
+        The returned image is always a new array (later steps modify it in place).
         """
         hyp = self.hyp
         size = self.imgsz
-        # SeedSequence needs non-negative ints; the triple makes each (seed, epoch, index) stream
-        # independent of every other and of worker scheduling.
-        rng = np.random.default_rng([self.seed % 2**63, max(epoch, 0), i])
         use_mosaic = rng.random() < float(hyp.mosaic) and mosaic  # always draw: keeps streams aligned
         if use_mosaic:
             items, shapes = [], []
-            for j in (i, *self.mosaic_partners(i, max(epoch, 0), rng)):
+            for j in (i, *self.mosaic_partners(i, epoch, rng)):
                 img_j, shape_j = self._image(j, memo)
                 b, c = self._pixel_labels(j, img_j)
                 items.append((img_j, b, c))
@@ -305,10 +353,11 @@ class DetectionDataset(ImageSource, Dataset):
             src_size = src.shape[:2]
         t = CLOCK.now()
         m, s = A.affine_matrix(
-            src_size, (size, size), float(hyp.degrees), float(hyp.translate), float(hyp.scale), float(hyp.shear), rng
-        )
+            src_size, (size, size), float(hyp.degrees), float(hyp.translate), float(hyp.scale), float(hyp.shear), rng,
+            float(getattr(hyp, "perspective", 0.0)),
+        )  # fmt: skip
         flip = rng.random() < float(hyp.fliplr)
-        fast = A.is_scale_translate(m)  # no rotation or shear (the default): crop + resize, then mirror
+        fast = A.is_scale_translate(m)  # no rotation, shear or perspective (the default): crop + resize, then mirror
         m_img = m
         if flip and not fast:
             # Boxes are continuous (x -> size - x); pixel indices mirror as x -> size - 1 - x.
@@ -323,9 +372,6 @@ class DetectionDataset(ImageSource, Dataset):
             np.clip(new, 0, size, out=new)  # a square output: x and y share the bounds
             keep = A.box_candidates(before * s, new)
             CLOCK.add("affine", t)
-            t = CLOCK.now()
-            A.random_hsv(img, float(hyp.hsv_h), float(hyp.hsv_s), float(hyp.hsv_v), rng)
-            CLOCK.add("hsv", t)
             return img, new[keep], cls[keep], shape0, ratio_pad
         if use_mosaic:
             t = CLOCK.add("affine", t)
@@ -342,9 +388,7 @@ class DetectionDataset(ImageSource, Dataset):
                 img = cv2.flip(img, 1)
                 m = A.hflip_matrix(size) @ m
         else:
-            img = cv2.warpAffine(src, m_img[:2], dsize=(size, size), flags=cv2.INTER_LINEAR, borderValue=A.PAD_COLOR)
+            img = A.warp(src, m_img, (size, size))
         boxes, cls = A.affine_boxes(boxes, cls, m, s, (size, size))
-        t = CLOCK.add("affine", t)
-        A.random_hsv(img, float(hyp.hsv_h), float(hyp.hsv_s), float(hyp.hsv_v), rng)
-        CLOCK.add("hsv", t)
+        CLOCK.add("affine", t)
         return img, boxes, cls, shape0, ratio_pad

@@ -19,6 +19,7 @@ import torch.nn as nn
 from yolotrain import __version__
 from yolotrain.config import Config
 from yolotrain.data import DetectionDataset, build_dataloader, ensure_demo_dataset, load_data_yaml, scan_split
+from yolotrain.data.select import select_records, single_class_names
 from yolotrain.engine import distributed as dist
 from yolotrain.engine.amp_check import choose_checked_precision
 from yolotrain.engine.autobatch_probe import choose_batch
@@ -93,6 +94,29 @@ def build_records(data: dict[str, Any], split: str):
     records, report = scan_split(sources, data["nc"], split=split, root=data["path"])
     LOGGER.info(f"{split}: {report.summary()}")
     return records
+
+
+def select_data(cfg: Config, data: dict[str, Any], train_records, val_records):
+    """Apply ``fraction``, ``classes`` and ``single_cls`` (:mod:`yolotrain.data.select`) to the scanned splits.
+
+    Returns:
+        ``(data, train_records, val_records)``; under ``single_cls`` the data's ``nc`` is 1 and its names one name.
+    """
+    if not (cfg.single_cls or cfg.classes or cfg.fraction < 1.0):
+        return data, train_records, val_records
+    kw = dict(nc=data["nc"], single_cls=cfg.single_cls, classes=cfg.classes, fraction=cfg.fraction, seed=cfg.seed)
+    train_records = select_records(train_records, split="train", **kw)
+    if val_records is not None:
+        val_records = select_records(val_records, split="val", **kw)
+    return single_class_data(data) if cfg.single_cls else data, train_records, val_records
+
+
+def single_class_data(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with one class (``single_cls``): ``nc`` 1 and :func:`~yolotrain.data.select.single_class_names`."""
+    names = single_class_names(data["names"])
+    if data["nc"] != 1:
+        LOGGER.info(f"single_cls: the {data['nc']} classes are trained and validated as one, '{names[0]}'")
+    return {**data, "nc": 1, "names": names}
 
 
 def build_loader(
@@ -263,10 +287,11 @@ def build_run(
 
     # data: the YAML, then every split scanned (every rank scans; rank 0 reports the problems)
     data = resolve_data(cfg)
-    names, imgsz = data["names"], check_imgsz(cfg.imgsz)
     with dist.main_rank_warnings(LOGGER):
         train_records = build_records(data, "train")
         val_records = build_records(data, "val") if cfg.val else None
+        data, train_records, val_records = select_data(cfg, data, train_records, val_records)
+    names, imgsz = data["names"], check_imgsz(cfg.imgsz)
 
     # model and loss
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
