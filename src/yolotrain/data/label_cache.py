@@ -9,18 +9,21 @@ half-written file behind.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from yolotrain.data.records import ImageRecord
+from yolotrain.data.shm_cache import shm_dir
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -220,6 +223,15 @@ def cached_scan(
     Returns:
         ``(records, report, read_from_cache)``.
     """
+    if not (use_cache and message):
+        return _scan_or_load(cache_file, key, use_cache, scan, report_from_json, message, nc)
+    # One process per machine scans; the others wait on a file lock (no collective, so no DDP timeout
+    # runs while they wait) and then read the cache it wrote.
+    with scan_lock(cache_file):
+        return _scan_or_load(cache_file, key, use_cache, scan, report_from_json, message, nc)
+
+
+def _scan_or_load(cache_file, key, use_cache, scan, report_from_json, message, nc):
     cached = load_cache(cache_file, key, nc) if use_cache else None
     if cached is not None:
         LOGGER.debug("labels read from cache %s", cache_file)
@@ -230,3 +242,38 @@ def cached_scan(
     if use_cache and message:
         save_cache(cache_file, key, records, report.to_json())
     return records, report, False
+
+
+@contextlib.contextmanager
+def scan_lock(cache_file: Path) -> Iterator[None]:
+    """Hold this machine's lock on scanning ``cache_file``'s source (an exclusive ``flock``).
+
+    The lock file lives in the shared-memory folder (``/dev/shm``), named by a hash of the cache path,
+    so a read-only dataset folder needs no lock file and none is left in it (the holder removes it).
+    A process that holds the lock and dies releases it (the kernel drops a dead process's locks); the
+    next waiter then finds no cache and scans itself. Without a lock folder (or on a filesystem
+    without flock) every process scans, as before.
+    """
+    name = hashlib.sha256(str(Path(cache_file).absolute()).encode()).hexdigest()[:24]
+    lock = shm_dir() / f"yolotrain-scan-{name}.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        LOGGER.debug("no scan lock for %s (%s)", cache_file, e)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            LOGGER.info("waiting for another process scanning the labels of %s", cache_file)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            LOGGER.debug("no scan lock for %s (%s)", cache_file, e)
+        yield
+    finally:
+        # Removed while held: a process still waiting on it then finds the cache written; one arriving
+        # later makes a new lock file and finds the cache too (at worst two processes scan, never a wrong read).
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
