@@ -183,3 +183,38 @@ def test_two_ranks_share_one_cache(records, tmp_path):
     assert len(ranks[0]["inodes"]) == 1 and ranks[0]["inodes"] == ranks[1]["inodes"]  # both map the same file
     assert ranks[0]["px"] == ranks[1]["px"]
     assert not (shm_cache.shm_dir() / ranks[0]["name"]).exists()  # the owner removed it at exit
+
+
+KILLED_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, sys.argv[2])
+    from data_helpers import default_hyp
+    from yolotrain.data.dataset import DetectionDataset
+    from yolotrain.data.scan import scan_split
+    recs, _ = scan_split([sys.argv[1]], nc=3, use_cache=False)
+    ds = DetectionDataset(recs, 32, False, cache="ram")
+    print(ds._ram.path, flush=True)
+    os._exit(0)  # like SIGKILL: no atexit handler runs
+    """
+)
+
+
+def test_file_left_by_a_killed_process_is_adopted_and_removed(records, tmp_path, caplog):
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_SCRIPT)
+    img_dir = str(Path(records[0].im_file).parent)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run(
+        [sys.executable, str(script), img_dir, str(Path(__file__).parent)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    left = Path(r.stdout.strip().splitlines()[-1])
+    assert left.is_file()  # nothing cleaned up after the kill
+    with caplog.at_level(logging.INFO, logger="yolotrain"):
+        ds = DetectionDataset(records, 32, False, cache="ram")
+    assert ds._ram.path == left and "left by an ended process" in caplog.text  # reused, not rebuilt
+    np.testing.assert_array_equal(ds._ram[3][0], DetectionDataset(records, 32, False, buffer=0)._decode(3)[0])
+    shm_cache._remove_owned()  # what this process's exit runs
+    assert not left.exists() and not left.with_suffix(".lock").exists()
