@@ -218,3 +218,15 @@ def test_file_left_by_a_killed_process_is_adopted_and_removed(records, tmp_path,
     np.testing.assert_array_equal(ds._ram[3][0], DetectionDataset(records, 32, False, buffer=0)._decode(3)[0])
     shm_cache._remove_owned()  # what this process's exit runs
     assert not left.exists() and not left.with_suffix(".lock").exists()
+
+
+def test_unusable_shared_memory_folder_means_no_cache_not_a_crash(records, tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("YOLOTRAIN_SHM", str(blocker / "shm"))
+    with caplog.at_level(logging.WARNING, logger="yolotrain"):
+        ds = DetectionDataset(records, 96, False, cache="ram")
+    assert ds._ram is None and ds.buffer > 0  # decodes as without a cache, buffer kept
+    (msg,) = [r.getMessage() for r in caplog.records if "cache=ram" in r.getMessage()]
+    assert str(blocker / "shm") in msg and "without the image cache" in msg and "\n" not in msg
+    assert ds[0]["img"].shape[1:] == (96, 96)

@@ -226,7 +226,9 @@ def _build(
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w+b") as f:
-            f.truncate(max(total, 1))
+            # Reserve the pages now: writing into a sparse tmpfs file that runs out of space is a SIGBUS,
+            # a full /dev/shm here is an OSError (ENOSPC) instead.
+            os.posix_fallocate(f.fileno(), 0, max(total, 1))
             mm = mmap.mmap(f.fileno(), max(total, 1))
         _fill(mm, n, offsets, slots, load)
         _HEADER.pack_into(mm, 0, MAGIC, n, data_offset, os.getpid(), 1)
@@ -301,8 +303,18 @@ def shared_images(
         The mapped images, or None when the cache does not fit (one warning line says why).
     """
     folder = shm_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / cache_name(records, imgsz, augment)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return _shared_images(path, records, imgsz, load)
+    except OSError as e:  # no shared-memory folder, not writable, or full meanwhile
+        LOGGER.warning(f"cache=ram: cannot use {folder} ({e}); training without the image cache")
+        return None
+
+
+def _shared_images(
+    path: Path, records: list[ImageRecord], imgsz: int, load: Callable[[int], tuple[np.ndarray, tuple[int, int]]]
+) -> SharedImages | None:
     with _locked(path.with_suffix(".lock")):
         pid = _owner_pid(path) if path.exists() else None
         if pid is not None:
