@@ -1,10 +1,15 @@
-"""A JSON cache of scanned labels, so a second run skips re-reading every image header.
+"""Caches of scanned labels, so a second run skips re-reading every image header and label file.
 
-The cache is plain JSON (never pickle: a cache file may come from anywhere, and unpickling runs
-code). It is keyed by a hash of every image and label file's (name, size, mtime), the class count,
-a format version and whatever else changes the result (for COCO/VOC: the class names, the image
-folder), and is written atomically so a crash or a concurrent writer never leaves a
-half-written file behind.
+Never pickle (a cache file may come from anywhere, and unpickling runs code), always written
+atomically (a crash or a concurrent writer never leaves a half-written file behind), and re-validated
+when read. Two formats:
+
+- YOLO sources: a compact ``.npz`` of flat arrays (:func:`folders_hash` key: the image list and the
+  mtimes of the image and label folders, no stat per file; what that misses is documented there).
+- COCO/VOC sources: JSON keyed by :func:`files_hash` (every image and annotation file's name, size
+  and mtime, the class count, a format version and whatever else changes the result).
+
+Under DDP one process per machine scans while the others wait on :func:`scan_lock`.
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ def scan_split(
         nc: Number of classes.
         split: Split name, used in messages.
         root: Dataset root, a fallback for relative lines in YOLO ``.txt`` lists.
-        use_cache: Read and write ``*.cache.json`` label caches.
+        use_cache: Read and write the label caches (``*.cache.npz`` for YOLO sources, ``*.cache.json`` for
+            COCO/VOC).
         workers: Threads for the image checks (default: a few per CPU).
         log_problems: Log the problems as warnings (capped); ``data check`` prints them itself.
 
