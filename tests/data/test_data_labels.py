@@ -16,7 +16,7 @@ from yolotrain.data import label_cache
 from yolotrain.data.label_parse import parse_label_file, validate_rows
 from yolotrain.data.records import ImageRecord
 from yolotrain.data.scan import scan_split
-from yolotrain.data.yolo_paths import cache_path_for, img_to_label_path
+from yolotrain.data.yolo_paths import compact_cache_path_for, img_to_label_path
 from yolotrain.errors import DataError
 
 
@@ -189,19 +189,28 @@ def test_txt_list_source(tmp_path):
     records, rep = scan_split([str(txt)], nc=1, root=str(tmp_path))
     assert sorted(os.path.basename(r.im_file) for r in records) == ["a.png", "b.png", "c.png"]
     assert rep.corrupt_images == 1  # the listed file that does not exist is counted, not ignored
-    assert (lists / "train.cache.json").is_file()
+    assert (lists / "train.cache.npz").is_file()
 
 
 # ------------------------------------------------------------------------------ cache
+def _npz(path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:  # plain arrays, no pickle
+        return {k: z[k] for k in z.files}
+
+
+def _touch_folder(folder) -> None:
+    st = os.stat(folder)
+    os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
 def test_cache_created_reused_and_invalidated(tmp_path, monkeypatch):
     img_dir = make_split(tmp_path, "train", {"a": "0 0.5 0.5 0.2 0.2\n", "b": "1 0.3 0.3 0.2 0.2\n"})
-    cache = cache_path_for(img_dir)
-    assert cache == tmp_path / "labels" / "train.cache.json"
+    cache = compact_cache_path_for(img_dir)
+    assert cache == tmp_path / "labels" / "train.cache.npz"
 
     rec1, rep1 = scan_split([str(img_dir)], nc=2)
     assert not rep1.from_cache and cache.is_file()
-    payload = json.loads(cache.read_text())  # plain JSON, no pickle
-    assert payload["version"] == label_cache.CACHE_VERSION
+    assert int(_npz(cache)["version"]) == label_cache.CACHE_VERSION
 
     # Second scan must not look at any image: make image checks explode to prove it.
     import yolotrain.data.labels as labels_mod
@@ -219,13 +228,28 @@ def test_cache_created_reused_and_invalidated(tmp_path, monkeypatch):
         assert (a.height, a.width) == (b.height, b.width)
     monkeypatch.undo()
 
-    # A changed label file invalidates the cache.
+    # The key looks at folders, not files (README "Label scanning"): a label file rewritten in place,
+    # its folder untouched, is NOT seen (the documented blind spot) ...
     lab = tmp_path / "labels" / "train" / "b.txt"
     lab.write_text("1 0.3 0.3 0.2 0.2\n0 0.7 0.7 0.1 0.1\n")
     st = os.stat(lab)
     os.utime(lab, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     _, rep3 = scan_split([str(img_dir)], nc=2)
+    assert rep3.from_cache and rep3.instances == 2
+    # ... until the labels folder changes (a file added, removed or renamed, an editor's save by rename, a touch)
+    _touch_folder(tmp_path / "labels" / "train")
+    _, rep3 = scan_split([str(img_dir)], nc=2)
     assert not rep3.from_cache and rep3.instances == 3
+    # A label file replaced through a rename (what most editors and tools do) is seen without help.
+    tmp = tmp_path / "labels" / "train" / "b.txt.new"
+    tmp.write_text("1 0.3 0.3 0.2 0.2\n")
+    os.replace(tmp, lab)
+    _, rep4 = scan_split([str(img_dir)], nc=2)
+    assert not rep4.from_cache and rep4.instances == 2
+    # So is a new image.
+    make_split(tmp_path, "train", {"c": "0 0.5 0.5 0.2 0.2\n"})
+    recs5, rep5 = scan_split([str(img_dir)], nc=2)
+    assert not rep5.from_cache and len(recs5) == 3
     # So does a different class count; b.txt's class 1 is then out of range: an error naming the row.
     with pytest.raises(DataError, match=r"b\.txt: row 1: class id 1 is outside \[0, 1\)"):
         scan_split([str(img_dir)], nc=1)
@@ -251,22 +275,23 @@ def test_out_of_range_class_is_an_error_naming_file_and_row(tmp_path):
 
 def test_cache_rows_revalidated_against_classes(tmp_path, caplog):
     img_dir = make_split(tmp_path, "train", {"a": "0 0.5 0.5 0.2 0.2\n", "b": "1 0.3 0.3 0.2 0.2\n0 0.6 0.6 0.1 0.1\n"})
-    cache = cache_path_for(img_dir)
+    cache = compact_cache_path_for(img_dir)
     scan_split([str(img_dir)], nc=2)
-    good = json.loads(cache.read_text())
+    good = _npz(cache)
+    key = good["key"].tobytes().decode()
     # An edited cache: the right key, a class id the model does not have (row 2 of b's rows).
-    bad = dict(good, cls=[0, 1, 7])
-    cache.write_text(json.dumps(bad))
-    assert label_cache.load_cache(cache, good["key"], nc=2) is None  # the cache layer refuses it
-    assert label_cache.load_cache(cache, good["key"]) is not None  # (only boxes are checked without nc)
+    np.savez(cache, **dict(good, cls=np.array([0, 1, 7])))
+    assert label_cache.load_cache(cache, key, nc=2) is None  # the cache layer refuses it
+    assert label_cache.load_cache(cache, key) is not None  # (only boxes are checked without nc)
     with caplog.at_level(logging.WARNING, logger="yolotrain"):
         recs, rep = scan_split([str(img_dir)], nc=2)
     assert not rep.from_cache  # not trusted: rebuilt from the label files
     assert sorted(int(c) for r in recs for c in r.cls) == [0, 0, 1]
     assert "b.png: label row 2: class id 7 is outside [0, 2)" in caplog.text and "rebuilding" in caplog.text
-    assert json.loads(cache.read_text())["cls"] == good["cls"]  # and rewritten
+    np.testing.assert_array_equal(_npz(cache)["cls"], good["cls"])  # and rewritten
     # A damaged box is caught the same way.
-    cache.write_text(json.dumps(dict(good, bboxes=[[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, -0.2, 0.2], [0.6, 0.6, 0.1, 0.1]])))
+    boxes = np.float32([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, -0.2, 0.2], [0.6, 0.6, 0.1, 0.1]])
+    np.savez(cache, **dict(good, bboxes=boxes))
     recs, rep = scan_split([str(img_dir)], nc=2)
     assert not rep.from_cache and recs[1].bboxes[0, 2] == pytest.approx(0.2)
 
@@ -289,16 +314,21 @@ def test_first_invalid_row_hand_checked():
 
 def test_corrupt_cache_is_rebuilt(tmp_path):
     img_dir = make_split(tmp_path, "train", {"a": "0 0.5 0.5 0.2 0.2\n"})
-    cache = cache_path_for(img_dir)
+    cache = compact_cache_path_for(img_dir)
     scan_split([str(img_dir)], nc=1)
+    good = _npz(cache)
     for garbage in ('{"version": 1, "key"', json.dumps({"version": 1, "key": "x"}), "[1, 2]"):
         cache.write_text(garbage)
         recs, rep = scan_split([str(img_dir)], nc=1)
         assert not rep.from_cache and len(recs) == 1
+    np.savez(cache, **{k: v for k, v in good.items() if k != "shapes"})  # an array missing
+    recs, rep = scan_split([str(img_dir)], nc=1)
+    assert not rep.from_cache and len(recs) == 1
+    np.savez(cache, **dict(good, names=np.array(["x"], dtype=object)))  # an object array (pickle): refused
+    recs, rep = scan_split([str(img_dir)], nc=1)
+    assert not rep.from_cache and len(recs) == 1
     # Right key but damaged body -> rebuilt, not trusted.
-    good = json.loads(cache.read_text())
-    good["counts"] = [5]
-    cache.write_text(json.dumps(good))
+    np.savez(cache, **dict(good, counts=np.array([5])))
     recs, rep = scan_split([str(img_dir)], nc=1)
     assert not rep.from_cache and rep.instances == 1
 
@@ -313,7 +343,7 @@ def test_unwritable_cache_folder_is_skipped(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.DEBUG, logger="yolotrain"):
         recs, _ = scan_split([str(img_dir)], nc=1)
     assert len(recs) == 1
-    assert not cache_path_for(img_dir).exists()
+    assert not compact_cache_path_for(img_dir).exists()
     assert "label cache not written" in caplog.text
     assert not list((tmp_path / "labels").glob("*.tmp"))
 

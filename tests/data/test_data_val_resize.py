@@ -51,3 +51,12 @@ def test_training_ignores_val_resize(big_jpeg):
 def test_bad_val_resize_refused(big_jpeg):
     with pytest.raises(ConfigError, match="val_resize"):
         DetectionDataset([big_jpeg], 64, False, types.SimpleNamespace(val_resize="nearest"))
+
+
+def test_ram_cache_keeps_the_two_resizes_apart(big_jpeg, tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLOTRAIN_SHM", str(tmp_path / "shm"))
+    area = DetectionDataset([big_jpeg], 64, False, types.SimpleNamespace(), cache="ram")
+    bilinear = DetectionDataset([big_jpeg], 64, False, types.SimpleNamespace(val_resize="bilinear"), cache="ram")
+    assert area.load_image(0)[0].shape == (38, 64, 3)
+    assert bilinear.load_image(0)[0].shape == (39, 64, 3)  # not the area-resized copy cached first
+    assert len(list((tmp_path / "shm").glob("yolotrain-ram-*.bin"))) == 2

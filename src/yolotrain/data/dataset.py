@@ -80,7 +80,8 @@ class DetectionDataset(ImageSource, Dataset):
             (missing means 0); optional ``rect`` and ``val_resize`` (``area`` or ``bilinear``: how
             evaluation shrinks images, see the ``val_resize`` setting).
         stride: Model stride.
-        cache: ``"ram"`` or True keeps the resized images in memory; ``"disk"`` stores them as
+        cache: ``"ram"`` or True keeps the resized images in shared memory, one copy per machine
+            mapped by every process (:mod:`yolotrain.data.shm_cache`); ``"disk"`` stores them as
             ``.npy`` files in :func:`disk_cache_dir`, reused across runs.
         seed: Base seed of the augmentation randomness.
         buffer: Recently decoded images kept per process (least recently used dropped first); a
@@ -125,7 +126,7 @@ class DetectionDataset(ImageSource, Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.mosaic_enabled = True
-        self._ram: list[tuple[np.ndarray, tuple[int, int]] | None] | None = None
+        self._ram = None  # cache=ram: the machine's shared copy (data/shm_cache.py SharedImages)
         # The last `buffer` decoded images, per process (like the peers' mosaic buffer, but only a
         # cache: partners are chosen by mosaic_partners, never by what happens to be buffered).
         self.buffer = max(0, int(buffer))

@@ -8,16 +8,15 @@ import logging
 import math
 import os
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
-import psutil
 
 from yolotrain.data.image_io import decode_image, jpeg_reduction, read_bytes
 from yolotrain.data.profile import CLOCK
 from yolotrain.data.records import ImageRecord
+from yolotrain.data.shm_cache import SharedImages, shared_images
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -32,8 +31,8 @@ class ImageSource:
     """Decoded, resized images for :class:`~yolotrain.data.dataset.DetectionDataset` (a mixin).
 
     The dataset sets ``records``, ``imgsz``, ``augment``, ``buffer``, ``_recent`` (an OrderedDict),
-    ``_ram`` (None or a list), ``_disk_dir`` (None or a folder) and ``val_resize`` (``area`` or
-    ``bilinear``, used when not augmenting) before using these methods.
+    ``_ram`` (None or a :class:`SharedImages`), ``_disk_dir`` (None or a folder) and ``val_resize``
+    (``area`` or ``bilinear``, used when not augmenting) before using these methods.
     """
 
     records: list[ImageRecord]
@@ -41,28 +40,14 @@ class ImageSource:
     augment: bool
     buffer: int
     _recent: OrderedDict
-    _ram: list | None
+    _ram: SharedImages | None
     _disk_dir: Path | None
     val_resize: str
 
     def _cache_in_ram(self) -> None:
-        need = self.ram_bytes()
-        try:
-            available = psutil.virtual_memory().available
-        except Exception:  # psutil missing or unsupported platform: trust the user
-            available = float("inf")
-        if need > 0.7 * available:
-            LOGGER.warning(
-                "cache=ram needs %.1f GB but only %.1f GB is available; not caching images",
-                need / 1e9,
-                available / 1e9,
-            )
-            return
-        with ThreadPoolExecutor(max_workers=4) as pool:  # decoding releases the GIL
-            self._ram = list(pool.map(self._load_from_disk, range(len(self.records))))
-        for entry in self._ram:
-            entry[0].flags.writeable = False  # shared by every sample that uses the image
-        LOGGER.info("cached %d images in RAM (%.2f GB)", len(self.records), need / 1e9)
+        """``cache=ram``: map the machine's one shared copy of the decoded images (built here if absent)."""
+        resize = "train" if self.augment else self._resize_mode()  # the pixels differ, so the name does
+        self._ram = shared_images(self.records, self.imgsz, resize, self._load_from_disk)
 
     def ram_bytes(self) -> float:
         """Bytes the decoded images take once resized to a long side of ``imgsz`` (``cache=ram``)."""
@@ -153,8 +138,10 @@ class ImageSource:
         from disk otherwise. Decoding is deterministic, so where an image comes from never changes
         a sample.
         """
-        if self._ram is not None and self._ram[i] is not None:
-            return self._ram[i]
+        if self._ram is not None:
+            hit = self._ram[i]
+            if hit is not None:
+                return hit
         if memo is not None and i in memo:
             return memo[i]
         hit = self._recent.get(i)

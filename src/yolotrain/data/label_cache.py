@@ -1,26 +1,35 @@
-"""A JSON cache of scanned labels, so a second run skips re-reading every image header.
+"""Caches of scanned labels, so a second run skips re-reading every image header and label file.
 
-The cache is plain JSON (never pickle: a cache file may come from anywhere, and unpickling runs
-code). It is keyed by a hash of every image and label file's (name, size, mtime), the class count,
-a format version and whatever else changes the result (for COCO/VOC: the class names, the image
-folder), and is written atomically so a crash or a concurrent writer never leaves a
-half-written file behind.
+Never pickle (a cache file may come from anywhere, and unpickling runs code), always written
+atomically (a crash or a concurrent writer never leaves a half-written file behind), and re-validated
+when read. Two formats:
+
+- YOLO sources: a compact ``.npz`` of flat arrays (:func:`folders_hash` key: the image list and the
+  mtimes of the image and label folders, no stat per file; what that misses is documented there).
+- COCO/VOC sources: JSON keyed by :func:`files_hash` (every image and annotation file's name, size
+  and mtime, the class count, a format version and whatever else changes the result).
+
+Under DDP one process per machine scans while the others wait on :func:`scan_lock`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from yolotrain.data.records import ImageRecord
+from yolotrain.data.shm_cache import shm_dir
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -52,6 +61,32 @@ def files_hash(im_files: list[str], label_files: list[str], nc: int, extra: str 
     return h.hexdigest()
 
 
+def folders_hash(im_files: list[str], folders: list[str], nc: int, extra: str = "") -> str:
+    """Cheap key of a YOLO split: the image list itself, and each image and label folder's mtime.
+
+    No file is stat-ed (a stat per file costs about as much as reading the whole compact cache):
+    adding, removing or renaming an image or label file changes its folder's modification time, and
+    any change to the image list changes the names hashed. What this key does NOT see: a file
+    rewritten in place under the same name (``echo ... >> a.txt``, a tool that overwrites a label
+    file instead of replacing it), which leaves its folder's mtime alone. After such an edit, delete
+    the split's ``*.cache.npz`` (or ``touch`` the labels folder) and the next run rescans.
+
+    Args:
+        im_files: Image paths as listed.
+        folders: Folders holding the images and the label files (missing folders are part of the key too).
+        nc: Number of classes.
+        extra: Anything else the scan result depends on.
+    """
+    h = hashlib.sha256(f"v{CACHE_VERSION}|compact|nc={nc}|n={len(im_files)}|{extra}\n".encode())
+    for d in sorted(set(folders)):
+        try:
+            h.update(f"{d}|{os.stat(d).st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{d}|missing\n".encode())
+    h.update("\n".join(im_files).encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
 def save_cache(path: Path, key: str, records: list[ImageRecord], report: dict[str, Any]) -> bool:
     """Write the cache atomically; skip quietly (debug log) when the folder is not writable.
 
@@ -64,6 +99,8 @@ def save_cache(path: Path, key: str, records: list[ImageRecord], report: dict[st
     Returns:
         True when the cache was written.
     """
+    if path.suffix == ".npz":
+        return _write_atomic(path, lambda f: _save_compact(f, key, records, report))
     counts = [r.num_instances for r in records]
     boxes = np.concatenate([r.bboxes for r in records]) if records else np.zeros((0, 4), np.float32)
     cls = np.concatenate([r.cls for r in records]) if records else np.zeros(0, np.int64)
@@ -86,16 +123,21 @@ def save_cache(path: Path, key: str, records: list[ImageRecord], report: dict[st
         "crowd": None if crowd is None else crowd.astype(int).tolist(),
         "report": report,
     }
+    data = json.dumps(payload, separators=(",", ":")).encode()  # the C encoder, then one write
+    return _write_atomic(path, lambda f: f.write(data))
+
+
+def _write_atomic(path: Path, write: Callable[[Any], Any]) -> bool:
+    """Write ``path`` through a temporary file and a rename; False (debug log) when it cannot be written."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            # dumps (C encoder) then one write: json.dump streams through the pure-Python encoder.
-            f.write(json.dumps(payload, separators=(",", ":")))
+        with os.fdopen(fd, "wb") as f:
+            write(f)
         os.replace(tmp, path)
         return True
-    except OSError as e:
+    except (OSError, ValueError) as e:
         LOGGER.debug("label cache not written to %s (%s)", path, e)
         if tmp is not None:
             try:
@@ -103,6 +145,86 @@ def save_cache(path: Path, key: str, records: list[ImageRecord], report: dict[st
             except OSError:
                 pass
         return False
+
+
+def _save_compact(f: Any, key: str, records: list[ImageRecord], report: dict[str, Any]) -> None:
+    """The compact cache: one ``.npz`` of flat arrays (no pickle), names as one newline-joined buffer."""
+    names = [r.im_file for r in records]
+    if any("\n" in n for n in names):
+        raise ValueError("an image name holds a newline")
+    counts = np.array([r.num_instances for r in records], dtype=np.int64)
+    has_crowd = any(r.crowd is not None for r in records)
+    arrays = {
+        "version": np.array(CACHE_VERSION, dtype=np.int64),
+        "key": np.frombuffer(key.encode(), dtype=np.uint8),
+        "names": np.frombuffer("\n".join(names).encode("utf-8", "surrogateescape"), dtype=np.uint8),
+        "shapes": np.array([(r.height, r.width) for r in records], dtype=np.int64).reshape(-1, 2),
+        "counts": counts,
+        "cls": np.concatenate([r.cls for r in records]) if records else np.zeros(0, np.int64),
+        "bboxes": np.concatenate([r.bboxes for r in records]) if records else np.zeros((0, 4), np.float32),
+        "report": np.frombuffer(json.dumps(report, separators=(",", ":")).encode(), dtype=np.uint8),
+    }
+    if has_crowd:
+        arrays["crowd"] = np.concatenate(
+            [r.crowd if r.crowd is not None else np.zeros(r.num_instances, bool) for r in records]
+        )
+    np.savez(f, **arrays)
+
+
+def _load_compact(path: Path, key: str, nc: int | None) -> tuple[list[ImageRecord], dict[str, Any]] | None:
+    with np.load(path, allow_pickle=False) as z:  # never pickle: a cache file may come from anywhere
+        if int(z["version"]) != CACHE_VERSION or z["key"].tobytes() != key.encode():
+            LOGGER.debug("label cache %s is stale, rescanning", path)
+            return None
+        names = z["names"].tobytes().decode("utf-8", "surrogateescape")
+        shapes = z["shapes"].astype(np.int64, copy=False).reshape(-1, 2)
+        counts = z["counts"].astype(np.int64, copy=False).reshape(-1)
+        cls = z["cls"].astype(np.int64, copy=False).reshape(-1)
+        boxes = z["bboxes"].astype(np.float32, copy=False).reshape(-1, 4)
+        crowd = z["crowd"].astype(bool, copy=False).reshape(-1) if "crowd" in z.files else None
+        report = json.loads(z["report"].tobytes())
+    im_files = names.split("\n") if len(shapes) else []
+    n = len(im_files)
+    if not (len(counts) == len(shapes) == n and counts.sum() == len(cls) == len(boxes)) or (counts < 0).any():
+        raise ValueError("inconsistent lengths")
+    if crowd is not None and len(crowd) != len(cls):
+        raise ValueError("inconsistent crowd flags")
+    if not isinstance(report, dict):
+        raise ValueError("report is not a mapping")
+    bad = _first_invalid(shapes, counts, cls, boxes, nc)
+    if bad is not None:
+        i, what = bad
+        LOGGER.warning("label cache %s holds an invalid row (%s: %s); rebuilding it", path, im_files[i], what)
+        return None
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    hs, ws = shapes[:, 0].tolist(), shapes[:, 1].tolist()
+    records = ImageRecord.spans(im_files, hs, ws, starts.tolist(), ends.tolist(), (cls, boxes, crowd))
+    return records, report
+
+
+def _first_invalid(
+    shapes: np.ndarray, counts: np.ndarray, cls: np.ndarray, boxes: np.ndarray, nc: int | None
+) -> tuple[int, str] | None:
+    """``(image index, what)`` of the first invalid image size or label row, or None (see first_invalid_row)."""
+    small = np.flatnonzero((shapes < 1).any(1))
+    if len(small):
+        h, w = shapes[small[0]].tolist()
+        return int(small[0]), f"image size {h}x{w} is not positive"
+    b = boxes.astype(np.float64)
+    bad_cls = (cls < 0) | (cls >= nc) if nc is not None else np.zeros(len(cls), bool)
+    with np.errstate(invalid="ignore"):
+        lo, hi = b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2
+        bad_box = ~np.isfinite(b).all(1) | (b[:, 2:] <= 0).any(1) | (lo < -1e-4).any(1) | (hi > 1 + 1e-4).any(1)
+    bad = np.flatnonzero(bad_cls | bad_box)
+    if not len(bad):
+        return None
+    k = int(bad[0])
+    ends = np.cumsum(counts)
+    i = int(np.searchsorted(ends, k, side="right"))
+    row = k - int(ends[i] - counts[i]) + 1
+    what = f"class id {int(cls[k])} is outside [0, {nc})" if bad_cls[k] else "a box is not inside the image"
+    return i, f"label row {row}: {what}"
 
 
 def first_invalid_row(records: list[ImageRecord], nc: int | None) -> str | None:
@@ -158,6 +280,12 @@ def load_cache(path: Path, key: str, nc: int | None = None) -> tuple[list[ImageR
     """
     if not path.is_file():
         return None
+    if path.suffix == ".npz":
+        try:
+            return _load_compact(path, key, nc)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:  # damage: rebuild
+            LOGGER.warning("label cache %s is corrupt (%s), rebuilding it", path, type(e).__name__)
+            return None
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
@@ -220,6 +348,15 @@ def cached_scan(
     Returns:
         ``(records, report, read_from_cache)``.
     """
+    if not (use_cache and message):
+        return _scan_or_load(cache_file, key, use_cache, scan, report_from_json, message, nc)
+    # One process per machine scans; the others wait on a file lock (no collective, so no DDP timeout
+    # runs while they wait) and then read the cache it wrote.
+    with scan_lock(cache_file):
+        return _scan_or_load(cache_file, key, use_cache, scan, report_from_json, message, nc)
+
+
+def _scan_or_load(cache_file, key, use_cache, scan, report_from_json, message, nc):
     cached = load_cache(cache_file, key, nc) if use_cache else None
     if cached is not None:
         LOGGER.debug("labels read from cache %s", cache_file)
@@ -230,3 +367,38 @@ def cached_scan(
     if use_cache and message:
         save_cache(cache_file, key, records, report.to_json())
     return records, report, False
+
+
+@contextlib.contextmanager
+def scan_lock(cache_file: Path) -> Iterator[None]:
+    """Hold this machine's lock on scanning ``cache_file``'s source (an exclusive ``flock``).
+
+    The lock file lives in the shared-memory folder (``/dev/shm``), named by a hash of the cache path,
+    so a read-only dataset folder needs no lock file and none is left in it (the holder removes it).
+    A process that holds the lock and dies releases it (the kernel drops a dead process's locks); the
+    next waiter then finds no cache and scans itself. Without a lock folder (or on a filesystem
+    without flock) every process scans, as before.
+    """
+    name = hashlib.sha256(str(Path(cache_file).absolute()).encode()).hexdigest()[:24]
+    lock = shm_dir() / f"yolotrain-scan-{name}.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        LOGGER.debug("no scan lock for %s (%s)", cache_file, e)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            LOGGER.info("waiting for another process scanning the labels of %s", cache_file)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            LOGGER.debug("no scan lock for %s (%s)", cache_file, e)
+        yield
+    finally:
+        # Removed while held: a process still waiting on it then finds the cache written; one arriving
+        # later makes a new lock file and finds the cache too (at worst two processes scan, never a wrong read).
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)

@@ -23,9 +23,9 @@ from typing import Any
 from PIL import Image
 
 from yolotrain.data import label_parse as lp
-from yolotrain.data.label_cache import cached_scan, files_hash
+from yolotrain.data.label_cache import cached_scan, folders_hash
 from yolotrain.data.records import ImageRecord
-from yolotrain.data.yolo_paths import cache_path_for, img_to_label_path, is_image_file, list_images
+from yolotrain.data.yolo_paths import compact_cache_path_for, img_to_label_path, is_image_file, list_images_and_folders
 from yolotrain.errors import DataError
 
 LOGGER = logging.getLogger("yolotrain")
@@ -321,11 +321,12 @@ def scan_yolo_source(
     source: str, nc: int, split: str, root: str | None, use_cache: bool, workers: int
 ) -> tuple[list[ImageRecord], ScanReport, bool]:
     """One YOLO folder or image list -> ``(records, report, read_from_cache)``."""
-    im_files = list_images(source, root)
-    label_files = [img_to_label_path(f) for f in im_files]
-    key = files_hash(im_files, label_files, nc) if use_cache else ""
+    im_files, image_dirs = list_images_and_folders(source, root)
+    # The key looks at folders, not files (see folders_hash: what it cannot see is documented there).
+    label_dirs = [os.path.dirname(img_to_label_path(os.path.join(d, "x.jpg"))) for d in image_dirs]
+    key = folders_hash(im_files, [*image_dirs, *label_dirs], nc) if use_cache else ""
     return cached_scan(
-        cache_path_for(source),
+        compact_cache_path_for(source),
         key,
         use_cache,
         lambda: _scan_files(im_files, nc, workers),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,34 @@ class ImageRecord:
         rec = object.__new__(cls)
         rec.__dict__.update(im_file=im_file, height=height, width=width, cls=cls_ids, bboxes=bboxes, crowd=crowd)
         return rec
+
+    @classmethod
+    def spans(
+        cls, im_files: list[str], hs: list[int], ws: list[int], starts: list[int], ends: list[int], arrays: tuple
+    ) -> list[ImageRecord]:
+        """Records whose boxes are rows ``starts[i]:ends[i]`` (views) of ``arrays`` ``(cls, bboxes, crowd or None)``.
+
+        For the label cache, which hands out hundreds of thousands of records at once: the arrays must
+        already be typed and validated (no per-record conversion).
+        """
+        new, rec_cls = object.__new__, cls
+        c_all, b_all, k_all = arrays
+        out = []
+        # No garbage collection while the objects pile up: each would walk every object made so far.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for f, h, w, s, e in zip(im_files, hs, ws, starts, ends):
+                rec = new(rec_cls)
+                rec.__dict__ = {
+                    "im_file": f, "height": h, "width": w, "cls": c_all[s:e], "bboxes": b_all[s:e],
+                    "crowd": None if k_all is None else k_all[s:e],
+                }  # fmt: skip
+                out.append(rec)
+        finally:
+            if was_enabled:
+                gc.enable()
+        return out
 
     @property
     def num_instances(self) -> int:

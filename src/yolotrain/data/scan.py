@@ -13,7 +13,7 @@ from yolotrain.data.formats import FORMAT_YOLO, detect_format, scan_annotated_so
 from yolotrain.data.label_cache import first_invalid_row
 from yolotrain.data.labels import ScanReport, scan_yolo_source
 from yolotrain.data.records import ImageRecord
-from yolotrain.data.yolo_paths import cache_path_for
+from yolotrain.data.yolo_paths import cache_path_for, compact_cache_path_for
 from yolotrain.errors import DataError
 
 LOGGER = logging.getLogger("yolotrain")
@@ -47,7 +47,8 @@ def scan_split(
         nc: Number of classes.
         split: Split name, used in messages.
         root: Dataset root, a fallback for relative lines in YOLO ``.txt`` lists.
-        use_cache: Read and write ``*.cache.json`` label caches.
+        use_cache: Read and write the label caches (``*.cache.npz`` for YOLO sources, ``*.cache.json`` for
+            COCO/VOC).
         workers: Threads for the image checks (default: a few per CPU).
         log_problems: Log the problems as warnings (capped); ``data check`` prints them itself.
 
@@ -68,11 +69,13 @@ def scan_split(
     report = ScanReport(split=split, from_cache=use_cache)
     for source in sources:
         recs, rep, hit = _scan_source(source, nc, split, root, use_cache, workers)
-        bad = first_invalid_row(recs, nc)
+        # A YOLO cache's rows were validated against nc as they were read (label_cache._load_compact)
+        bad = None if hit and detect_format(source) == FORMAT_YOLO else first_invalid_row(recs, nc)
         if bad and hit:
             # Any format's cache: a row no scan could produce means the cache is not to be trusted.
             LOGGER.warning("%s: label cache %s holds an invalid row (%s); rebuilding it", split, source, bad)
             cache_path_for(source).unlink(missing_ok=True)
+            compact_cache_path_for(source).unlink(missing_ok=True)
             recs, rep, hit = _scan_source(source, nc, split, root, use_cache, workers)
             bad = first_invalid_row(recs, nc)
         if bad:

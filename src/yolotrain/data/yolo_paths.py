@@ -76,6 +76,11 @@ def cache_path_for(source: str | os.PathLike[str]) -> Path:
     return label_dir.with_name(label_dir.name + ".cache.json")
 
 
+def compact_cache_path_for(source: str | os.PathLike[str]) -> Path:
+    """The compact label cache of a YOLO source: :func:`cache_path_for` with ``.npz`` for ``.json``."""
+    return cache_path_for(source).with_suffix(".npz")
+
+
 def list_images(source: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> list[str]:
     """List the images of one split source, sorted for determinism.
 
@@ -91,17 +96,26 @@ def list_images(source: str | os.PathLike[str], root: str | os.PathLike[str] | N
     Raises:
         DataError: The source does not exist or is neither a folder nor a ``.txt`` file.
     """
+    return list_images_and_folders(source, root)[0]
+
+
+def list_images_and_folders(
+    source: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """:func:`list_images`, and the folders the images are in (for the label cache's key)."""
     p = Path(source)
     if p.is_dir():
-        return _walk_images(p)
+        folders: list[str] = []
+        return _walk_images(p, folders), folders
     if p.is_file() and p.suffix.lower() == ".txt":
-        return _read_image_list(p, Path(root) if root is not None else None)
+        files = _read_image_list(p, Path(root) if root is not None else None)
+        return files, sorted({os.path.dirname(f) for f in files})
     if not p.exists():
         raise DataError(f"{p}: image source not found")
     raise DataError(f"{p}: image source must be a folder or a .txt list of images")
 
 
-def _walk_images(folder: Path) -> list[str]:
+def _walk_images(folder: Path, folders: list[str] | None = None) -> list[str]:
     out: list[str] = []
     seen: set[str] = set()
     # Follow symlinked sub-folders (common for large datasets) but remember real paths so a link
@@ -112,6 +126,8 @@ def _walk_images(folder: Path) -> list[str]:
             dirnames[:] = []
             continue
         seen.add(real)
+        if folders is not None:
+            folders.append(dirpath)
         prefix = dirpath + os.sep
         out.extend(prefix + f for f in filenames if f[f.rfind(".") :].lower() in IMG_EXTS)
     return sorted(out)
