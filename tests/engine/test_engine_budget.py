@@ -115,6 +115,36 @@ def test_time_budget_fits_epochs_warmup_close_mosaic_and_decay(tiny_data, tmp_pa
     assert [s[2] for s in firsts] == [12, 6, 6, 6, 6, 6]  # the recipe's 12 until the first epoch is measured
 
 
+def budget_log(tiny_data, tmp_path, capsys, clock, *extra):
+    setup_logging(True)
+    try:
+        callbacks = f"callbacks={Path(__file__).with_name('budget_clock.py')}:{clock}"
+        assert (
+            main(["train", f"data={tiny_data}", f"project={tmp_path}", *ARGS, callbacks, "verbose=true", *extra]) == 0
+        )
+    finally:
+        setup_logging(False)
+    return capsys.readouterr().err, load_checkpoint(tmp_path / "exp" / "weights" / "last.pt")
+
+
+def test_a_long_first_epoch_is_planned_from_its_first_tenth(tiny_data, tmp_path, capsys):
+    err, state = budget_log(tiny_data, tmp_path, capsys, "slow_clock")
+    # after the first batch (a tenth of 3, at least 1: 8 s) the epoch is expected to end at 24 s; 34.92 - 24 s
+    # leave no room for a second 24 s epoch
+    assert "time budget 0.01 h: 1 epochs at 0.4 min/epoch (estimated from the first 1 iterations" in err
+    assert len(state["history"]) == 1
+    # the schedule was fitted to one epoch (warmup ceil(3 * 3 / 12) = 1 iteration): the last batch at 2/3
+    assert state["history"][0]["lr/pg0"] == pytest.approx(0.01 * (1 - 0.99 * 2 / 3))
+
+
+def test_budget_spent_mid_epoch_stops_and_validates(tiny_data, tmp_path, capsys):
+    err, state = budget_log(tiny_data, tmp_path, capsys, "slowing_clock", "val_period=5")
+    assert "time budget 0.01 h: 11 epochs at" in err  # planned from a 3 s first epoch (not validated)
+    # then 20 s per batch: 23 s, 43 s after the second batch of epoch 2: the 36 s are spent
+    assert "time budget 0.01 h spent at epoch 2, iteration 2/3: stopping" in err
+    assert len(state["history"]) == 2 and state["history"][1]["metrics/mAP50-95"] != ""  # validated
+
+
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from yolotrain.config import parse_cli_args, resolve

@@ -149,7 +149,9 @@ class TimeBudget:
         self.warmup_iters, self.warmup_epochs, self.close_mosaic = warmup_iters, warmup_epochs, close_mosaic
         self.val_period, self.validate = val_period, validate
         self.plan = FittedSchedule(recipe_epochs, warmup_iters, close_mosaic)  # provisional
-        self.fitted = False
+        self.fitted = False  # planned from a whole epoch
+        self.estimated = False  # planned from the first tenth of the first epoch
+        self.first_begin = 0.0  # spent seconds when the first epoch's first batch started
         self.train_seconds: list[float] = []
         self.val_seconds: list[float] = []
         self.spent_before = 0.0  # seconds trained by earlier launches
@@ -168,6 +170,34 @@ class TimeBudget:
     def spent(self) -> float:
         """Seconds trained so far, over all launches."""
         return self.spent_before + (self.clock() - self.launch_t0 if self.clock else 0.0)
+
+    def exhausted(self) -> bool:
+        """Whether the budget is spent (training stops at the next optimizer step, then validates)."""
+        return self.spent() >= self.seconds
+
+    def early_plan(self, epoch: int, done_iters: int, iters_per_epoch: int) -> FittedSchedule | None:
+        """A provisional plan from the pace of the first tenth of the first epoch; None at other iterations.
+
+        A long first epoch would otherwise run on the recipe's schedule for all of it (or, on a budget
+        shorter than an epoch, past the budget). The plan is corrected after the epoch, when its
+        validation time is known too.
+        """
+        if self.fitted or self.estimated or epoch != 0 or done_iters != max(iters_per_epoch // 10, 1):
+            return None
+        self.estimated = True
+        now = self.spent()
+        pace = (now - self.first_begin) / done_iters
+        end = now + pace * (iters_per_epoch - done_iters)  # when the first epoch is expected to end
+        epochs = plan_epochs(self.seconds, end, 1, max(pace * iters_per_epoch, 1e-6), 0.0, validate=False)
+        plan = fit_schedule(
+            epochs, self.recipe_epochs, self.warmup_iters, self.warmup_epochs, self.close_mosaic, iters_per_epoch
+        )
+        LOGGER.info(
+            f"time budget {self.hours:g} h: {epochs} epochs at {pace * iters_per_epoch / 60:.1f} min/epoch "
+            f"(estimated from the first {done_iters} iterations; refitted after each epoch)"
+        )
+        self.plan = plan
+        return plan
 
     def end_epoch(self, done: int, val_seconds: float | None, iters_per_epoch: int) -> FittedSchedule:
         """Record the epoch that just ended (``done`` epochs finished) and plan the rest of the run.
@@ -206,6 +236,8 @@ class TimeBudget:
                 "warmup_iters": p.warmup_iters,
                 "close_mosaic": p.close_mosaic,
                 "fitted": self.fitted,
+                "estimated": self.estimated,
+                "first_begin": self.first_begin,
                 "train_seconds": list(self.train_seconds),
                 "val_seconds": list(self.val_seconds),
                 "spent": self.spent(),
@@ -216,7 +248,8 @@ class TimeBudget:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         b = state["budget"]
         self.plan = FittedSchedule(int(b["epochs"]), int(b["warmup_iters"]), int(b["close_mosaic"]))
-        self.fitted = bool(b["fitted"])
+        self.fitted, self.estimated = bool(b["fitted"]), bool(b["estimated"])
+        self.first_begin = float(b["first_begin"])
         self.train_seconds = [float(x) for x in b["train_seconds"]]
         self.val_seconds = [float(x) for x in b["val_seconds"]]
         self.spent_before = float(b["spent"])  # this launch's time counts on top of the earlier launches'

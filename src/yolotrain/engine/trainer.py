@@ -69,6 +69,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.clock = time.monotonic  # what time= measures with (tests put a fake clock here)
         self.val_seconds: float | None = None  # the last epoch's validation time, by ``clock``
+        self.budget_spent = False  # time= ran out mid-epoch: stop and validate
         self.images_per_s = 0.0
         self.data_wait = 0.0  # share of the last epoch's step time spent waiting for the next batch
         self.summary = ""
@@ -191,6 +192,9 @@ class Trainer:
         set_loader_epoch(loader, epoch, skip_batches=start)
         set_train_mode(run.step.train_model, run.model, self.phase)
         run.state.epoch_skipped = 0
+        budget = run.budget
+        if budget is not None and epoch == 0 and start == 0:
+            budget.first_begin = budget.spent()
         mean, seen, t0 = torch.zeros(3), 0, time.perf_counter()
         bar = tqdm(
             enumerate(fork_safe_iter(loader), start=start), total=self.nb, initial=start,
@@ -205,6 +209,8 @@ class Trainer:
             mean = (mean * (i - start) + outcome.items) / (i - start + 1)
             seen += batch["img"].shape[0] * dist.world_size()  # images of the global batch
             self.callbacks.run("on_train_batch_end", self)
+            if outcome.boundary and budget is not None:
+                self.check_budget(epoch, i + 1)
             if outcome.boundary:
                 self.stop, save_due = self.preemption.agree(self.stop, i + 1)
                 if i + 1 < self.nb and (save_due or self.preemption.signal_received):
@@ -230,8 +236,22 @@ class Trainer:
             + f" {images_per_s:.1f} img/s"
         )
 
+    def check_budget(self, epoch: int, done: int) -> None:
+        """At an optimizer step: plan early from the first epoch's pace; stop when the budget is spent."""
+        budget = self.run.budget
+        plan = budget.early_plan(epoch, done, self.nb)
+        if plan is not None:
+            budget.plan = plan = dist.broadcast_object(plan)  # rank 0's clock decides for all
+            self.apply_budget(plan)
+        if dist.broadcast_object(budget.exhausted()) and not self.stop:  # rank 0's clock, for all ranks
+            LOGGER.warning(
+                f"time budget {budget.hours:g} h spent at epoch {epoch + 1}, iteration {done}/{self.nb}: "
+                "stopping (the plan expected more time per epoch)"
+            )
+            self.stop = self.budget_spent = True
+
     def validation_due(self, epoch: int) -> bool:
-        last = epoch + 1 == self.epochs
+        last = epoch + 1 == self.epochs or self.budget_spent
         return self.run.validator is not None and (last or (epoch + 1) % self.cfg.val_period == 0)
 
     def validate(self) -> EvalResult:
@@ -274,7 +294,9 @@ class Trainer:
         run = self.run
         if run.budget is not None:  # plan the rest of the run before the checkpoint records it
             val_seconds, self.val_seconds = (self.val_seconds if m is not None else None), None
-            self.apply_budget(run.budget.end_epoch(epoch + 1, val_seconds, self.nb))
+            plan = dist.broadcast_object(run.budget.end_epoch(epoch + 1, val_seconds, self.nb))
+            run.budget.plan = plan  # rank 0's clock decides for all
+            self.apply_budget(plan)
         row = {"epoch": epoch + 1, "seconds": round(seconds, 2)}
         row.update({f"train/{k}": round(v, 5) for k, v in losses.items()})
         row.update({f"lr/pg{j}": g["lr"] for j, g in enumerate(run.optimizer.param_groups)})
