@@ -346,7 +346,7 @@ def build_run(
     step = TrainStep(
         model, criterion, optimizer, precision, ema, state, device=device, memory_format=memory_format,
         multiscale=multiscale, clip_grad=cfg.clip_grad, max_nonfinite=cfg.max_nonfinite,
-        oom_injector=oom_injector, before_optimizer_step=before_optimizer_step,
+        oom_injector=oom_injector, before_optimizer_step=before_optimizer_step, compile=cfg.compile,
     )  # fmt: skip
     validator = None
     if loaders.val_loader is not None:
