@@ -229,6 +229,24 @@ SETTINGS: dict[str, Setting] = {
     "ema_decay": S(0.9999, "float", "EMA decay once ramped up", lo=0.0, hi=1.0),
     "ema_tau": S(2000.0, "float", "EMA ramp length in updates", lo=1.0),
     "max_nonfinite": S(10, "int", "consecutive non-finite losses before training stops", lo=1),
+    # budget and compile; see README "Training for a time budget"
+    "time": S(
+        0.0,
+        "float",
+        "train for this many hours (all launches of the run): after each epoch the epoch count, lr decay, warmup "
+        "and close_mosaic are fitted so the run ends within it on a fully decayed schedule (0: off; epochs= is "
+        "then the recipe length warmup and close_mosaic are scaled from)",
+        lo=0.0,
+        hi=10000.0,
+    ),
+    "compile": S(
+        "off",
+        "str",
+        "torch.compile the training model: true (inductor), or the aot_eager/eager backends for debugging; "
+        "falls back to eager with a warning when compiling fails",
+        choices=("off", "inductor", "aot_eager", "eager"),
+        aliases=(("true", "inductor"), ("false", "off")),
+    ),
     "amp": S(
         "auto",
         "str",

@@ -23,6 +23,7 @@ from yolotrain.data.select import select_records, single_class_names
 from yolotrain.engine import distributed as dist
 from yolotrain.engine.amp_check import choose_checked_precision
 from yolotrain.engine.autobatch_probe import choose_batch
+from yolotrain.engine.budget import TimeBudget
 from yolotrain.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from yolotrain.engine.checkpoint import Checkpointer, StatefulModule
 from yolotrain.engine.ema import ModelEMA
@@ -235,6 +236,7 @@ class Run:
     validator: Validator | None
     checkpointer: Checkpointer
     first_epoch: int  # where training (re)starts
+    budget: TimeBudget | None = None  # time=: the epoch count and schedule fitted to the budget
 
     @property
     def wdir(self) -> Path:
@@ -369,7 +371,7 @@ def build_run(
     step = TrainStep(
         model, criterion, optimizer, precision, ema, state, device=device, memory_format=memory_format,
         multiscale=multiscale, clip_grad=cfg.clip_grad, max_nonfinite=cfg.max_nonfinite,
-        oom_injector=oom_injector, before_optimizer_step=before_optimizer_step,
+        oom_injector=oom_injector, before_optimizer_step=before_optimizer_step, compile=cfg.compile,
     )  # fmt: skip
     validator = None
     if loaders.val_loader is not None:
@@ -386,6 +388,10 @@ def build_run(
     parts = [StatefulModule("model", model, copy=True), StatefulModule("optimizer", optimizer), precision, state, rngs]
     if ema is not None:
         parts.append(ema)
+    budget = None
+    if cfg.time > 0:
+        budget = TimeBudget(cfg.time, cfg.epochs, warmup, cfg.warmup_epochs, cfg.close_mosaic, cfg.val_period, cfg.val)
+        parts.append(budget)
     run_info = {
         "format": CHECKPOINT_FORMAT, "model_cfg": model.config(), "names": list(names), "config": cfg.to_dict(),
         "data_yaml": data["yaml_file"], "optimizer_name": optimizer_name, "base_lr": base_lr,
@@ -398,7 +404,7 @@ def build_run(
         cfg.dump(save_dir / "args.yaml")
     return Run(
         cfg, save_dir, data, names, imgsz, device, model, criterion, precision, loaders, optimizer, optimizer_name,
-        base_lr, schedule, ema, state, rngs, step, planner, validator, checkpointer, first_epoch,
+        base_lr, schedule, ema, state, rngs, step, planner, validator, checkpointer, first_epoch, budget,
     )  # fmt: skip
 
 

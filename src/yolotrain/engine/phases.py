@@ -50,8 +50,9 @@ class PhasePlanner:
     def __init__(self, cfg: Config, freeze_prefixes: list[str], batch: int, base_lr: float, optimizer_name: str):
         self.cfg, self.freeze_prefixes, self.batch = cfg, tuple(freeze_prefixes), batch
         self.base_lr, self.optimizer_name = base_lr, optimizer_name
-        # freeze= without freeze_epochs keeps the part frozen for the whole run
-        self.freeze_until = (cfg.freeze_epochs or cfg.epochs) if freeze_prefixes else 0
+        # freeze= without freeze_epochs keeps the part frozen for the whole run (time= may fit more than epochs=)
+        whole_run = cfg.epochs if not cfg.time else 2**31
+        self.freeze_until = (cfg.freeze_epochs or whole_run) if freeze_prefixes else 0
 
     def plan(self, epoch: int) -> PhasePlan:
         """The phase of 0-based ``epoch``."""

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from yolotrain.engine import distributed as dist
+from yolotrain.engine.compile import compile_model, is_compile_error
 from yolotrain.engine.ema import ModelEMA
 from yolotrain.engine.multiscale import MultiScale, pick_synchronized, resize_batch
 from yolotrain.engine.oom import OOMInjector, RankOutOfMemory, free_memory, is_oom, split_batch
@@ -68,6 +69,8 @@ class TrainStep:
         max_nonfinite: Consecutive non-finite losses that stop training.
         oom_injector: Raises out-of-memory errors on demand (tests and drills), or None.
         before_optimizer_step: Called after unscaling, before clipping (the ``on_before_optimizer_step`` event).
+        compile: ``off``, or the ``torch.compile`` backend the training forward runs through (see
+            :mod:`yolotrain.engine.compile`).
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class TrainStep:
         max_nonfinite: int = 10,
         oom_injector: OOMInjector | None = None,
         before_optimizer_step: Callable[[], None] | None = None,
+        compile: str = "off",
     ):
         self.model, self.criterion, self.optimizer = model, criterion, optimizer
         self.precision, self.ema, self.state = precision, ema, state
@@ -93,7 +97,10 @@ class TrainStep:
         self.clip_grad, self.max_nonfinite = clip_grad, max_nonfinite
         self.oom_injector, self.before_optimizer_step = oom_injector, before_optimizer_step
         self.world = dist.world_size()
-        self.train_model = dist.wrap(model, device)
+        # the compiled module trains; the plain one is stepped, averaged, validated and saved
+        dynamic = multiscale is not None and multiscale.enabled
+        self.compiled = compile_model(model, compile, dynamic) if compile != "off" else None
+        self.train_model = dist.wrap(model if self.compiled is None else self.compiled, device)
         self.accumulate, self.iters_per_epoch = 1, 1  # set for each phase by configure()
         self.window: list[tuple[dict[str, Any], int]] = []  # the window's batches, kept for an OOM replay
         # every BatchNorm's running statistics, and a copy of them taken at each window's start (restored
@@ -118,7 +125,15 @@ class TrainStep:
 
     def rewrap(self) -> None:
         """Wrap the model for DDP again: DDP registers the trainable parameters when it wraps."""
-        self.train_model = dist.wrap(self.model, self.device)
+        self.train_model = dist.wrap(self.model if self.compiled is None else self.compiled, self.device)
+
+    def compile_failed(self, e: BaseException) -> None:
+        """Log a compile failure once and train the plain model from now on."""
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        first = " ".join(lines[:2])[:300]  # torch's wrapper line, then the compiler's own error
+        LOGGER.warning(f"compile: torch.compile failed ({type(e).__name__}: {first}); training without compiling")
+        self.compiled = None
+        self.rewrap()
 
     def is_boundary(self, i: int) -> bool:
         """Whether the optimizer steps after batch ``i`` of the epoch.
@@ -187,7 +202,7 @@ class TrainStep:
                 try:
                     self._inject_oom("forward", ni, m)
                     with self.precision.autocast():
-                        preds = self.train_model(imgs)
+                        preds = self.forward(imgs)
                     # the target assignment and the loss run in fp32, outside autocast
                     targets = self.criterion.assign(preds, to_device_batch(part, self.device))
                 except Exception as e:  # noqa: BLE001 - only OOM is handled here
@@ -224,6 +239,18 @@ class TrainStep:
             total *= common / (n * batch_norm)
         self._count_nonfinite(nonfinite, ni)
         return total
+
+    def forward(self, imgs: torch.Tensor) -> Any:
+        """The training forward; a compile failure (at the first call) falls back to the plain model."""
+        if self.compiled is None:
+            return self.train_model(imgs)
+        try:
+            return self.train_model(imgs)
+        except Exception as e:  # noqa: BLE001 - only the compiler's own errors are handled
+            if not is_compile_error(e):
+                raise
+            self.compile_failed(e)
+            return self.train_model(imgs)
 
     def optimizer_step(self) -> None:
         """Reduce gradients over ranks, unscale, clip, step (skipped on non-finite gradients), update the EMA."""

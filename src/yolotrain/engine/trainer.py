@@ -67,6 +67,9 @@ class Trainer:
         self.stop = False  # a callback may set this to end training after the current optimizer step
         self.owns_group = False  # whether fit() joined the process group (and must leave it)
         self.train_seconds = 0.0
+        self.clock = time.monotonic  # what time= measures with (tests put a fake clock here)
+        self.val_seconds: float | None = None  # the last epoch's validation time, by ``clock``
+        self.budget_spent = False  # time= ran out mid-epoch: stop and validate
         self.images_per_s = 0.0
         self.data_wait = 0.0  # share of the last epoch's step time spent waiting for the next batch
         self.summary = ""
@@ -100,6 +103,8 @@ class Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         """Put a checkpoint's whole state back and continue from its position."""
         self.run.checkpointer.load_state_dict(state)
+        if self.run.budget is not None:  # the plan the run had fitted (the schedule depends on it)
+            self.apply_budget(self.run.budget.plan)
         pos = self.run.state.position
         # mid-epoch, the position counts batches of this loader; at an epoch end the next epoch may be in
         # another phase (freeze_batch) with another batch count
@@ -124,20 +129,25 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- loop
     def fit(self) -> EvalResult | None:
-        """Train for ``cfg.epochs`` epochs and return the best validation result."""
+        """Train for ``cfg.epochs`` epochs (or as many as fit ``cfg.time``) and return the best validation result."""
         try:
             self.callbacks.run("on_pretrain_routine_start", self)
+            launch_t0 = self.clock()  # time= counts the set-up too
             self.setup()
+            if self.run.budget is not None:
+                self.run.budget.start(self.clock, launch_t0)
             self.callbacks.run("on_pretrain_routine_end", self)
             self.callbacks.run("on_train_start", self)
             t0 = time.perf_counter()
-            if self.epoch >= self.cfg.epochs:
+            if self.epoch >= self.epochs:
                 LOGGER.info(
-                    f"resume: this run already finished its {self.cfg.epochs} epochs; raise epochs= to train longer"
+                    f"resume: this run already finished its {self.epochs} epochs"
+                    + ("" if self.run.budget else "; raise epochs= to train longer")
                 )
                 return self.best
             with self.preemption.handling_signals():
-                for epoch in range(self.epoch, self.cfg.epochs):
+                epoch = self.epoch
+                while epoch < self.epochs:  # time= may change the count after each epoch
                     self.epoch = epoch
                     self.enter_phase(epoch)  # freeze/unfreeze, its batch, lr and accumulation
                     self.callbacks.run("on_train_epoch_start", self)
@@ -152,6 +162,7 @@ class Trainer:
                     self.preemption.raise_if_signalled(f"after epoch {epoch + 1}", str(self.wdir / "last.pt"))
                     if self.stop:
                         break
+                    epoch += 1
             self.train_seconds = time.perf_counter() - t0
             self.callbacks.run("on_train_end", self)
             self.final_report()
@@ -176,14 +187,18 @@ class Trainer:
         run, cfg = self.run, self.cfg
         loader = run.loaders.train_loader
         # a function of the epoch, so a run resumed in its last epochs has mosaic off too
-        loader.dataset.mosaic_enabled = not (cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic)
+        close = self.run.budget.plan.close_mosaic if self.run.budget is not None else cfg.close_mosaic
+        loader.dataset.mosaic_enabled = not (close and epoch >= self.epochs - close)
         set_loader_epoch(loader, epoch, skip_batches=start)
         set_train_mode(run.step.train_model, run.model, self.phase)
         run.state.epoch_skipped = 0
+        budget = run.budget
+        if budget is not None and epoch == 0 and start == 0:
+            budget.first_begin = budget.spent()
         mean, seen, t0 = torch.zeros(3), 0, time.perf_counter()
         bar = tqdm(
             enumerate(fork_safe_iter(loader), start=start), total=self.nb, initial=start,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.verbose and dist.is_main()),
+            desc=f"epoch {epoch + 1}/{self.epochs}", disable=not (cfg.verbose and dist.is_main()),
             dynamic_ncols=True, mininterval=1.0,
         )  # fmt: skip
         for i, batch in bar:
@@ -194,6 +209,8 @@ class Trainer:
             mean = (mean * (i - start) + outcome.items) / (i - start + 1)
             seen += batch["img"].shape[0] * dist.world_size()  # images of the global batch
             self.callbacks.run("on_train_batch_end", self)
+            if outcome.boundary and budget is not None:
+                self.check_budget(epoch, i + 1)
             if outcome.boundary:
                 self.stop, save_due = self.preemption.agree(self.stop, i + 1)
                 if i + 1 < self.nb and (save_due or self.preemption.signal_received):
@@ -219,15 +236,31 @@ class Trainer:
             + f" {images_per_s:.1f} img/s"
         )
 
+    def check_budget(self, epoch: int, done: int) -> None:
+        """At an optimizer step: plan early from the first epoch's pace; stop when the budget is spent."""
+        budget = self.run.budget
+        plan = budget.early_plan(epoch, done, self.nb)
+        if plan is not None:
+            budget.plan = plan = dist.broadcast_object(plan)  # rank 0's clock decides for all
+            self.apply_budget(plan)
+        if dist.broadcast_object(budget.exhausted()) and not self.stop:  # rank 0's clock, for all ranks
+            LOGGER.warning(
+                f"time budget {budget.hours:g} h spent at epoch {epoch + 1}, iteration {done}/{self.nb}: "
+                "stopping (the plan expected more time per epoch)"
+            )
+            self.stop = self.budget_spent = True
+
     def validation_due(self, epoch: int) -> bool:
-        last = epoch + 1 == self.cfg.epochs
+        last = epoch + 1 == self.epochs or self.budget_spent
         return self.run.validator is not None and (last or (epoch + 1) % self.cfg.val_period == 0)
 
     def validate(self) -> EvalResult:
         """Score the EMA (or the raw model) on the validation split."""
         self.callbacks.run("on_val_start", self)
+        t0 = self.clock()
         result = self.run.state.metrics = self.run.validator(self.eval_model)
         self.callbacks.run("on_val_end", self)
+        self.val_seconds = self.clock() - t0
         return result
 
     def check_early_stop(self, epoch: int, result: EvalResult | None) -> None:
@@ -259,6 +292,11 @@ class Trainer:
         ``m`` is this epoch's validation result, None when the epoch was not validated.
         """
         run = self.run
+        if run.budget is not None:  # plan the rest of the run before the checkpoint records it
+            val_seconds, self.val_seconds = (self.val_seconds if m is not None else None), None
+            plan = dist.broadcast_object(run.budget.end_epoch(epoch + 1, val_seconds, self.nb))
+            run.budget.plan = plan  # rank 0's clock decides for all
+            self.apply_budget(plan)
         row = {"epoch": epoch + 1, "seconds": round(seconds, 2)}
         row.update({f"train/{k}": round(v, 5) for k, v in losses.items()})
         row.update({f"lr/pg{j}": g["lr"] for j, g in enumerate(run.optimizer.param_groups)})
@@ -273,7 +311,7 @@ class Trainer:
         self.log_epoch(epoch, m, seconds)
         run.state.position = self.position(epoch, self.nb, complete=True)
         names = ["last.pt"]
-        if improved or (self.best is None and epoch + 1 == self.cfg.epochs):  # no validation: the last epoch
+        if improved or (self.best is None and epoch + 1 == self.epochs):  # no validation: the last epoch
             names.append("best.pt")
         if self.cfg.save_epochs > 0 and (epoch + 1) % self.cfg.save_epochs == 0:
             names.append(f"epoch{epoch + 1}.pt")
@@ -282,6 +320,10 @@ class Trainer:
         if dist.is_main():
             append_csv_row(self.save_dir / "results.csv", row)
             self.callbacks.run("on_model_save", self)
+
+    def apply_budget(self, plan) -> None:
+        """Fit the lr schedule (decay length and warmup) to the epochs the time budget allows."""
+        self.run.schedule.epochs, self.run.schedule.warmup_iters = plan.epochs, plan.warmup_iters
 
     def position(self, epoch: int, iteration: int, complete: bool) -> Position:
         return Position(epoch, iteration, complete, self.nb)
@@ -306,7 +348,7 @@ class Trainer:
         if self.best is not None and self.cfg.verbose:
             LOGGER.info("best epoch, per class:\n" + format_table(self.best, self.names))
         b = self.best_metrics
-        summary = f"done: {self.cfg.epochs} epochs in {self.train_seconds / 60:.1f} min; results in {self.save_dir}"
+        summary = f"done: {self.epoch + 1} epochs in {self.train_seconds / 60:.1f} min; results in {self.save_dir}"
         if b:
             summary += f"; best mAP50 {b['mAP50']:.3f} mAP50-95 {b['mAP50-95']:.3f}"
         LOGGER.info(summary)
@@ -338,6 +380,11 @@ class Trainer:
     @property
     def train_loader(self):
         return self.run.loaders.train_loader
+
+    @property
+    def epochs(self) -> int:
+        """The run's number of epochs: ``epochs=``, or with ``time=`` what the budget allows (re-fitted each epoch)."""
+        return self.run.budget.plan.epochs if self.run.budget is not None else self.cfg.epochs
 
     @property
     def nb(self) -> int:
