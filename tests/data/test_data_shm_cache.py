@@ -105,8 +105,9 @@ def test_cached_pixels_are_the_decoded_pixels_and_read_only(records):
 
 
 def test_memory_flat_over_epochs_and_one_copy_across_workers(records):
-    """Main process + 2 persistent workers, 4 epochs: USS per process stays within a few percent between
-    epoch 1 and epoch 4, and the cache file's pages are counted once (PSS summed over the processes)."""
+    """Main process + 2 persistent workers: after a warm-up epoch, USS per process stays within a few percent
+    (and 1 MB of allocator noise) between epoch 1 and epoch 4, and the cache file's pages are counted once
+    (PSS summed over the processes)."""
     ds = DetectionDataset(records, 96, True, default_hyp(), cache="ram", seed=3)
     assert ds._ram is not None
     name = ds._ram.path.name
@@ -121,14 +122,15 @@ def test_memory_flat_over_epochs_and_one_copy_across_workers(records):
         pids = [os.getpid(), *(w.pid for w in loader._iterator._workers)]
         return {pid: _smaps(pid, name) for pid in pids}
 
-    first = epoch(0)
-    for e in range(1, 4):
+    epoch(0)  # warm-up: the workers' first batches, the allocator's first arenas
+    first = epoch(1)
+    for e in range(2, 5):
         last = epoch(e)
-    assert sum(samples) == 4 * len(records)
+    assert sum(samples) == 5 * len(records)
     assert len(first) == 3 and first.keys() == last.keys()
     for pid in first:
         a, b = first[pid], last[pid]
-        assert b["uss"] <= 1.03 * a["uss"] + 256, (pid, a, b)  # flat: no per-epoch growth (kB)
+        assert b["uss"] <= 1.03 * a["uss"] + 1024, (pid, a, b)  # flat: no per-epoch growth (kB)
         assert b["cache_private"] == 0, (pid, b)  # no process holds a private copy of cached pixels
     # every worker maps the pixels it read; summed PSS counts each page once: at most one copy in all
     workers = [last[p] for p in last if p != os.getpid()]
