@@ -206,47 +206,22 @@ def _load_compact(path: Path, key: str, nc: int | None) -> tuple[list[ImageRecor
 def _first_invalid(
     shapes: np.ndarray, counts: np.ndarray, cls: np.ndarray, boxes: np.ndarray, nc: int | None
 ) -> tuple[int, str] | None:
-    """``(image index, what)`` of the first invalid image size or label row, or None (see first_invalid_row)."""
+    """``(image index, what)`` of the first invalid image size or label row, or None (see first_invalid_row).
+
+    Args:
+        shapes: (n, 2) image ``(h, w)``.
+        counts: Label rows of each image (n,).
+        cls: Class ids of all rows, image after image.
+        boxes: Normalized ``(cx, cy, w, h)`` of all rows (rows, 4).
+        nc: Number of classes (None skips the class check).
+    """
     small = np.flatnonzero((shapes < 1).any(1))
     if len(small):
         h, w = shapes[small[0]].tolist()
         return int(small[0]), f"image size {h}x{w} is not positive"
+    if not len(cls):
+        return None
     b = boxes.astype(np.float64)
-    bad_cls = (cls < 0) | (cls >= nc) if nc is not None else np.zeros(len(cls), bool)
-    with np.errstate(invalid="ignore"):
-        lo, hi = b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2
-        bad_box = ~np.isfinite(b).all(1) | (b[:, 2:] <= 0).any(1) | (lo < -1e-4).any(1) | (hi > 1 + 1e-4).any(1)
-    bad = np.flatnonzero(bad_cls | bad_box)
-    if not len(bad):
-        return None
-    k = int(bad[0])
-    ends = np.cumsum(counts)
-    i = int(np.searchsorted(ends, k, side="right"))
-    row = k - int(ends[i] - counts[i]) + 1
-    what = f"class id {int(cls[k])} is outside [0, {nc})" if bad_cls[k] else "a box is not inside the image"
-    return i, f"label row {row}: {what}"
-
-
-def first_invalid_row(records: list[ImageRecord], nc: int | None) -> str | None:
-    """A message naming the first label row no scan could have produced, or None when all are valid.
-
-    Valid rows have an integer class id in ``[0, nc)`` (when ``nc`` is given) and a finite box of
-    positive size inside the image (normalized, up to float rounding); images are at least 1 px.
-    Used on every record read back from a cache (a cache file may be stale, edited or damaged)
-    and on every split before training.
-
-    Args:
-        records: Records to check.
-        nc: Number of classes (None skips the class check).
-    """
-    for rec in records:
-        if rec.height < 1 or rec.width < 1:
-            return f"{rec.im_file}: image size {rec.height}x{rec.width} is not positive"
-    counts = np.array([r.num_instances for r in records], dtype=np.int64)
-    if not counts.sum():
-        return None
-    cls = np.concatenate([r.cls for r in records])
-    b = np.concatenate([r.bboxes for r in records]).astype(np.float64)
     bad_cls = (cls < 0) | (cls >= nc) if nc is not None else np.zeros(len(cls), bool)
     with np.errstate(invalid="ignore"):
         lo, hi = b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2
@@ -263,7 +238,29 @@ def first_invalid_row(records: list[ImageRecord], nc: int | None) -> str | None:
         what = f"class id {int(cls[k])} is outside [0, {nc})"
     else:
         what = f"box {np.round(b[k], 4).tolist()} is not a finite box inside the image"
-    return f"{records[i].im_file}: label row {row}: {what}{more}"
+    return i, f"label row {row}: {what}{more}"
+
+
+def first_invalid_row(records: list[ImageRecord], nc: int | None) -> str | None:
+    """A message naming the first label row no scan could have produced, or None when all are valid.
+
+    Valid rows have an integer class id in ``[0, nc)`` (when ``nc`` is given) and a finite box of
+    positive size inside the image (normalized, up to float rounding); images are at least 1 px.
+    Used on every record read back from a cache (a cache file may be stale, edited or damaged)
+    and on every split before training.
+
+    Args:
+        records: Records to check.
+        nc: Number of classes (None skips the class check).
+    """
+    if not records:
+        return None
+    shapes = np.array([(r.height, r.width) for r in records], dtype=np.int64)
+    counts = np.array([r.num_instances for r in records], dtype=np.int64)
+    cls = np.concatenate([r.cls for r in records])
+    boxes = np.concatenate([r.bboxes for r in records])
+    bad = _first_invalid(shapes, counts, cls, boxes, nc)
+    return None if bad is None else f"{records[bad[0]].im_file}: {bad[1]}"
 
 
 def load_cache(path: Path, key: str, nc: int | None = None) -> tuple[list[ImageRecord], dict[str, Any]] | None:
