@@ -232,3 +232,10 @@ def test_unusable_shared_memory_folder_means_no_cache_not_a_crash(records, tmp_p
     (msg,) = [r.getMessage() for r in caplog.records if "cache=ram" in r.getMessage()]
     assert str(blocker / "shm") in msg and "without the image cache" in msg and "\n" not in msg
     assert ds[0]["img"].shape[1:] == (96, 96)
+
+
+def test_ram_bytes_is_what_the_shared_file_takes(records):
+    """The profile's cache=ram advice quotes ram_bytes(): at least the decoded pixels, within the file's size."""
+    ds = DetectionDataset(records, 96, True, default_hyp(), cache="ram")
+    pixels = sum(ds._ram[i][0].nbytes for i in range(len(records)))
+    assert pixels <= ds.ram_bytes() <= ds._ram.path.stat().st_size

@@ -16,7 +16,7 @@ import numpy as np
 from yolotrain.data.image_io import decode_image, jpeg_reduction, read_bytes
 from yolotrain.data.profile import CLOCK
 from yolotrain.data.records import ImageRecord
-from yolotrain.data.shm_cache import SharedImages, shared_images
+from yolotrain.data.shm_cache import SharedImages, shared_images, slot_bytes
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -50,8 +50,8 @@ class ImageSource:
         self._ram = shared_images(self.records, self.imgsz, resize, self._load_from_disk)
 
     def ram_bytes(self) -> float:
-        """Bytes the decoded images take once resized to a long side of ``imgsz`` (``cache=ram``)."""
-        return float(sum(3 * self.imgsz**2 * min(r.height, r.width) / max(r.height, r.width, 1) for r in self.records))
+        """Bytes ``cache=ram`` takes for these images: the shared file's slots (the profile's advice quotes it)."""
+        return float(slot_bytes(self.records, self.imgsz).sum())
 
     def _disk_cache_file(self, i: int) -> Path | None:
         """``cache=disk``: where image ``i``'s decoded, resized array lives (None when the image is gone).

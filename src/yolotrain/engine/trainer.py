@@ -220,6 +220,8 @@ class Trainer:
             if not bar.disable:  # formatted every iteration only when the bar is shown
                 bar.set_postfix_str(self.progress_text(mean, batch, seen / (time.perf_counter() - t0)))
         self.images_per_s = seen / max(time.perf_counter() - t0, 1e-9)
+        if budget is not None:  # validation_due() must agree on every rank
+            self.budget_spent = dist.broadcast_object(self.budget_spent)
         stats = getattr(loader, "stats", None)  # the loader measures how long each batch was waited for
         self.data_wait = stats.wait_share if stats is not None else 0.0
         if cfg.profile and epoch == self.run.first_epoch and dist.is_main():
@@ -243,7 +245,9 @@ class Trainer:
         if plan is not None:
             budget.plan = plan = dist.broadcast_object(plan)  # rank 0's clock decides for all
             self.apply_budget(plan)
-        if dist.broadcast_object(budget.exhausted()) and not self.stop:  # rank 0's clock, for all ranks
+        # Rank 0's clock decides; its stop reaches every rank through the flag agreement that follows at this
+        # step (no collective of its own), and budget_spent is shared once at the epoch's end.
+        if dist.is_main() and not self.stop and budget.exhausted():
             LOGGER.warning(
                 f"time budget {budget.hours:g} h spent at epoch {epoch + 1}, iteration {done}/{self.nb}: "
                 "stopping (the plan expected more time per epoch)"
