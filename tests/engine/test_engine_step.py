@@ -1,10 +1,15 @@
 """TrainStep on its own: the window boundary, micro-batch gradients, and the out-of-memory replay."""
 
 import copy
+import gc
+import types
+import weakref
 
 import pytest
 import torch
 
+from yolotrain.engine import step as step_module
+from yolotrain.engine import validator as validator_module
 from yolotrain.engine.oom import OOMInjector
 from yolotrain.engine.precision import Precision
 from yolotrain.engine.state import TrainState
@@ -119,3 +124,54 @@ def test_nonfinite_gradient_skips_the_step_and_counts_it(model):
     assert all(
         torch.equal(before[k], v) for k, v in model.state_dict().items() if "running" not in k and "num" not in k
     )
+
+
+def test_oom_replay_starts_after_the_failed_attempts_tensors_are_gone(model, monkeypatch):
+    # On a GPU a replay only fits when the failed attempt's activations are freed first; an error kept
+    # alive (its traceback holds the frames) keeps them all, and every split fails down to one image.
+    model.train()
+    whole_batch_outputs = []  # weak references to the module outputs of the 4-image attempt
+
+    def remember(module, args, output):
+        if isinstance(output, torch.Tensor) and output.shape[0] == 4:
+            whole_batch_outputs.append(weakref.ref(output))
+
+    hooks = [m.register_forward_hook(remember) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    alive_at_free = []
+
+    def free_memory(device=None):
+        gc.collect()
+        alive_at_free.append(sum(ref() is not None for ref in whole_batch_outputs))
+
+    monkeypatch.setattr(step_module, "free_memory", free_memory)
+    failing = make_step(model, injector=OOMInjector({("backward", 0): 2}))
+    failing(make_batch(), 0, 0)
+    for h in hooks:
+        h.remove()
+    assert failing.state.oom_events == 1 and len(whole_batch_outputs) > 50
+    assert alive_at_free == [0]
+
+
+def test_validation_oom_frees_the_failed_forward_before_the_smaller_one(monkeypatch):
+    intermediates = []  # (batch size, weak reference) of every forward's intermediate tensor
+
+    class FitsTwoImages(torch.nn.Module):
+        def forward(self, x):
+            y = x * 2  # allocated before the failure, as a real layer's output would be
+            intermediates.append((x.shape[0], weakref.ref(y)))
+            if x.shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (test)")
+            return [y]
+
+    alive_at_free = []
+
+    def free_memory(device=None):
+        gc.collect()
+        alive_at_free.append(sum(ref() is not None for n, ref in intermediates if n > 2))
+
+    monkeypatch.setattr(validator_module, "free_memory", free_memory)
+    loader = types.SimpleNamespace(dataset=types.SimpleNamespace(records=[]))  # _forward never reads it
+    val = validator_module.Validator(loader, ["a"], CPU, Precision(CPU, "off"), progress=False)
+    out = val._forward(FitsTwoImages(), torch.ones(8, 3, 4, 4))
+    assert val.chunk == 2 and out[0].shape[0] == 8
+    assert alive_at_free == [0, 0]  # after the 8-image and the 4-image attempts

@@ -36,6 +36,11 @@ LOGGER = logging.getLogger("yolotrain")
 BOX_FIELDS = ("cls", "bboxes", "batch_idx")
 
 
+def oom_origin(err: BaseException) -> str:
+    """Where an out-of-memory error came from, for the log: this rank's error type or another rank."""
+    return "on another rank" if isinstance(err, RankOutOfMemory) else type(err).__name__
+
+
 def to_device_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """Move the tensors the loss needs onto ``device``."""
     out = dict(batch)
@@ -153,15 +158,19 @@ class TrainStep:
         if not self.window and self.bn_buffers:
             torch._foreach_copy_(self.bn_snapshot, self.bn_buffers)
         self.window.append((batch, i))
+        failure = None
         try:
             items = self.forward_backward(batch, epoch, i)
         except Exception as e:  # noqa: BLE001 - only OOM is handled; forward_backward raises on every rank
             if not is_oom(e):
                 raise
-            err: BaseException | None = e
-            while err is not None:
-                self._prepare_replay(err, epoch, i)
-                items, err = self._replay_window(epoch)
+            failure = oom_origin(e)
+        # The replay runs after the except block: the error's traceback holds the failed attempt's frames,
+        # and with them its activations and autograd graph; kept alive, no split would ever fit (seen on
+        # an H200 with a capped allocator: every retry failed down to one image per micro-batch).
+        while failure is not None:
+            self._prepare_replay(failure, epoch, i)
+            items, failure = self._replay_window(epoch)
         boundary = self.is_boundary(i)
         if boundary:
             self.optimizer_step()
@@ -332,7 +341,7 @@ class TrainStep:
             elif g is not None:
                 p.grad = g
 
-    def _prepare_replay(self, err: BaseException, epoch: int, i: int) -> None:
+    def _prepare_replay(self, origin: str, epoch: int, i: int) -> None:
         """Drop the window's partial gradient and BatchNorm updates, free memory, double the micro-batches.
 
         Restoring the BatchNorm statistics keeps the failed attempt's forward passes from counting: after
@@ -353,17 +362,17 @@ class TrainStep:
         self.state.micro_batches = min(self.state.micro_batches * 2, rank_batch)
         self.state.oom_events += 1
         per_micro = math.ceil(rank_batch / self.state.micro_batches)
-        where = " (on another rank)" if isinstance(err, RankOutOfMemory) else f" ({type(err).__name__})"
         LOGGER.warning(
-            f"out of memory at epoch {epoch + 1}, iteration {i}{where}: retrying with "
+            f"out of memory at epoch {epoch + 1}, iteration {i} ({origin}): retrying with "
             f"{self.state.micro_batches} micro-batches of <= {per_micro} images (same effective batch and lr)"
         )
 
-    def _replay_window(self, epoch: int) -> tuple[torch.Tensor | None, BaseException | None]:
+    def _replay_window(self, epoch: int) -> tuple[torch.Tensor | None, str | None]:
         """Recompute the window's gradient (each batch at its own iteration) with the current split.
 
         Returns:
-            The last batch's loss items and None, or None and the error when memory ran out again.
+            The last batch's loss items and None, or None and where the error came from (:func:`oom_origin`)
+            when memory ran out again; never the error itself (its traceback would keep the attempt's tensors).
         """
         items = None
         for batch, j in self.window:
@@ -372,7 +381,7 @@ class TrainStep:
             except Exception as e:  # noqa: BLE001 - raised on every rank together
                 if not is_oom(e):
                     raise
-                return None, e
+                return None, oom_origin(e)
         return items, None
 
     def _inject_oom(self, where: str, step: int, micro: int) -> None:

@@ -122,8 +122,10 @@ class Validator:
                     ) from None
                 chunk = max(chunk // 2, 1)
                 self.chunk = chunk
-                free_memory(imgs.device)
                 LOGGER.warning(f"out of memory in validation: continuing with {chunk} images per forward")
+            # outside the except block, where the error's traceback no longer holds the failed forward's tensors
+            outs = None  # nor do the parts that did fit
+            free_memory(imgs.device)
 
     def _compute(self, evaluator: DetectionEvaluator) -> EvalResult:
         """Score the images seen here, or, under DDP, those of every rank (each evaluated a shard).
