@@ -63,6 +63,10 @@ def letterbox(
     return img, (uw / w0, uh / h0), (left, top)
 
 
+_LEVELS = np.arange(256, dtype=np.float32)  # the 8-bit values a lookup table maps
+_LEVELS.flags.writeable = False
+
+
 def random_hsv(img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: np.random.Generator) -> np.ndarray:
     """Random hue shift and saturation / value gains, in place.
 
@@ -83,11 +87,12 @@ def random_hsv(img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: n
     dh, gs, gv = rng.uniform(-1.0, 1.0, 3) * (hgain, sgain, vgain) + (0.0, 1.0, 1.0)
     if not (hgain or sgain or vgain):
         return img
-    x = np.arange(256, dtype=np.float32)
+    x = _LEVELS
+    # np.minimum/np.maximum rather than np.clip, whose Python wrapper costs more than these 256 values
     luts = (
         np.mod(np.round(x + dh * 180.0), 180).astype(np.uint8),  # OpenCV 8-bit hue is 0..179
-        np.clip(np.round(x * gs), 0, 255).astype(np.uint8),
-        np.clip(np.round(x * gv), 0, 255).astype(np.uint8),
+        np.minimum(np.maximum(np.round(x * gs), 0), 255).astype(np.uint8),
+        np.minimum(np.maximum(np.round(x * gv), 0), 255).astype(np.uint8),
     )
     hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
     # Single-channel LUTs in place (OpenCV's 3-channel LUT is about twice as slow as three of these).
@@ -272,6 +277,15 @@ def affine_matrix(
     """
     h, w = in_size
     oh, ow = out_size
+    if not (degrees or shear or perspective):
+        # The default recipe: the same draws, and the product below written out (rotation by 0 and
+        # shear by 0 leave only the scale; 4 matrices and 3 products cost ~20 us a sample at 320 px).
+        rng.uniform(-degrees, degrees)
+        s = rng.uniform(1 - scale, 1 + scale)
+        rng.uniform(-shear, shear), rng.uniform(-shear, shear)
+        mx = rng.uniform(0.5 - translate, 0.5 + translate) * ow
+        my = rng.uniform(0.5 - translate, 0.5 + translate) * oh
+        return np.array([[s, 0.0, s * (-w / 2) + mx], [0.0, s, s * (-h / 2) + my], [0.0, 0.0, 1.0]]), float(s)
     center = np.eye(3)
     center[:2, 2] = (-w / 2, -h / 2)
     angle = rng.uniform(-degrees, degrees)

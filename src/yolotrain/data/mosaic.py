@@ -92,8 +92,12 @@ def mosaic4_scaled(
     xc, yc = center
     sx, tx, sy, ty = float(m[0, 0]), float(m[0, 2]), float(m[1, 1]), float(m[1, 2])
     out = np.full((oh, ow, 3), PAD_VALUE, dtype=np.uint8)
-    all_boxes, all_before, all_cls = [], [], []
-    for k, (img, boxes, cls) in enumerate(items):
+    # per tile: clip bounds (4), canvas offset (4), output scale (4) and shift (4), one row each; the boxes
+    # of all four tiles then go through them in a few whole-array operations (per-tile ones cost more than
+    # the arithmetic: ~0.1 ms a sample at 320 px)
+    params = np.empty((4, 20), dtype=np.float32)
+    counts = []
+    for k, (img, boxes, _) in enumerate(items):
         h, w = img.shape[:2]
         ox = xc - w if k in (0, 2) else xc
         oy = yc - h if k in (0, 1) else yc
@@ -110,15 +114,22 @@ def mosaic4_scaled(
         if xb > xa and yb > ya and dxb > dxa and dyb > dya:
             ex, ey = (dxb - dxa) / (xb - xa), (dyb - dya) / (yb - ya)
             fx, fy = dxa - xa * ex, dya - ya * ey
-            part = cv2.resize(img[ya:yb, xa:xb], (dxb - dxa, dyb - dya), interpolation=cv2.INTER_LINEAR)
             x0, y0, x1, y1 = max(dxa, 0), max(dya, 0), min(dxb, ow), min(dyb, oh)
-            if x1 > x0 and y1 > y0:
-                out[y0:y1, x0:x1] = part[y0 - dya : y1 - dya, x0 - dxa : x1 - dxa]
-        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        b = np.clip(b, np.float32([u0, v0, u0, v0]), np.float32([u1, v1, u1, v1]))  # one call, not four
-        all_before.append(b + np.array([ox, oy, ox, oy], dtype=np.float32))
-        all_boxes.append(b * np.array([ex, ey, ex, ey], dtype=np.float32) + np.array([fx, fy, fx, fy], np.float32))
-        all_cls.append(np.asarray(cls).reshape(-1))
-    before, new = np.concatenate(all_before), np.concatenate(all_boxes)
+            if (x0, y0, x1, y1) == (dxa, dya, dxb, dyb):  # the usual case: resized straight into the output
+                cv2.resize(
+                    img[ya:yb, xa:xb], (dxb - dxa, dyb - dya), dst=out[y0:y1, x0:x1], interpolation=cv2.INTER_LINEAR
+                )
+            else:
+                part = cv2.resize(img[ya:yb, xa:xb], (dxb - dxa, dyb - dya), interpolation=cv2.INTER_LINEAR)
+                if x1 > x0 and y1 > y0:
+                    out[y0:y1, x0:x1] = part[y0 - dya : y1 - dya, x0 - dxa : x1 - dxa]
+        params[k] = (u0, v0, u0, v0, u1, v1, u1, v1, ox, oy, ox, oy, ex, ey, ex, ey, fx, fy, fx, fy)
+        counts.append(len(boxes))
+    b = np.concatenate([np.asarray(it[1], dtype=np.float32).reshape(-1, 4) for it in items])
+    per_box = np.repeat(params, counts, axis=0)
+    b = np.minimum(np.maximum(b, per_box[:, 0:4]), per_box[:, 4:8])  # np.clip's wrapper costs more than this
+    before = b + per_box[:, 8:12]
+    new = b * per_box[:, 12:16] + per_box[:, 16:20]
     keep = (before[:, 2] > before[:, 0]) & (before[:, 3] > before[:, 1])
-    return out, new[keep], np.concatenate(all_cls)[keep], before[keep]
+    cls = np.concatenate([np.asarray(it[2]).reshape(-1) for it in items])
+    return out, new[keep], cls[keep], before[keep]
