@@ -16,6 +16,7 @@ import datetime
 import inspect
 import logging
 import os
+import time
 from typing import Any
 
 import torch
@@ -114,10 +115,40 @@ def _attempt_store(timeout: datetime.timedelta):
     return torch.distributed.PrefixStore(f"yolotrain/attempt{restart_count()}", store)
 
 
-def cleanup() -> None:
-    """Destroy the process group (safe to call when there is none)."""
+def cleanup(finished: bool = False) -> None:
+    """Destroy the process group (safe to call when there is none).
+
+    Args:
+        finished: True on the normal end of training, reached by every rank: first :func:`settle`. False on
+            an error, when the other ranks may never join another collective.
+    """
     if is_initialized():
+        if finished:
+            settle()
         torch.distributed.destroy_process_group()
+
+
+def settle(timeout_s: float = 10.0) -> None:
+    """Wait until gloo's worker threads have let go of this rank's finished collectives (every rank calls it).
+
+    A gloo worker thread releases each collective it ran a moment after the caller has been told it is done.
+    When the caller's Python tensor is gone by then, that release frees the tensor's Python object, which
+    needs the GIL; once the interpreter is shutting down, a thread that asks for the GIL is ended inside the
+    C++ destructor and the whole process aborts ("terminate called without an active exception", exit -6;
+    seen here about 1 run in 40 on the rank that finishes first, core dump: ProcessGroupGloo::runLoop ->
+    ~AsyncWork -> decref_pyobject -> take_gil -> pthread_exit). So the last two collectives use tensors
+    held here, and we wait (releasing the GIL) until the workers hold no reference to them. A worker
+    releases a collective before it takes the next one, under the queue's lock, so the ones before them
+    have been released too.
+    """
+    if torch.distributed.get_backend() != "gloo":
+        return  # nccl's collectives are released by its watchdog thread, which runs no Python
+    held = [torch.zeros(1), torch.zeros(1)]
+    for t in held:
+        torch.distributed.all_reduce(t)
+    deadline = time.monotonic() + timeout_s
+    while any(t._use_count() > 1 for t in held) and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:

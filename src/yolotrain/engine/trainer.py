@@ -130,6 +130,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- loop
     def fit(self) -> EvalResult | None:
         """Train for ``cfg.epochs`` epochs (or as many as fit ``cfg.time``) and return the best validation result."""
+        finished = False  # set on the normal end, which every rank reaches
         try:
             self.callbacks.run("on_pretrain_routine_start", self)
             launch_t0 = self.clock()  # time= counts the set-up too
@@ -144,6 +145,7 @@ class Trainer:
                     f"resume: this run already finished its {self.epochs} epochs"
                     + ("" if self.run.budget else "; raise epochs= to train longer")
                 )
+                finished = True
                 return self.best
             with self.preemption.handling_signals():
                 epoch = self.epoch
@@ -166,6 +168,7 @@ class Trainer:
             self.train_seconds = time.perf_counter() - t0
             self.callbacks.run("on_train_end", self)
             self.final_report()
+            finished = True
             return self.best
         except RuntimeError as e:
             self.callbacks.run("on_exception", self)
@@ -180,7 +183,7 @@ class Trainer:
                 shutdown_workers(self.run.loaders.train_loader)
                 shutdown_workers(self.run.loaders.val_loader)
             if self.owns_group:
-                dist.cleanup()
+                dist.cleanup(finished)
 
     def train_one_epoch(self, epoch: int, start: int = 0) -> dict[str, float]:
         """One pass over the training loader from batch ``start``; returns the epoch's mean losses."""
