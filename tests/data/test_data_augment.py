@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -157,6 +158,23 @@ def test_hsv_zero_gain_and_reproducibility():
     grey = np.full((4, 4, 3), 90, np.uint8)
     out = random_hsv(grey, 0.5, 0.0, 0.0, np.random.default_rng(2))
     assert (out == 90).all()  # a hue shift leaves unsaturated pixels alone
+
+
+def test_hsv_matches_the_per_pixel_definition():
+    # The definition, pixel by pixel: hue + dh*180 modulo 180, saturation and value times their gain
+    # (float32, rounded half to even, saturated at 255); the gains are the generator's three draws in
+    # h, s, v order. The code uses a lookup table and convertScaleAbs; this reference uses neither.
+    img = np.random.default_rng(3).integers(0, 256, (37, 53, 3), dtype=np.uint8)  # odd sizes: SIMD tails
+    for seed in range(20):
+        u = np.random.default_rng(seed).uniform(-1.0, 1.0, 3)
+        dh, gs, gv = u[0] * 0.2, 1 + u[1] * 0.9, 1 + u[2] * 0.9
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv[..., 0] = np.mod(np.rint(hsv[..., 0] + np.float32(dh * 180.0)), 180)
+        hsv[..., 1] = np.minimum(np.rint(hsv[..., 1] * np.float32(gs)), 255)
+        hsv[..., 2] = np.minimum(np.rint(hsv[..., 2] * np.float32(gv)), 255)
+        expected = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+        got = random_hsv(img.copy(), 0.2, 0.9, 0.9, np.random.default_rng(seed))
+        np.testing.assert_array_equal(got, expected, err_msg=f"seed {seed}")
 
 
 def test_flip_lr_moves_boxes_with_pixels():

@@ -71,8 +71,7 @@ def random_hsv(img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: n
     """Random hue shift and saturation / value gains, in place.
 
     Hue is shifted additively (by up to ``hgain`` of the full colour circle) so every hue moves
-    equally; saturation and value are multiplied by ``1 +- gain``. Three 256-entry lookup tables
-    make this one pass over the pixels.
+    equally; saturation and value are multiplied by ``1 +- gain`` (rounded, saturated at 255).
 
     Args:
         img: HWC uint8 RGB image, modified in place.
@@ -87,19 +86,17 @@ def random_hsv(img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: n
     dh, gs, gv = rng.uniform(-1.0, 1.0, 3) * (hgain, sgain, vgain) + (0.0, 1.0, 1.0)
     if not (hgain or sgain or vgain):
         return img
-    x = _LEVELS
-    # np.minimum/np.maximum rather than np.clip, whose Python wrapper costs more than these 256 values
-    luts = (
-        np.mod(np.round(x + dh * 180.0), 180).astype(np.uint8),  # OpenCV 8-bit hue is 0..179
-        np.minimum(np.maximum(np.round(x * gs), 0), 255).astype(np.uint8),
-        np.minimum(np.maximum(np.round(x * gv), 0), 255).astype(np.uint8),
-    )
+    hue = np.mod(np.round(_LEVELS + dh * 180.0), 180).astype(np.uint8)  # OpenCV 8-bit hue is 0..179
     hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
-    # Single-channel LUTs in place (OpenCV's 3-channel LUT is about twice as slow as three of these).
-    planes = cv2.split(hsv)
-    for plane, lut in zip(planes, luts):
-        cv2.LUT(plane, lut, dst=plane)
-    cv2.merge(planes, dst=hsv)
+    h, s, v = cv2.split(hsv)
+    cv2.LUT(h, hue, dst=h)
+    # Saturation and value: round(x * gain) in float32, saturated to 0..255. convertScaleAbs computes exactly
+    # that (checked against a float32 lookup table for every 8-bit value at 330,000 gains in [0, 3], SIMD
+    # and scalar paths) in a fifth of a lookup's time; the float64 table used before rounded differently
+    # in about 1 image in 300, by one level.
+    cv2.convertScaleAbs(s, dst=s, alpha=float(gs))
+    cv2.convertScaleAbs(v, dst=v, alpha=float(gv))
+    cv2.merge((h, s, v), dst=hsv)
     cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=img)
     return img
 
