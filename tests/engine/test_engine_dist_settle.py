@@ -8,6 +8,13 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+from yolotrain.config import resolve
+from yolotrain.engine import distributed as dist
+from yolotrain.engine.trainer import Trainer
+from yolotrain.errors import Preempted, TrainingError
+
 WORKER = textwrap.dedent(
     """
     import json, sys, time
@@ -52,3 +59,29 @@ def test_settle_returns_once_every_collective_is_released():
         assert r["uses"] == [1] * 20  # no worker thread holds t any more (without settle: 4 about 1 in 3)
         assert r["sums"] == [2.0 * k for k in range(20)] and not r["initialized"]  # summed; the group is gone
         assert r["seconds"] < 5.0  # each settle returned on the release, not on its 10 s limit
+
+
+@pytest.mark.parametrize(
+    "raised, together",
+    [(None, True), (Preempted("stopped by SIGTERM after epoch 1"), True), (TrainingError("boom"), False)],
+)
+def test_trainer_settles_only_when_all_ranks_end_at_one_point(tiny_data, tmp_path, monkeypatch, raised, together):
+    # Normal end and an agreed preemption stop: every rank is there, settle's collectives meet. Any other
+    # error: the other ranks may never join a collective, so no settle (it would hang until dist_timeout).
+    calls = []
+    monkeypatch.setattr(dist, "setup", lambda device, timeout: True)  # as if fit() had created a group
+    monkeypatch.setattr(dist, "cleanup", lambda together=False: calls.append(together))
+    cfg = resolve(dict(data=str(tiny_data), model="n", epochs=1, imgsz=64, batch=8, workers=0, val=False,
+                       plots=False, verbose=False, amp="off", project=str(tmp_path), name="exp"))  # fmt: skip
+    trainer = Trainer(cfg)
+    if raised is not None:
+
+        def fail(t):
+            raise raised
+
+        trainer.callbacks.add("on_train_epoch_end", fail)
+        with pytest.raises(type(raised)):
+            trainer.fit()
+    else:
+        trainer.fit()
+    assert calls == [together]

@@ -115,15 +115,16 @@ def _attempt_store(timeout: datetime.timedelta):
     return torch.distributed.PrefixStore(f"yolotrain/attempt{restart_count()}", store)
 
 
-def cleanup(finished: bool = False) -> None:
+def cleanup(together: bool = False) -> None:
     """Destroy the process group (safe to call when there is none).
 
     Args:
-        finished: True on the normal end of training, reached by every rank: first :func:`settle`. False on
-            an error, when the other ranks may never join another collective.
+        together: True when every rank ends at the same point (the normal end of training, or a stop
+            after a signal that the ranks agreed on): first :func:`settle`. False on an error, when the
+            other ranks may never join another collective.
     """
     if is_initialized():
-        if finished:
+        if together:
             settle()
         torch.distributed.destroy_process_group()
 

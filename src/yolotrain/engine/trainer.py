@@ -31,7 +31,7 @@ from yolotrain.engine.loggers import register_default_loggers
 from yolotrain.engine.phases import PhasePlan, apply_phase, set_train_mode
 from yolotrain.engine.preempt import Preemption, fork_safe_iter, shutdown_workers
 from yolotrain.engine.state import Position
-from yolotrain.errors import CheckpointError, TrainingError
+from yolotrain.errors import CheckpointError, Preempted, TrainingError
 from yolotrain.eval import EvalResult, format_table
 from yolotrain.loss import LOSS_NAMES
 from yolotrain.utils.files import append_csv_row
@@ -130,7 +130,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- loop
     def fit(self) -> EvalResult | None:
         """Train for ``cfg.epochs`` epochs (or as many as fit ``cfg.time``) and return the best validation result."""
-        finished = False  # set on the normal end, which every rank reaches
+        together = False  # every rank ends here at the same point: the normal end or an agreed preemption stop
         try:
             self.callbacks.run("on_pretrain_routine_start", self)
             launch_t0 = self.clock()  # time= counts the set-up too
@@ -145,7 +145,7 @@ class Trainer:
                     f"resume: this run already finished its {self.epochs} epochs"
                     + ("" if self.run.budget else "; raise epochs= to train longer")
                 )
-                finished = True
+                together = True
                 return self.best
             with self.preemption.handling_signals():
                 epoch = self.epoch
@@ -168,14 +168,15 @@ class Trainer:
             self.train_seconds = time.perf_counter() - t0
             self.callbacks.run("on_train_end", self)
             self.final_report()
-            finished = True
+            together = True
             return self.best
         except RuntimeError as e:
             self.callbacks.run("on_exception", self)
             if "DataLoader worker" in str(e):  # a loader process died (killed, out of memory, crashed)
                 raise TrainingError(f"a data loader worker died: {str(e).splitlines()[0]}") from None
             raise
-        except BaseException:
+        except BaseException as e:
+            together = isinstance(e, Preempted)  # raised on every rank right after the flags were agreed
             self.callbacks.run("on_exception", self)
             raise
         finally:
@@ -183,7 +184,7 @@ class Trainer:
                 shutdown_workers(self.run.loaders.train_loader)
                 shutdown_workers(self.run.loaders.val_loader)
             if self.owns_group:
-                dist.cleanup(finished)
+                dist.cleanup(together)
 
     def train_one_epoch(self, epoch: int, start: int = 0) -> dict[str, float]:
         """One pass over the training loader from batch ``start``; returns the epoch's mean losses."""
