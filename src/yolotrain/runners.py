@@ -58,15 +58,14 @@ def run_val(cfg: Config):
     # like the peers, a model trained with single_cls=true is validated as one class unless told otherwise
     recorded = (state.get("config") or {}).get("single_cls", False) if state else False
     single_cls = cfg.single_cls if "single_cls" in cfg.explicit else bool(cfg.single_cls or recorded)
-    if data["nc"] != model.nc and not (single_cls and model.nc == 1):
-        raise ConfigError(f"data '{data['yaml_file']}' has {data['nc']} classes but the model has {model.nc}")
+    nc = 1 if single_cls else data["nc"]  # checked before the split is scanned
+    if nc != model.nc:
+        raise ConfigError(f"data '{data['yaml_file']}' has {nc} classes but the model has {model.nc}")
     imgsz = check_imgsz(inference_imgsz(cfg, state, default=cfg.imgsz))
     records = build_records(data, cfg.split)
     records = select_records(records, data["nc"], cfg.split, single_cls=single_cls, classes=cfg.classes)
     if single_cls:
         data = single_class_data(data)
-    if data["nc"] != model.nc:
-        raise ConfigError(f"data '{data['yaml_file']}' has {data['nc']} classes but the model has {model.nc}")
     loader = build_loader(records, cfg, imgsz, cfg.batch, train=False)
     validator = Validator(
         loader,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 
 def write_image(path: Path, h: int = 48, w: int = 64, color: tuple[int, int, int] = (40, 80, 120)) -> Path:
@@ -65,3 +66,12 @@ def make_shapes_split(root: Path, n: int = 12, size: int = 64, seed: int = 0) ->
         cx, cy, bw, bh = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h
         (root / "labels" / "train" / f"{i:03d}.txt").write_text(f"{i % 3} {cx} {cy} {bw} {bh}\n")
     return img_dir
+
+
+def by_index(batches: list[dict]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """``{dataset index: (image, its boxes)}`` over collated batches (to compare samples across runs)."""
+    out = {}
+    for b in batches:
+        for j, idx in enumerate(b["index"].tolist()):
+            out[idx] = (b["img"][j], b["bboxes"][b["batch_idx"] == j])
+    return out

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from data_helpers import default_hyp, make_shapes_split
+from data_helpers import by_index, default_hyp, make_shapes_split
 
 from yolotrain.data.dataset import MOSAIC_GROUP, DetectionDataset, SampleKey, epoch_order
 from yolotrain.data.loader import build_dataloader, set_loader_epoch
@@ -173,14 +173,6 @@ def shapes(tmp_path_factory):
 ALL_ON = dict(mixup=0.5, cutmix=0.5, perspective=0.0005, flipud=0.5, degrees=5.0)
 
 
-def _by_index(batches: list[dict]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    out = {}
-    for b in batches:
-        for j, idx in enumerate(b["index"].tolist()):
-            out[idx] = (b["img"][j], b["bboxes"][b["batch_idx"] == j])
-    return out
-
-
 def test_new_augmentations_depend_only_on_seed_epoch_index(shapes):
     """Batch size, workers, the buffer, the RAM cache and a mid-epoch resume never change a sample."""
     hyp = default_hyp(**ALL_ON)
@@ -193,9 +185,9 @@ def test_new_augmentations_depend_only_on_seed_epoch_index(shapes):
         ds = DetectionDataset(shapes, 64, True, hyp, seed=5, **kwargs)
         loader = build_dataloader(ds, batch_size=batch, workers=workers, shuffle=True, seed=5)
         set_loader_epoch(loader, 3)
-        runs.append(_by_index(list(loader)))
+        runs.append(by_index(list(loader)))
         set_loader_epoch(loader, 3, skip_batches=2)  # resume after two batches
-        runs.append(_by_index(list(loader)))
+        runs.append(by_index(list(loader)))
     for got in runs:
         assert got
         for i, (img, boxes) in got.items():

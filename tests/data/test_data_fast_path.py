@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from data_helpers import default_hyp, make_shapes_split
+from data_helpers import by_index, default_hyp, make_shapes_split
 
 from yolotrain.data import augment as A
 from yolotrain.data import mosaic as M
@@ -25,14 +25,6 @@ def records(tmp_path_factory):
     return recs
 
 
-def _by_index(batches: list[dict]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    out = {}
-    for b in batches:
-        for j, idx in enumerate(b["index"].tolist()):
-            out[idx] = (b["img"][j], b["bboxes"][b["batch_idx"] == j])
-    return out
-
-
 def test_sample_depends_only_on_seed_epoch_index(records):
     """Batch size, workers, the buffer, the RAM cache and a mid-epoch resume never change a sample."""
     hyp = default_hyp()
@@ -43,9 +35,9 @@ def test_sample_depends_only_on_seed_epoch_index(records):
         ds = DetectionDataset(records, 64, True, hyp, seed=5, **kwargs)
         loader = build_dataloader(ds, batch_size=batch, workers=workers, shuffle=True, seed=5)
         set_loader_epoch(loader, 3)
-        runs.append(_by_index(list(loader)))
+        runs.append(by_index(list(loader)))
         set_loader_epoch(loader, 3, skip_batches=2)  # resume after two batches
-        runs.append(_by_index(list(loader)))
+        runs.append(by_index(list(loader)))
     for got in runs:
         assert got  # every run delivered samples
         for i, (img, boxes) in got.items():

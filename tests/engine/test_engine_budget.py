@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from state_helpers import flat_tensors
 
 from yolotrain.cli import main
 from yolotrain.config import parse_cli_args, resolve
@@ -164,21 +165,7 @@ KILLER = textwrap.dedent("""
 
 
 def flat(state):
-    out = {}
-
-    def walk(prefix, o):
-        if isinstance(o, torch.Tensor):
-            out[prefix] = o
-        elif isinstance(o, dict):
-            for k, v in o.items():
-                walk(f"{prefix}/{k}", v)
-        elif isinstance(o, (list, tuple)):
-            for i, v in enumerate(o):
-                walk(f"{prefix}/{i}", v)
-
-    for key in ("model", "ema", "optimizer"):
-        walk(key, state[key])
-    return out
+    return flat_tensors(state, ("model", "ema", "optimizer"))
 
 
 @pytest.fixture(scope="module")

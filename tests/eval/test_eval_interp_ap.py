@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from conftest import NAMES, _make_dataset
 from yolotrain.eval import DetectionEvaluator
 from yolotrain.eval.interp_ap import envelope_ap, match_image
+
+PARITY_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ultralytics_parity.py"
 
 
 def test_envelope_ap_hand_computed():
@@ -66,38 +71,23 @@ def test_unknown_ap_style_refused():
 
 
 def test_same_as_ultralytics_own_code_when_installed():
-    metrics = pytest.importorskip(
-        "ultralytics.utils.metrics", reason="ultralytics is not installed (never a dependency of yolotrain)"
-    )
-    import torch  # noqa: PLC0415 - only this optional cross-check needs it
+    pytest.importorskip("ultralytics", reason="ultralytics is not installed (never a dependency of yolotrain)")
+    # the reference: Ultralytics' validator matching and its ap_per_class, as benchmarks/ultralytics_parity.py
+    # applies them (one re-statement of the peer's matching, used by the benchmark and here)
+    spec = importlib.util.spec_from_file_location("ultralytics_parity", PARITY_SCRIPT)
+    parity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parity)
 
     images = _make_dataset(seed=3, n_images=30, many=True)
     ev = DetectionEvaluator(NAMES, ap_style="ultralytics")
-    tps, confs, pcls, tcls = [], [], [], []
-    iouv = np.linspace(0.5, 0.95, 10)
+    scored = []
     for k, im in enumerate(images):
         pred = im["pred"][np.argsort(-im["pred"][:, 4], kind="stable")]
         keep = ~im["crowd"]
         gt, cls = im["gt"][keep], im["cls"][keep]
         ev.add(image_id=k, width=im["w"], height=im["h"], gt_boxes=gt, gt_cls=cls, pred=pred)
-        # Ultralytics' validator matching, re-stated here with its box_iou (an independent reference)
-        tp = np.zeros((len(pred), 10), bool)
-        if len(pred) and len(gt):
-            iou = metrics.box_iou(torch.tensor(gt), torch.tensor(pred[:, :4])).numpy()
-            iou = iou * (cls[:, None] == pred[:, 5][None])
-            for t, thr in enumerate(iouv):
-                m = np.array(np.nonzero(iou >= thr)).T
-                if len(m) > 1:
-                    m = m[iou[m[:, 0], m[:, 1]].argsort()[::-1]]
-                    m = m[np.unique(m[:, 1], return_index=True)[1]]
-                    m = m[np.unique(m[:, 0], return_index=True)[1]]
-                if len(m):
-                    tp[m[:, 1].astype(int), t] = True
-        tps.append(tp)
-        confs.append(pred[:, 4])
-        pcls.append(pred[:, 5])
-        tcls.append(cls)
-    ap = metrics.ap_per_class(np.concatenate(tps), np.concatenate(confs), np.concatenate(pcls), np.concatenate(tcls))[5]
+        scored.append({"pred": pred, "gt_boxes": gt, "gt_cls": cls})
+    map50, map50_95 = parity.ultralytics_ap(scored)
     ours = ev.compute()
-    assert ours.map50 == pytest.approx(float(ap[:, 0].mean()), abs=1e-4)
-    assert ours.map50_95 == pytest.approx(float(ap.mean()), abs=1e-4)
+    assert ours.map50 == pytest.approx(map50, abs=1e-4)
+    assert ours.map50_95 == pytest.approx(map50_95, abs=1e-4)

@@ -46,8 +46,7 @@ class ImageSource:
 
     def _cache_in_ram(self) -> None:
         """``cache=ram``: map the machine's one shared copy of the decoded images (built here if absent)."""
-        resize = "train" if self.augment else self._resize_mode()  # the pixels differ, so the name does
-        self._ram = shared_images(self.records, self.imgsz, resize, self._load_from_disk)
+        self._ram = shared_images(self.records, self.imgsz, self._resize_mode(), self._load_from_disk)
 
     def ram_bytes(self) -> float:
         """Bytes ``cache=ram`` takes for these images: the shared file's slots (the profile's advice quotes it)."""
@@ -64,7 +63,7 @@ class ImageSource:
             st = os.stat(rec.im_file)
         except OSError:
             return None
-        settings = f"{self.imgsz}|{self.augment}|{self._resize_mode()}"
+        settings = f"{self.imgsz}|{self._resize_mode()}"
         key = f"{os.path.abspath(rec.im_file)}|{st.st_size}|{st.st_mtime_ns}|{settings}|v1"
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         return self._disk_dir / digest[:2] / f"{digest}.npy"
@@ -96,12 +95,14 @@ class ImageSource:
         return img, shape
 
     def _resize_mode(self) -> str:
-        """``bilinear`` for evaluation with ``val_resize=bilinear``, else ``area`` (the default path)."""
-        return "bilinear" if not self.augment and self.val_resize == "bilinear" else "area"
+        """How images are resized, which the cached pixels depend on (part of both caches' keys): ``train``
+        (bilinear), or evaluation's ``area`` (the default) or ``bilinear`` (``val_resize=bilinear``)."""
+        return "train" if self.augment else self.val_resize
 
     def _decode(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
         rec = self.records[i]
-        bilinear = self._resize_mode() == "bilinear"
+        mode = self._resize_mode()
+        bilinear = mode == "bilinear"
         t = CLOCK.now()
         buf = read_bytes(rec.im_file)
         t = CLOCK.add("read", t)
@@ -125,7 +126,7 @@ class ImageSource:
             img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
         elif r != 1:
             # Shrinking with INTER_AREA avoids aliasing; enlarging is bilinear either way.
-            interp = cv2.INTER_AREA if r < 1 and not self.augment else cv2.INTER_LINEAR
+            interp = cv2.INTER_AREA if r < 1 and mode == "area" else cv2.INTER_LINEAR
             size = (max(1, min(self.imgsz, round(w * r))), max(1, min(self.imgsz, round(h * r))))
             img = cv2.resize(img, size, interpolation=interp)
         CLOCK.add("resize", t)

@@ -41,11 +41,13 @@ def epoch_estimate(train_seconds: list[float], val_seconds: list[float]) -> tupl
         train_seconds: Each finished epoch's seconds without its validation (saves and logging included).
         val_seconds: Each validation's seconds (only epochs that validated).
     """
-    train = train_seconds[1:] if len(train_seconds) > 1 else train_seconds
-    val = val_seconds[1:] if len(val_seconds) > 1 else val_seconds
-    t = sum(train[-RECENT:]) / len(train[-RECENT:]) if train else 0.0
-    v = sum(val[-RECENT:]) / len(val[-RECENT:]) if val else 0.0
-    return t, v
+    return _recent_mean(train_seconds), _recent_mean(val_seconds)
+
+
+def _recent_mean(seconds: list[float]) -> float:
+    """Mean of the :data:`RECENT` latest values, the first left out once there is another (0 when none)."""
+    recent = (seconds[1:] if len(seconds) > 1 else seconds)[-RECENT:]
+    return sum(recent) / len(recent) if recent else 0.0
 
 
 def plan_epochs(
@@ -175,6 +177,16 @@ class TimeBudget:
         """Whether the budget is spent (training stops at the next optimizer step, then validates)."""
         return self.spent() >= self.seconds
 
+    def begin_first_epoch(self) -> None:
+        """Mark the first epoch's first batch (the early plan measures its pace from here)."""
+        self.first_begin = self.spent()
+
+    def _fitted(self, epochs: int, iters_per_epoch: int) -> FittedSchedule:
+        """The configured schedule fitted to ``epochs`` (:func:`fit_schedule`)."""
+        return fit_schedule(
+            epochs, self.recipe_epochs, self.warmup_iters, self.warmup_epochs, self.close_mosaic, iters_per_epoch
+        )
+
     def early_plan(self, epoch: int, done_iters: int, iters_per_epoch: int) -> FittedSchedule | None:
         """A provisional plan from the pace of the first tenth of the first epoch; None at other iterations.
 
@@ -189,9 +201,7 @@ class TimeBudget:
         pace = (now - self.first_begin) / done_iters
         end = now + pace * (iters_per_epoch - done_iters)  # when the first epoch is expected to end
         epochs = plan_epochs(self.seconds, end, 1, max(pace * iters_per_epoch, 1e-6), 0.0, validate=False)
-        plan = fit_schedule(
-            epochs, self.recipe_epochs, self.warmup_iters, self.warmup_epochs, self.close_mosaic, iters_per_epoch
-        )
+        plan = self._fitted(epochs, iters_per_epoch)
         LOGGER.info(
             f"time budget {self.hours:g} h: {epochs} epochs at {pace * iters_per_epoch / 60:.1f} min/epoch "
             f"(estimated from the first {done_iters} iterations; refitted after each epoch)"
@@ -215,9 +225,7 @@ class TimeBudget:
         self.epoch_start = now  # the save after this counts into the next epoch
         t, v = epoch_estimate(self.train_seconds, self.val_seconds)
         epochs = plan_epochs(self.seconds, now, done, max(t, 1e-6), v, self.val_period, self.validate)
-        plan = fit_schedule(
-            epochs, self.recipe_epochs, self.warmup_iters, self.warmup_epochs, self.close_mosaic, iters_per_epoch
-        )
+        plan = self._fitted(epochs, iters_per_epoch)
         if plan != self.plan or not self.fitted:
             LOGGER.info(
                 f"time budget {self.hours:g} h: {epochs} epochs at {(t + v) / 60:.1f} min/epoch "

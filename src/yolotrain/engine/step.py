@@ -251,12 +251,10 @@ class TrainStep:
 
     def forward(self, imgs: torch.Tensor) -> Any:
         """The training forward; a compile failure (at the first call) falls back to the plain model."""
-        if self.compiled is None:
-            return self.train_model(imgs)
         try:
             return self.train_model(imgs)
         except Exception as e:  # noqa: BLE001 - only the compiler's own errors are handled
-            if not is_compile_error(e):
+            if self.compiled is None or not is_compile_error(e):
                 raise
             self.compile_failed(e)
             return self.train_model(imgs)

@@ -198,7 +198,7 @@ class Trainer:
         run.state.epoch_skipped = 0
         budget = run.budget
         if budget is not None and epoch == 0 and start == 0:
-            budget.first_begin = budget.spent()
+            budget.begin_first_epoch()
         mean, seen, t0 = torch.zeros(3), 0, time.perf_counter()
         bar = tqdm(
             enumerate(fork_safe_iter(loader), start=start), total=self.nb, initial=start,
@@ -247,8 +247,7 @@ class Trainer:
         budget = self.run.budget
         plan = budget.early_plan(epoch, done, self.nb)
         if plan is not None:
-            budget.plan = plan = dist.broadcast_object(plan)  # rank 0's clock decides for all
-            self.apply_budget(plan)
+            self.adopt_budget_plan(plan)
         # Rank 0's clock decides; its stop reaches every rank through the flag agreement that follows at this
         # step (no collective of its own), and budget_spent is shared once at the epoch's end.
         if dist.is_main() and not self.stop and budget.exhausted():
@@ -302,9 +301,7 @@ class Trainer:
         run = self.run
         if run.budget is not None:  # plan the rest of the run before the checkpoint records it
             val_seconds, self.val_seconds = (self.val_seconds if m is not None else None), None
-            plan = dist.broadcast_object(run.budget.end_epoch(epoch + 1, val_seconds, self.nb))
-            run.budget.plan = plan  # rank 0's clock decides for all
-            self.apply_budget(plan)
+            self.adopt_budget_plan(run.budget.end_epoch(epoch + 1, val_seconds, self.nb))
         row = {"epoch": epoch + 1, "seconds": round(seconds, 2)}
         row.update({f"train/{k}": round(v, 5) for k, v in losses.items()})
         row.update({f"lr/pg{j}": g["lr"] for j, g in enumerate(run.optimizer.param_groups)})
@@ -328,6 +325,12 @@ class Trainer:
         if dist.is_main():
             append_csv_row(self.save_dir / "results.csv", row)
             self.callbacks.run("on_model_save", self)
+
+    def adopt_budget_plan(self, plan) -> None:
+        """Rank 0's plan on every rank (its clock decides for all), and the schedule fitted to it."""
+        plan = dist.broadcast_object(plan)
+        self.run.budget.plan = plan
+        self.apply_budget(plan)
 
     def apply_budget(self, plan) -> None:
         """Fit the lr schedule (decay length and warmup) to the epochs the time budget allows."""

@@ -25,19 +25,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from yolotrain.eval.metrics import crowd_iou  # no crowd: plain IoU
+
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_GRID = np.linspace(0.0, 1.0, 101)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of xyxy boxes ``a`` (n, 4) and ``b`` (m, 4) -> (n, m)."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def match_image(
@@ -62,7 +53,7 @@ def match_image(
     tp = np.zeros((len(det_boxes), len(thresholds)), dtype=bool)
     if not len(det_boxes) or not len(gt_boxes):
         return tp
-    iou = box_iou(det_boxes, gt_boxes) * (det_cls[:, None] == gt_cls[None, :])
+    iou = crowd_iou(det_boxes[:, None], gt_boxes[None], False) * (det_cls[:, None] == gt_cls[None, :])
     for k, thr in enumerate(thresholds):
         d, g = np.nonzero(iou >= thr)
         if not d.size:
