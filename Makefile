@@ -1,12 +1,14 @@
-# Quick start:  make demo   (create .venv, train on the built-in demo data)
-#               make test   (create .venv with dev extras, run the whole suite)
+# Quick start:  make demo       (create .venv, train on the built-in demo data)
+#               make test       (create .venv with dev and docs extras: lint, docs, the whole suite; CI runs this)
+#               make test-fast  (the suite less the tests marked slow: what to run while working)
+#               make docs       (build the documentation site into build/site, strict: broken links fail)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Pinned to the torch/torchvision pair this project is developed and tested with.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint venv venv-dev clean bench
+.PHONY: demo test test-fast docs lint venv venv-dev clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +20,7 @@ $(VENV)/.stamp-base: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,docs]"
 	touch $@
 
 venv: $(VENV)/.stamp-base
@@ -27,8 +29,16 @@ venv-dev: $(VENV)/.stamp-dev
 demo: venv
 	$(BIN)/yolotrain train
 
-test: venv-dev lint
+test: venv-dev lint docs
 	$(BIN)/python -m pytest
+
+# everything but the tests marked slow (processes, DDP, preemption, tune, longer training)
+test-fast: venv-dev
+	$(BIN)/python -m pytest -m "not slow"
+
+# the site goes to build/ (ignored by git); --strict turns broken links and missing references into errors
+docs: venv-dev
+	$(BIN)/mkdocs build --strict --quiet --site-dir build/site
 
 # one house style: ruff's lint rules and formatter, configured in pyproject.toml
 lint: venv-dev

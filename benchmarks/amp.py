@@ -4,6 +4,7 @@ Run (from the repo root, after `make test` or `make demo` created .venv):
 
     .venv/bin/python benchmarks/amp.py                         # scale n, imgsz 320, batch 16, demo set
     .venv/bin/python benchmarks/amp.py --skip-accuracy         # speed and memory only
+    .venv/bin/python benchmarks/amp.py --smoke                 # seconds: fp32 and bf16, 64 px, 16 tiny images
 
 A precision under a third of fp32's speed (fp16 on a CPU without fp16 arithmetic) is not trained for
 accuracy; its entry says so.
@@ -30,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}
+# the keys a --smoke run must print (the test suite runs every benchmark's smoke mode and checks them)
+SMOKE_KEYS = ("fp32", "bf16", "settings")
 
 
 class BatchTimer:
@@ -56,7 +59,7 @@ class BatchTimer:
         self.last = now
         slow = now - self.start > self.max_seconds and len(self.times) >= 3
         trainer.stop = len(self.times) >= self.warmup + self.iters or slow
-        self.batch = trainer.batch
+        self.batch = trainer.train_loader.batch_size  # images per iteration of this process
 
     def images_per_s(self) -> float:
         skip = min(self.warmup, max(len(self.times) - 2, 1))
@@ -82,10 +85,13 @@ def run_one(a: argparse.Namespace) -> dict:
     from yolotrain.utils.logging import setup_logging
 
     setup_logging(verbose=False)
-    data = str(ensure_demo_dataset())
     amp = PRECISIONS[a.only]
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
+        if a.smoke:
+            data = str(ensure_demo_dataset(Path(tmp) / "shapes", n_train=16, n_val=4, size=64))
+        else:
+            data = str(ensure_demo_dataset())
         common = dict(
             data=data,
             model=a.scale,
@@ -138,7 +144,11 @@ def main() -> None:
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--precisions", default="fp32,bf16,fp16")
     p.add_argument("--only", choices=tuple(PRECISIONS))
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: keeps the script from rotting")
     a = p.parse_args()
+    if a.smoke:  # the children get the same argv, so each takes these sizes too
+        a.imgsz, a.batch, a.workers, a.warmup, a.iters, a.acc_epochs, a.acc_imgsz = 64, 4, 0, 1, 2, 1, 64
+        a.precisions = "fp32,bf16"
     if a.only:
         print(json.dumps(run_one(a)))
         return
@@ -153,6 +163,8 @@ def main() -> None:
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
             sys.stderr.write(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}\n")
+            if a.smoke:  # a smoke run exists to notice a broken path
+                raise SystemExit(f"{name} failed")
             results[name] = None
             continue
         results[name] = json.loads(lines[-1])

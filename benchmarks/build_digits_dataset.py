@@ -11,6 +11,7 @@ Train and val use disjoint digit samples (the first 1,400 scans for train, the r
     pip install --target /tmp/benchdeps scikit-learn      # or: pip install -e .[bench]
     PYTHONPATH=/tmp/benchdeps python benchmarks/build_digits_dataset.py --out /tmp/digits
     yolotrain train data=/tmp/digits/data.yaml imgsz=160
+    python benchmarks/build_digits_dataset.py --smoke      # 8 + 4 images into a temporary folder, seconds
 
 The last stdout line is one JSON object: {"data": ".../data.yaml", "train": N, "val": M, "boxes": ...}.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -33,6 +35,10 @@ except ImportError:  # scikit-learn is a benchmark extra, never a dependency of 
         "(or pip install --target /tmp/benchdeps scikit-learn and PYTHONPATH=/tmp/benchdeps)"
     )
 
+# the keys a --smoke run must print (the test suite runs every benchmark's smoke mode and checks them), and
+# the modules it needs: the suite skips this script where they are not importable
+SMOKE_KEYS = ("data", "train", "val", "boxes")
+SMOKE_NEEDS = ("sklearn",)
 TRAIN_SCANS = 1400  # digit scans [0, 1400) for train, [1400, 1797) for val
 
 
@@ -105,7 +111,14 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=200)
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="8 train + 4 val images in a temporary folder: seconds")
     args = ap.parse_args()
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="digits-smoke-") as tmp:
+            out = build(Path(tmp), 8, 4, 64, args.seed)
+            assert len(list((Path(tmp) / "images" / "train").glob("*.jpg"))) == 8
+        print(json.dumps(out))
+        return
     print(json.dumps(build(args.out, args.train, args.val, args.size, args.seed)))
 
 

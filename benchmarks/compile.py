@@ -2,6 +2,7 @@
 
     PYTHONPATH=src .venv/bin/python benchmarks/compile.py                  # n, 160 px, batch 16, bf16 where native
     PYTHONPATH=src .venv/bin/python benchmarks/compile.py --imgsz 320 --steps 20 --amp off
+    PYTHONPATH=src .venv/bin/python benchmarks/compile.py --smoke    # 64 px, batch 2, aot_eager backend: seconds
 
 Each mode runs in its own child process (so one's compiled code and caches cannot help the other) on the
 same synthetic batch (random pixels, 4 random boxes per image, 4 classes): the training step as the
@@ -27,6 +28,9 @@ from yolotrain.engine.precision import Precision, choose_amp
 from yolotrain.loss import DetectionLoss
 from yolotrain.models import build_model
 
+# the keys a --smoke run must print (the test suite runs every benchmark's smoke mode and checks them)
+SMOKE_KEYS = ("eager", "compiled", "speedup", "settings")
+
 
 def child(a: argparse.Namespace) -> dict:
     torch.manual_seed(0)
@@ -36,7 +40,7 @@ def child(a: argparse.Namespace) -> dict:
     amp = choose_amp(a.amp, device)[0]
     precision = Precision(device, amp)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    net = compile_model(model, "inductor", dynamic=False) if a.mode == "compiled" else model
+    net = compile_model(model, a.backend, dynamic=False) if a.mode == "compiled" else model
     imgs = torch.rand(a.batch, 3, a.imgsz, a.imgsz).contiguous(memory_format=torch.channels_last)
     n = 4 * a.batch
     batch = {
@@ -78,16 +82,24 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--amp", default="auto", choices=("auto", "off", "bf16"))
     ap.add_argument("--mode", default=None, choices=("eager", "compiled"), help=argparse.SUPPRESS)  # the child
+    ap.add_argument("--backend", default="inductor", choices=("inductor", "aot_eager", "eager"))
+    ap.add_argument("--smoke", action="store_true", help="64 px, batch 2, 2 steps, aot_eager (no C++ build): seconds")
     a = ap.parse_args()
+    if a.smoke:  # the children get the same argv, so each takes these sizes too
+        a.imgsz, a.batch, a.steps, a.warmup, a.backend = 64, 2, 2, 1, "aot_eager"
     if a.mode:
         print(json.dumps(child(a)))
         return
     out = {"settings": {"model": "n", "imgsz": a.imgsz, "batch": a.batch, "steps": a.steps, "warmup": a.warmup,
-                        "threads": torch.get_num_threads(), "torch": torch.__version__}}  # fmt: skip
+                        "backend": a.backend, "threads": torch.get_num_threads(),
+                        "torch": torch.__version__}}  # fmt: skip
     for mode in ("eager", "compiled"):
         args = [sys.executable, __file__, "--mode", mode, *sys.argv[1:]]
         proc = subprocess.run(args, capture_output=True, text=True, env=os.environ)
         if proc.returncode:
+            if a.smoke:  # a smoke run exists to notice a broken path
+                sys.stderr.write(proc.stderr[-3000:])
+                raise SystemExit(f"{mode} child failed with exit code {proc.returncode}")
             out[mode] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
         else:
             out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])

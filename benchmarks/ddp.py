@@ -4,6 +4,7 @@ Run (from the repo root, after `make test` or `make demo` created .venv):
 
     .venv/bin/python benchmarks/ddp.py                 # demo set, scale n, imgsz 160, global batch 16
     .venv/bin/python benchmarks/ddp.py --epochs 3 --imgsz 224
+    .venv/bin/python benchmarks/ddp.py --smoke         # 1 epoch at 64 px on 16 generated images
 
 Each setting is one ``yolotrain train`` run in a child process: ``nproc=1`` trains in that process with
 torch's default threads (all cores); ``nproc=2`` starts two torchrun workers, which torchrun limits to
@@ -29,6 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the keys a --smoke run must print (the test suite runs every benchmark's smoke mode and checks them)
+SMOKE_KEYS = ("1", "2", "speedup_2_vs_1", "settings")
 
 
 def run(n: int, args: argparse.Namespace, project: Path) -> dict:
@@ -75,9 +78,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="global batch")
     ap.add_argument("--workers", type=int, default=1, help="loader workers per process")
     ap.add_argument("--amp", default="off", help="off (fp32) or bf16")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: keeps the script from rotting")
     args = ap.parse_args()
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="yolotrain-ddp-bench-") as tmp:
+        if args.smoke:
+            from yolotrain.data import ensure_demo_dataset
+
+            data = ensure_demo_dataset(Path(tmp) / "shapes", n_train=16, n_val=4, size=64)
+            args.data, args.epochs, args.imgsz, args.batch, args.workers = str(data), 1, 64, 8, 0
         for n in (1, 2):
             out[str(n)] = run(n, args, Path(tmp))
             print(f"nproc={n}: {out[str(n)]}", file=sys.stderr)

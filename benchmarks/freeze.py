@@ -4,6 +4,7 @@ Run (from the repo root, after `make test` or `make demo` created .venv):
 
     .venv/bin/python benchmarks/freeze.py                  # demo set, scale n, imgsz 160, batch 16
     .venv/bin/python benchmarks/freeze.py --freeze 10      # the first 10 layers instead of the backbone
+    .venv/bin/python benchmarks/freeze.py --smoke          # seconds: 1 epoch at 64 px on 16 generated images
 
 Each phase is trained for --epochs epochs in its own child process (so peak memory is its own): once with
 the ``--freeze`` part frozen for the whole run (``freeze_epochs=epochs``), once with nothing frozen, same
@@ -24,6 +25,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the keys a --smoke run must print (the test suite runs every benchmark's smoke mode and checks them)
+SMOKE_KEYS = ("frozen", "unfrozen", "frozen_vs_unfrozen", "settings")
 
 CHILD = """
 import json, sys, torch
@@ -59,10 +62,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--amp", default="off")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: keeps the script from rotting")
     args = ap.parse_args()
     freeze = int(args.freeze) if args.freeze.isdigit() else args.freeze
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="yolotrain-freeze-bench-") as tmp:
+        if args.smoke:
+            from yolotrain.data import ensure_demo_dataset
+
+            data = ensure_demo_dataset(Path(tmp) / "shapes", n_train=16, n_val=4, size=64)
+            args.data, args.epochs, args.imgsz, args.batch, args.workers = str(data), 1, 64, 8, 0
         base = {
             "model": args.model,
             "epochs": args.epochs,

@@ -13,6 +13,7 @@ Usage::
     python benchmarks/loader.py --repeat 8       # 1024 images: more than either loader's buffer
     python benchmarks/loader.py --val --imgsz 640  # validation: square vs rectangular batches
     PYTHONPATH=/tmp/ultra python benchmarks/loader.py             # peer installed outside the project
+    python benchmarks/loader.py --smoke      # seconds: 16 generated images at 64 px, train and val loaders
 
 The dataset is copied to a temporary folder first (the peer writes a label cache beside the labels).
 """
@@ -31,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "coco128"
+# the keys a --smoke run must print (the test suite runs every benchmark's smoke mode and checks them)
+SMOKE_KEYS = ("data", "batch", "epochs", "cache=off imgsz=64", "val imgsz=64")
 
 PEER_CODE = r"""
 import json, sys, time
@@ -162,8 +165,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeat", type=int, default=1, help="copies of each image (8: 1024 images from coco128)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating ours/peer rounds; the best of each counts")
     ap.add_argument("--val", action="store_true", help="instead: validation loader, square vs rect (model n forward)")
+    ap.add_argument("--with-val", action="store_true", help=argparse.SUPPRESS)  # --smoke: both loaders in one run
     ap.add_argument("--no-peer", action="store_true", help="skip Ultralytics even when installed")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: keeps the script from rotting")
     args = ap.parse_args(argv)
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="yolotrain-loader-bench-") as tmp:
+            from yolotrain.data import ensure_demo_dataset
+
+            data = ensure_demo_dataset(Path(tmp) / "shapes", n_train=16, n_val=4, size=64).parent
+            smoke = ["--data", str(data), "--imgsz", "64", "--batch", "4", "--epochs", "1", "--rounds", "1"]
+            return main([*smoke, "--no-peer", "--with-val"])
 
     src = Path(args.data)
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,6 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
                     row["peer_images_per_cpu_s"] = round(p["images_per_cpu_s"], 1)
                     row["ratio_per_cpu_s"] = round(ours["images_per_cpu_s"] / p["images_per_cpu_s"], 2)
                 out[f"cache={cache} imgsz={imgsz}"] = row
+        if args.with_val:
+            out[f"val imgsz={args.imgsz[0]}"] = run_val(img_dir, args.imgsz[0], args.batch)
     print(json.dumps(out))
     return out
 

@@ -11,6 +11,7 @@ processes, the cache file counts once).
 Usage::
 
     python benchmarks/ram_cache.py --data /tmp/coco128 --imgsz 640 --workers 2 --epochs 3
+    python benchmarks/ram_cache.py --smoke     # seconds: 16 generated images at 64 px, 1 worker, 2 epochs
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import tempfile
 import types
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from yolotrain.data.loader import build_dataloader, set_loader_epoch
 from yolotrain.data.scan import scan_split
 
 ROOT = Path(__file__).resolve().parents[1]
+# the keys a --smoke run must print (the test suite runs every benchmark's smoke mode and checks them)
+SMOKE_KEYS = ("images", "cache_file_mb", "cache_pss_sum_mb", "uss_sum_mb_epoch1", "uss_mb_epoch1", "pss_mb_epoch1")
 HYP = types.SimpleNamespace(
     mosaic=1.0, degrees=0.0, translate=0.1, scale=0.5, shear=0.0, fliplr=0.5, hsv_h=0.015, hsv_s=0.7, hsv_v=0.4
 )
@@ -61,8 +65,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: keeps the script from rotting")
     args = ap.parse_args(argv)
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="yolotrain-ram-bench-") as tmp:
+            from yolotrain.data import ensure_demo_dataset
+
+            data = ensure_demo_dataset(Path(tmp) / "shapes", n_train=16, n_val=4, size=64).parent
+            return main(["--data", str(data), "--imgsz", "64", "--workers", "1", "--epochs", "2", "--batch", "4"])
     img_dir = Path(args.data) / "images" / "train2017"
+    if not img_dir.is_dir():  # a plain YOLO layout (images/train), as the demo set has
+        img_dir = Path(args.data) / "images" / "train"
     records, _ = scan_split([str(img_dir)], nc=80, use_cache=False, log_problems=False)
     ds = DetectionDataset(records, args.imgsz, True, HYP, cache="ram")
     if ds._ram is None:

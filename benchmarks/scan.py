@@ -9,6 +9,7 @@ Usage::
 
     python benchmarks/scan.py                 # 200,000 images
     python benchmarks/scan.py --n 20000
+    python benchmarks/scan.py --smoke         # 200 images, seconds
 
 Targets (issue #16, 2-core machine): first scan >= 5,000 images/s, cached >= 200,000 images/s,
 peak RSS < 1 GB at N = 200,000.
@@ -25,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+# the keys a --smoke run must print (the test suite runs every benchmark's smoke mode and checks them)
+SMOKE_KEYS = ("n", "first_scan_images_per_s", "first_scan_peak_rss_mb", "cached_scan_images_per_s")
 CHILD = r"""
 import json, resource, sys, time
 from yolotrain.data.scan import scan_split
@@ -63,7 +66,10 @@ def run_child(img_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--smoke", action="store_true", help="200 images, seconds: keeps the script from rotting")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.n = 200
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         img_dir = generate(Path(tmp), args.n)

@@ -12,6 +12,8 @@ uses its fastest settings (``amp=auto``: bf16 on CPUs that have it, one optimize
     PYTHONPATH=src:/tmp/ultra .venv/bin/python benchmarks/time_to_accuracy.py --data /tmp/digits/data.yaml \\
         --imgsz 160 --minutes 6
 
+``--smoke`` trains yolotrain alone for 15 seconds on 16 generated images at 64 px (the same code path).
+
 Ultralytics is read from ``PYTHONPATH`` (``pip install --target /tmp/ultra --no-deps ultralytics ...``, see
 benchmarks/ultralytics_parity.py); it is never a dependency. Without it only yolotrain runs.
 
@@ -36,6 +38,9 @@ from pathlib import Path
 import yaml
 
 from yolotrain.data import ensure_demo_dataset
+
+# the keys a --smoke run must print (the test suite runs every benchmark's smoke mode and checks them)
+SMOKE_KEYS = ("data", "imgsz", "minutes", "yolotrain")
 
 ULTRA_CHILD = """
 import json, sys
@@ -63,8 +68,8 @@ def csv_rows(path: Path) -> list[dict]:
 
 def run_yolotrain(data: str | None, imgsz: int, minutes: float, workers: int, project: Path) -> dict:
     args = [f"time={minutes / 60:.6f}", f"imgsz={imgsz}", "model=n", "amp=auto", "cache=ram", f"workers={workers}",
-            "batch=16", "nbs=16", f"project={project}", "name=exp", "exist_ok=true", "verbose=false", "plots=false",
-            "json=true"]  # fmt: skip
+            "batch=16", "nbs=16", f"project={project}", "name=exp", "exist_ok=true", "verbose=false",
+            "plots=false"]  # fmt: skip
     if data:
         args.append(f"data={data}")
     t0 = time.perf_counter()
@@ -80,7 +85,7 @@ def run_yolotrain(data: str | None, imgsz: int, minutes: float, workers: int, pr
         "last_map50_95": float(rows[-1]["metrics/mAP50-95"]),
         "epochs": len(rows),
         "wall_s": round(wall, 1),
-        "settings": " ".join(a for a in args if not a.startswith(("project=", "name=", "exist_ok", "json"))),
+        "settings": " ".join(a for a in args if not a.startswith(("project=", "name=", "exist_ok"))),
     }
 
 
@@ -112,9 +117,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--systems", default="yolotrain,ultralytics")
     ap.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a temporary one)")
+    ap.add_argument("--smoke", action="store_true", help="15 s on 16 tiny images: keeps the script from rotting")
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tta-") as tmp:
+        if args.smoke:
+            data = ensure_demo_dataset(Path(tmp) / "shapes", n_train=16, n_val=4, size=64)
+            args.data, args.minutes, args.imgsz, args.workers, args.systems = str(data), 0.25, 64, 0, "yolotrain"
+        run(args, args.out or Path(tmp))
+
+
+def run(args: argparse.Namespace, root: Path) -> None:
+    """Train each system in ``args.systems`` under ``root`` and print the JSON line."""
     systems = args.systems.split(",")
-    root = args.out or Path(tempfile.mkdtemp(prefix="tta-"))
     demo = args.data == "demo"
     data_yaml = ensure_demo_dataset() if demo else Path(args.data)
     result: dict = {"data": "demo" if demo else str(data_yaml), "imgsz": args.imgsz, "minutes": args.minutes}

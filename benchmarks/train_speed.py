@@ -4,6 +4,7 @@ Run (from the repo root, after `make test` or `make demo` created .venv):
 
     .venv/bin/python benchmarks/train_speed.py                       # coco128 from ../shared, n, 320, b16
     .venv/bin/python benchmarks/train_speed.py --data path/data.yaml --scale s --imgsz 640 --epochs 3
+    .venv/bin/python benchmarks/train_speed.py --smoke    # seconds: 16 generated images at 64 px, yolotrain only
 
 Each framework trains in its own child process (so peak RSS is its own) with the same data, scale,
 image size, batch, workers, fp32, no pretrained weights, no plots and no validation. The timed part is
@@ -26,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "coco128" / "data.yaml"
+# the keys a --smoke run must print (the test suite runs every benchmark's smoke mode and checks them)
+SMOKE_KEYS = ("yolotrain", "settings")
 
 
 def _peak_rss_mb() -> float:
@@ -166,14 +169,24 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--only", choices=("yolotrain", "ultralytics"))
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: keeps the script from rotting")
     a = p.parse_args()
     if a.only:
         print(json.dumps((run_yolotrain if a.only == "yolotrain" else run_ultralytics)(a)))
         return
     import importlib.util
 
+    smoke_dir = tempfile.TemporaryDirectory(prefix="yolotrain-speed-bench-") if a.smoke else None
+    if smoke_dir:
+        from yolotrain.data import ensure_demo_dataset
+
+        data = ensure_demo_dataset(Path(smoke_dir.name) / "shapes", n_train=16, n_val=4, size=64)
+        a.data, a.imgsz, a.batch, a.epochs, a.workers = str(data), 64, 8, 2, 0
     ours = child(a, "yolotrain")
-    theirs = child(a, "ultralytics") if importlib.util.find_spec("ultralytics") else None
+    peer = not a.smoke and importlib.util.find_spec("ultralytics")
+    theirs = child(a, "ultralytics") if peer else None
+    if smoke_dir:
+        smoke_dir.cleanup()
     ratio = round(ours["images_per_s"] / theirs["images_per_s"], 3) if ours and theirs else None
     import torch
 

@@ -19,6 +19,9 @@ Needs ultralytics importable from a scratch location (never installed into .venv
    detections with Ultralytics' own matching and ``ap_per_class`` (``ultralytics_ap_code``): an
    independent check of ``ap_style=ultralytics``.
 
+``--smoke`` runs part 1 at one small size (64 px) in seconds; the test suite runs it where ultralytics is
+importable.
+
 The last stdout line is one JSON object: {"outputs": {name: {size: max_abs_diff}}, "map": {...}}.
 """
 
@@ -38,6 +41,11 @@ import yolotrain.eval as eval_module
 from yolotrain.config import resolve
 from yolotrain.models.weights_io import load_model_spec
 from yolotrain.runners import run_val
+
+# the keys a --smoke run must print (the test suite runs every benchmark's smoke mode and checks them), and
+# the modules it needs: the suite skips this script where they are not importable
+SMOKE_KEYS = ("outputs",)
+SMOKE_NEEDS = ("ultralytics",)
 
 
 def ultralytics_ap(images: list[dict]) -> tuple[float, float]:
@@ -85,7 +93,9 @@ def main() -> None:
     ap.add_argument("--data", help="data yaml for the mAP comparison")
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--smoke", action="store_true", help="the output check at 64 px only: seconds")
     args = ap.parse_args()
+    sizes = (64,) if args.smoke else (320, 256)
 
     result: dict = {"outputs": {}, "map": None}
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,9 +109,9 @@ def main() -> None:
                         m.running_var.uniform_(0.5, 1.5)
             path = Path(tmp) / yaml.replace(".yaml", ".pt")
             model.save(str(path))
-            result["outputs"][yaml] = output_diffs(path)
+            result["outputs"][yaml] = output_diffs(path, sizes)
     if args.weights:
-        result["outputs"][Path(args.weights).name] = output_diffs(Path(args.weights))
+        result["outputs"][Path(args.weights).name] = output_diffs(Path(args.weights), sizes)
     if args.weights and args.data:
         common = {"imgsz": args.imgsz, "batch": args.batch, "conf": 0.001, "iou": 0.7, "max_det": 300}
         theirs = YOLO(args.weights).val(data=args.data, rect=False, plots=False, device="cpu", **common)

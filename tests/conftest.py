@@ -1,8 +1,25 @@
-"""Shared fixtures: a tiny generated dataset, made once per test session."""
+"""Shared fixtures (a tiny generated dataset made once per session, a run trained on it, a config factory)
+and the test tiers: ``@pytest.mark.slow`` (``make test-fast`` leaves these out) and ``@pytest.mark.gpu``
+(skipped where CUDA is not available).
+"""
 
 from pathlib import Path
 
 import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked ``gpu`` when this machine has no CUDA device."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return  # torch is not imported for a run without gpu tests
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (marked gpu); no CUDA device here")
+    for item in gpu_tests:
+        item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +52,21 @@ def trained_run(tiny_data, tmp_path_factory) -> Path:
     )
     assert code == 0
     return project / "exp"
+
+
+@pytest.fixture
+def cfg_for(tiny_data, tmp_path):
+    """A factory of resolved training configs on :func:`tiny_data`, runs under ``tmp_path``.
+
+    ``cfg_for(epochs=2, val=False)``: scale n, 1 epoch at 64 px, batch 8, no workers, no plots, quiet,
+    run folder ``tmp_path/exp``; keywords override any of these. A test module may override this fixture
+    with its own defaults (``functools.partial(cfg_for, amp="off")``).
+    """
+    from yolotrain.config import resolve
+
+    def make(**kw):
+        base = dict(data=str(tiny_data), model="n", epochs=1, imgsz=64, batch=8, workers=0, project=str(tmp_path),
+                    name="exp", verbose=False, plots=False)  # fmt: skip
+        return resolve({**base, **kw})
+
+    return make

@@ -34,7 +34,7 @@ class Detector:
         from yolotrain.engine.launch import launch, processes_wanted  # noqa: PLC0415 - torch and the engine load only when a method runs
         from yolotrain.engine.trainer import Trainer  # noqa: PLC0415 - torch and the engine load only when a method runs
 
-        cfg = resolve({"model": self.model, **settings})
+        cfg = resolve({"model": self.model, **settings}, command="train")
         n = processes_wanted(cfg)
         if n > 1:
             # torchrun workers re-import the callbacks by name; ones that cannot be are refused up front
@@ -63,20 +63,22 @@ class Detector:
         """Validate the current weights; returns an EvalResult."""
         from yolotrain.runners import run_val  # noqa: PLC0415 - torch and the engine load only when a method runs
 
-        return run_val(resolve({"model": self.model, **settings}))
+        return run_val(resolve({"model": self.model, **settings}, command="val"))
 
     def predict(self, source: str, **settings: Any):
         """Predict on an image, folder or glob; returns a list of Prediction (also saved to disk)."""
         from yolotrain.runners import run_predict_cfg  # noqa: PLC0415 - torch and the engine load only when a method runs
 
-        preds, _ = run_predict_cfg(resolve({"model": self.model, "source": source, **settings}))
+        preds, _ = run_predict_cfg(resolve({"model": self.model, "source": source, **settings}, command="predict"))
         return preds
 
     def export(self, format: str = "onnx", **settings: Any) -> Path:
         """Export the current weights (``opset``, ``imgsz``, ``dynamic``, ``half``, ``out``); returns the file."""
         from yolotrain.export import export_from_config  # noqa: PLC0415 - torch and the engine load only when a method runs
 
-        return export_from_config(resolve({"model": self.model, "format": format, **settings}), nc=self.nc)
+        return export_from_config(
+            resolve({"model": self.model, "format": format, **settings}, command="export"), nc=self.nc
+        )
 
 
 def _best_result(wdir: Path):

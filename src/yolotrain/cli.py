@@ -10,6 +10,7 @@ Examples::
     yolotrain tune data=path/data.yaml model=n epochs=30 trials=50 [space=space.yaml] [budget=hours]
     yolotrain data check data=path/data.yaml
     yolotrain data convert src=path/data.yaml to=yolo out=converted/
+    yolotrain help [COMMAND | KEY]
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import os
 import signal
 import sys
 
-from yolotrain.config import Config, help_text, parse_cli_args, resolve
+from yolotrain.config import COMMANDS as SETTING_COMMANDS
+from yolotrain.config import SETTINGS, Config, parse_cli_args, resolve
+from yolotrain.config_help import help_text, setting_text
 from yolotrain.errors import Preempted, YoloTrainError
 from yolotrain.runners import load_for_inference, run_predict_cfg, run_val
 from yolotrain.utils.logging import setup_logging
@@ -100,12 +103,24 @@ def cmd_tune(args: dict) -> int:
     return 0
 
 
+def cmd_help(args: list[str]) -> int:
+    """``yolotrain help``: every setting; ``help COMMAND``: that command's; ``help KEY``: one in full."""
+    topic = args[0] if args else None
+    if topic is None or topic in SETTING_COMMANDS:
+        print(USAGE + "\n\n" + help_text(topic))
+        return 0
+    if topic in SETTINGS:
+        print(setting_text(topic))
+        return 0
+    print(f"error: 'help {topic}': not a command or a setting; run 'yolotrain help' for the list", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``yolotrain`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE + "\n\n" + help_text())
-        return 0
+        return cmd_help(argv[1:])
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"error: unknown command '{command}'; commands are {', '.join(COMMANDS)}", file=sys.stderr)
@@ -124,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "tune":  # tune's own keys (trials, space, pruner...) are not training settings
             return cmd_tune(parse_cli_args(rest))
         setup_logging(True)  # resolve may warn (callbacks a cfg= file names are not run); level set below
-        cfg = resolve(parse_cli_args(rest))
+        cfg = resolve(parse_cli_args(rest), command=command)
         setup_logging(cfg.verbose or command != "train")
         return {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "info": cmd_info, "export": cmd_export}[
             command

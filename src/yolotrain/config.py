@@ -30,23 +30,43 @@ GIVEN = "command line or Python"
 DEFAULT = "default"
 
 
+# The commands a setting can be given to. ``tune`` trains, so it takes exactly what ``train`` takes.
+TRAIN = ("train", "tune")
+COMMANDS = ("train", "tune", "val", "predict", "info", "export")
+# What a resumed run does with a setting given again (``yolotrain train resume=... key=value``).
+KEPT = "kept"  # the checkpoint's value is kept; a different one is ignored with a warning
+MAY_CHANGE = "may change"  # the new value is used: it does not change what is computed (epochs: extends the run)
+REFUSED = "refused"  # a different value stops the resume: the checkpoint would not fit the run
+ON_RESUME = (KEPT, MAY_CHANGE, REFUSED)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One configuration key.
+
+    A new training setting needs only ``default``, ``kind`` and ``help`` (plus bounds or choices); it is then
+    accepted by ``train`` and ``tune`` and kept from the checkpoint on resume. Declare ``commands`` when val,
+    predict, info or export read it too, and ``on_resume=MAY_CHANGE`` when a resumed run may take a new value
+    without changing what is computed (output, logging, launch settings).
 
     Attributes:
         default: Value when nothing sets the key.
         kind: One of ``bool``, ``int``, ``float``, ``str``, ``list``, ``batch`` (an int, or a float
             fraction), ``any`` (validated by ``check``).
-        help: One line for ``yolotrain train help=true`` and the README.
+        help: One line for ``yolotrain help`` and the settings reference of the documentation.
         lo: Inclusive lower bound for numbers.
         hi: Inclusive upper bound for numbers.
         choices: Allowed values for strings.
         nullable: Whether ``None`` (``null``/``none`` on the command line) is allowed.
-        check: Extra validation returning an error text or ``None``.
+        check: Extra validation returning an error text or ``None``; its docstring says what is allowed (the
+            settings reference shows it).
         aliases: (alias, value) pairs accepted for a choice, e.g. ``true`` -> ``auto``.
         runs_code: The value names code that is imported and run; it is taken only from the command
             line or the Python API, never from a file (see :func:`resolve`).
+        commands: The commands that accept the key (a subset of :data:`COMMANDS`); given to any other,
+            it is refused with one line naming these.
+        on_resume: What ``resume=`` does with a new value: :data:`KEPT`, :data:`MAY_CHANGE` or
+            :data:`REFUSED`.
     """
 
     default: Any
@@ -59,9 +79,12 @@ class Setting:
     check: Callable[[Any], str | None] | None = None
     aliases: tuple[tuple[str, str], ...] = ()
     runs_code: bool = False
+    commands: tuple[str, ...] = TRAIN
+    on_resume: str = KEPT
 
 
 def _device_check(v: Any) -> str | None:
+    """cpu, mps, cuda, a GPU index like 0 or a list like 0,1; empty: the first GPU, else cpu"""
     s = str(v).strip().lower()
     if s in ("", "cpu", "mps", "cuda") or all(p.strip().isdigit() for p in s.split(",")):
         return None
@@ -69,12 +92,14 @@ def _device_check(v: Any) -> str | None:
 
 
 def _batch_check(v: Any) -> str | None:
+    """an image count >= 1, -1 (AutoBatch) or a memory fraction in (0, 1)"""
     if v == -1 or (isinstance(v, int) and 1 <= v <= 65536) or (isinstance(v, float) and 0 < v < 1):
         return None
     return "expected an image count >= 1, -1 (AutoBatch) or a memory fraction in (0, 1)"
 
 
 def _callbacks_check(v: Any) -> str | None:
+    """a list of [event=]module:function or [event=]file.py:function entries"""
     for entry in v:
         ref = entry.split("=", 1)[-1]
         if ":" not in ref or not ref.split(":", 1)[1]:
@@ -83,37 +108,55 @@ def _callbacks_check(v: Any) -> str | None:
 
 
 def _freeze_check(v: Any) -> str | None:
+    """backbone, a number of layers >= 0, or a list of module names"""
     if v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or isinstance(v, (str, list)):
         return None
     return "expected backbone, a number of layers, or a list of module names"
 
 
 def _sizes_check(v: Any) -> str | None:
+    """a list of integer sizes >= 32, e.g. [480,512,544]"""
     if all(isinstance(x, int) and not isinstance(x, bool) and x >= 32 for x in v):
         return None
     return "expected a list of integer sizes >= 32, e.g. [480,512,544]"
 
 
 def _classes_check(v: Any) -> str | None:
+    """a list of class ids >= 0, e.g. [0,2]"""
     if v is None or all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v):
         return None
     return "expected a list of class ids >= 0, e.g. [0,2]"
 
 
 def _fraction_check(v: Any) -> str | None:
+    """a share of the train split in (0, 1]"""
     return None if v > 0 else "expected a share of the train split in (0, 1]"
 
 
 def _model_check(v: Any) -> str | None:
+    """a scale name (n/s/m/l/x, 11n..11x) or a weights file"""
     return None if str(v).strip() else "expected a scale name (n/s/m/l/x, 11n..11x) or a weights file"
 
 
 S = Setting
+VAL_TOO = (*TRAIN, "val")  # training settings validation reads as well
 SETTINGS: dict[str, Setting] = {
     # what to run on
-    "data": S(None, "str", "data YAML; empty trains on the built-in demo set", nullable=True),
+    "data": S(
+        None,
+        "str",
+        "data YAML; empty trains on the built-in demo set",
+        nullable=True,
+        commands=VAL_TOO,
+        on_resume=REFUSED,
+    ),
     # data selection; see README "Data selection and extra augmentations"
-    "single_cls": S(False, "bool", "train and validate every class as one (named 'object'; the model gets 1 class)"),
+    "single_cls": S(
+        False,
+        "bool",
+        "train and validate every class as one (named 'object'; the model gets 1 class)",
+        commands=VAL_TOO,
+    ),
     "classes": S(
         [],
         "list",
@@ -121,6 +164,7 @@ SETTINGS: dict[str, Setting] = {
         "model's class count stay those of the data YAML (empty: all classes)",
         nullable=True,
         check=_classes_check,
+        commands=VAL_TOO,
     ),
     "fraction": S(
         1.0,
@@ -136,33 +180,62 @@ SETTINGS: dict[str, Setting] = {
         "str",
         "scale (YOLOv8 n..x, YOLO11 11n..11x) or weights (yolotrain/Ultralytics .pt, .safetensors)",
         check=_model_check,
+        commands=COMMANDS,
+        on_resume=REFUSED,
     ),
-    "epochs": S(100, "int", "number of training epochs", lo=1, hi=100000),
+    "epochs": S(100, "int", "number of training epochs", lo=1, hi=100000, on_resume=MAY_CHANGE),
     "batch": S(
         16,
         "batch",
         "global batch size over all processes; -1: AutoBatch to 60% of device memory; "
         "0<batch<1: AutoBatch to that fraction",
         check=_batch_check,
+        commands=("train", "tune", "val", "predict"),
+        on_resume=REFUSED,
     ),
-    "imgsz": S(640, "int", "training/validation image size (pixels, square)", lo=32, hi=8192),
+    "imgsz": S(
+        640,
+        "int",
+        "training/validation image size (pixels, square)",
+        lo=32,
+        hi=8192,
+        commands=COMMANDS,
+        on_resume=REFUSED,
+    ),
     "device": S(
-        "", "str", "cpu, mps, 0, 0,1 ... (empty: the first GPU if there is one, else cpu)", check=_device_check
+        "",
+        "str",
+        "cpu, mps, 0, 0,1 ... (empty: the first GPU if there is one, else cpu)",
+        check=_device_check,
+        commands=COMMANDS,
+        on_resume=MAY_CHANGE,
     ),
-    "workers": S(2, "int", "dataloader worker processes (0 loads in the main process)", lo=0, hi=64),
-    "seed": S(0, "int", "random seed for reproducible runs", lo=0, hi=2**32 - 1),
+    "workers": S(
+        2,
+        "int",
+        "dataloader worker processes (0 loads in the main process)",
+        lo=0,
+        hi=64,
+        commands=VAL_TOO,
+        on_resume=MAY_CHANGE,
+    ),
+    "seed": S(0, "int", "random seed for reproducible runs", lo=0, hi=2**32 - 1, commands=VAL_TOO),
     "deterministic": S(True, "bool", "prefer deterministic algorithms"),
     "cache": S(
         "off",
         "str",
         "keep decoded, resized images in memory (ram) or as .npy files reused across runs (disk)",
         choices=("off", "ram", "disk"),
+        commands=VAL_TOO,
     ),
     "profile": S(
         False, "bool", "after the first epoch, log the data path's per-stage times, its data-wait share and advice"
     ),
     "rect": S(
-        True, "bool", "validate in rectangular batches (aspect-sorted, each padded to its smallest stride multiple)"
+        True,
+        "bool",
+        "validate in rectangular batches (aspect-sorted, each padded to its smallest stride multiple)",
+        commands=VAL_TOO,
     ),
     # several processes (torchrun); see README "Distributed training"
     "nproc": S(
@@ -171,13 +244,24 @@ SETTINGS: dict[str, Setting] = {
         "start this many processes with torch.distributed.run (0: one per device listed in device=, else 1)",
         lo=0,
         hi=1024,
+        on_resume=MAY_CHANGE,
     ),
     "sync_bn": S(False, "bool", "BatchNorm statistics over the global batch under DDP (SyncBatchNorm)"),
     "dist_timeout": S(
-        30.0, "float", "minutes a collective may wait for the other ranks before failing", lo=0.1, hi=1440.0
+        30.0,
+        "float",
+        "minutes a collective may wait for the other ranks before failing",
+        lo=0.1,
+        hi=1440.0,
+        on_resume=MAY_CHANGE,
     ),
     "max_restarts": S(
-        0, "int", "with nproc/device lists: worker restarts torchrun may do (each resumes from last.pt)", lo=0, hi=100
+        0,
+        "int",
+        "with nproc/device lists: worker restarts torchrun may do (each resumes from last.pt)",
+        lo=0,
+        hi=100,
+        on_resume=MAY_CHANGE,
     ),
     "callbacks": S(
         [],
@@ -187,31 +271,50 @@ SETTINGS: dict[str, Setting] = {
         "only from the command line or Python (never from a cfg= file or a checkpoint)",
         check=_callbacks_check,
         runs_code=True,
+        on_resume=MAY_CHANGE,
     ),
     # outputs
-    "project": S("runs/train", "str", "parent folder of run folders"),
-    "name": S("exp", "str", "run folder name (auto-incremented unless exist_ok)"),
-    "exist_ok": S(False, "bool", "reuse an existing run folder instead of incrementing"),
-    "save_period": S(0, "int", "also write last.pt every N iterations within an epoch (0: off)", lo=0),
-    "save_minutes": S(0.0, "float", "also write last.pt every M minutes within an epoch (0: off)", lo=0.0),
-    "save_epochs": S(-1, "int", "also keep weights/epochN.pt every N epochs (-1: off)", lo=-1),
+    "project": S("runs/train", "str", "parent folder of run folders", commands=("train", "tune", "predict")),
+    "name": S(
+        "exp", "str", "run folder name (auto-incremented unless exist_ok)", commands=("train", "tune", "predict")
+    ),
+    "exist_ok": S(
+        False,
+        "bool",
+        "reuse an existing run folder instead of incrementing",
+        commands=("train", "tune", "predict"),
+        on_resume=MAY_CHANGE,
+    ),
+    "save_period": S(
+        0, "int", "also write last.pt every N iterations within an epoch (0: off)", lo=0, on_resume=MAY_CHANGE
+    ),
+    "save_minutes": S(
+        0.0, "float", "also write last.pt every M minutes within an epoch (0: off)", lo=0.0, on_resume=MAY_CHANGE
+    ),
+    "save_epochs": S(-1, "int", "also keep weights/epochN.pt every N epochs (-1: off)", lo=-1, on_resume=MAY_CHANGE),
     # preemption on clusters; see README "Preemption on clusters"
     "save_signal": S(
         "",
         "str",
         "a warning signal that saves last.pt at the next optimizer step and keeps training (e.g. USR1; empty: off)",
         choices=("", "USR1", "USR2", "HUP", "ALRM"),
+        on_resume=MAY_CHANGE,
     ),
     "requeue": S(
-        False, "bool", "after a save_signal save under SLURM, requeue the job (scontrol requeue $SLURM_JOB_ID)"
+        False,
+        "bool",
+        "after a save_signal save under SLURM, requeue the job (scontrol requeue $SLURM_JOB_ID)",
+        on_resume=MAY_CHANGE,
     ),
     "pretrained": S(
         None, "str", "initialise from this checkpoint's weights (names and shapes that match)", nullable=True
     ),
     "load": S("all", "str", "with pretrained= or model=*.pt: which weights to load", choices=("all", "backbone")),
-    "resume": S("", "str", "continue a run: true (the latest run under project) or a path to last.pt"),
-    "plots": S(True, "bool", "write plots into the run folder"),
-    "verbose": S(True, "bool", "show progress bars and per-class tables"),
+    "resume": S(
+        "", "str", "continue a run: true (the latest run under project) or a path to last.pt", on_resume=MAY_CHANGE
+    ),
+    "plots": S(True, "bool", "write plots into the run folder", on_resume=MAY_CHANGE),
+    "verbose": S(True, "bool", "show progress bars and per-class tables", commands=COMMANDS, on_resume=MAY_CHANGE),
     # optimisation
     "optimizer": S("auto", "str", "optimizer", choices=("auto", "SGD", "Adam", "AdamW")),
     "lr0": S(0.01, "float", "initial learning rate", lo=0.0, hi=10.0),
@@ -254,9 +357,20 @@ SETTINGS: dict[str, Setting] = {
         "off; true/false mean auto/off",
         choices=("auto", "off", "bf16", "fp16"),
         aliases=(("true", "auto"), ("false", "off")),
+        commands=("train", "tune", "val", "predict", "info"),
     ),
-    "amp_check": S(True, "bool", "check the chosen precision on the model before training, falling back if it fails"),
-    "half": S(False, "bool", "val/predict: run the model in fp16 (CUDA/MPS) or bf16 (CPU with native bf16)"),
+    "amp_check": S(
+        True,
+        "bool",
+        "check the chosen precision on the model before training, falling back if it fails",
+        on_resume=MAY_CHANGE,
+    ),
+    "half": S(
+        False,
+        "bool",
+        "val/predict: run the model in fp16 (CUDA/MPS) or bf16 (CPU with native bf16)",
+        commands=("val", "predict", "export"),
+    ),
     "channels_last": S(True, "bool", "NHWC memory layout (faster convolutions on CPU and tensor cores)"),
     # loss
     "box": S(7.5, "float", "box (CIoU) loss gain", lo=0.0),
@@ -313,22 +427,29 @@ SETTINGS: dict[str, Setting] = {
     "freeze_epochs": S(0, "int", "epochs the freeze= part stays frozen (0 with freeze=: the whole run)", lo=0),
     "freeze_batch": S(0, "int", "global batch while frozen (0: same as batch)", lo=0, hi=65536),
     "scale_lr": S(False, "bool", "fit lr to the batch: clamp(batch / nbs * lr0) with per-optimizer limits"),
-    "patience": S(0, "int", "stop after N validated epochs without improvement (0: off)", lo=0),
+    "patience": S(0, "int", "stop after N validated epochs without improvement (0: off)", lo=0, on_resume=MAY_CHANGE),
     # validation / prediction
     "val": S(True, "bool", "validate during training"),
     "val_period": S(1, "int", "validate every N epochs (and always after the last)", lo=1),
-    "split": S("val", "str", "split for yolotrain val", choices=("train", "val", "test")),
+    "split": S("val", "str", "split for yolotrain val", choices=("train", "val", "test"), commands=("val",)),
     "conf": S(
-        None, "float", "confidence threshold (default 0.001 for val, 0.25 for predict)", lo=0.0, hi=1.0, nullable=True
+        None,
+        "float",
+        "confidence threshold (default 0.001 for val, 0.25 for predict)",
+        lo=0.0,
+        hi=1.0,
+        nullable=True,
+        commands=("train", "tune", "val", "predict"),
     ),
-    "iou": S(0.7, "float", "NMS IoU threshold", lo=0.0, hi=1.0),
-    "max_det": S(300, "int", "maximum detections per image", lo=1),
-    "agnostic_nms": S(False, "bool", "class-agnostic NMS"),
+    "iou": S(0.7, "float", "NMS IoU threshold", lo=0.0, hi=1.0, commands=("train", "tune", "val", "predict")),
+    "max_det": S(300, "int", "maximum detections per image", lo=1, commands=("train", "tune", "val", "predict")),
+    "agnostic_nms": S(False, "bool", "class-agnostic NMS", commands=("val", "predict")),
     "multi_label": S(
         False,
         "bool",
         "validation NMS keeps every class above conf per box, as Ultralytics' val does (off: the best class only, "
         "the detections predict shows)",
+        commands=VAL_TOO,
     ),
     "ap_style": S(
         "coco",
@@ -336,6 +457,7 @@ SETTINGS: dict[str, Setting] = {
         "how mAP is computed: coco (COCO-exact, as pycocotools) or ultralytics (as Ultralytics' / YOLOv5's val: "
         "IoU-greedy matching, every kept detection, trapezoids under the 101-point envelope)",
         choices=("coco", "ultralytics"),
+        commands=VAL_TOO,
     ),
     "val_resize": S(
         "area",
@@ -343,18 +465,30 @@ SETTINGS: dict[str, Setting] = {
         "how validation shrinks images to imgsz: area (reduced-scale JPEG decode, then INTER_AREA; sharper and "
         "faster) or bilinear (full decode, bilinear, size rounded up, as Ultralytics' val does)",
         choices=("area", "bilinear"),
+        commands=VAL_TOO,
     ),
-    "json": S(False, "bool", "print one JSON object as the last stdout line"),
-    "source": S(None, "str", "image, folder or glob for predict", nullable=True),
-    "save_txt": S(True, "bool", "predict: write YOLO-format prediction files"),
+    "json": S(False, "bool", "print one JSON object as the last stdout line", commands=("val", "info")),
+    "source": S(None, "str", "image, folder or glob for predict", nullable=True, commands=("predict",)),
+    "save_txt": S(True, "bool", "predict: write YOLO-format prediction files", commands=("predict",)),
     # export (yolotrain export; half=true exports fp16 weights)
-    "format": S("onnx", "str", "export: file format", choices=("onnx",)),
+    "format": S("onnx", "str", "export: file format", choices=("onnx",), commands=("export",)),
     "opset": S(
-        17, "int", "export: ONNX opset (21-23 need onnxscript; older opsets cannot express the model)", lo=11, hi=23
+        17,
+        "int",
+        "export: ONNX opset (21-23 need onnxscript; older opsets cannot express the model)",
+        lo=11,
+        hi=23,
+        commands=("export",),
     ),
-    "dynamic": S(True, "bool", "export: dynamic height/width too (the batch axis is always dynamic)"),
+    "dynamic": S(
+        True, "bool", "export: dynamic height/width too (the batch axis is always dynamic)", commands=("export",)
+    ),
     "out": S(
-        None, "str", "export: output file (default: the checkpoint's path with the format's suffix)", nullable=True
+        None,
+        "str",
+        "export: output file (default: the checkpoint's path with the format's suffix)",
+        nullable=True,
+        commands=("export",),
     ),
 }
 
@@ -453,18 +587,18 @@ def coerce(key: str, value: Any) -> Any:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
         if s.nullable:
             return None
-        raise ConfigError(f"setting '{key}' must not be empty ({_allowed(s)})")
+        raise ConfigError(f"setting '{key}' must not be empty ({allowed_values(s)})")
     try:
         out = _convert(s, value)
     except (TypeError, ValueError):
-        raise ConfigError(f"setting '{key}'={value!r} has the wrong type ({_allowed(s)})") from None
+        raise ConfigError(f"setting '{key}'={value!r} has the wrong type ({allowed_values(s)})") from None
     if s.kind in ("int", "float"):
         if not math.isfinite(out) or (s.lo is not None and out < s.lo) or (s.hi is not None and out > s.hi):
-            raise ConfigError(f"setting '{key}'={value!r} is out of range ({_allowed(s)})")
+            raise ConfigError(f"setting '{key}'={value!r} is out of range ({allowed_values(s)})")
     if s.choices is not None:
         match = {**{c.lower(): c for c in s.choices}, **dict(s.aliases)}.get(str(out).lower())
         if match is None:
-            raise ConfigError(f"setting '{key}'={value!r} is not allowed ({_allowed(s)})")
+            raise ConfigError(f"setting '{key}'={value!r} is not allowed ({allowed_values(s)})")
         out = match
     if s.check is not None and (err := s.check(out)):
         raise ConfigError(f"setting '{key}'={value!r} is not valid: {err}")
@@ -511,7 +645,8 @@ def _convert(s: Setting, value: Any) -> Any:
     return value
 
 
-def _allowed(s: Setting) -> str:
+def allowed_values(s: Setting) -> str:
+    """What ``s`` accepts, in words: ``one of off, ram, disk``, ``a number in [0, 1]``, ``true or false``..."""
     if s.choices:
         return "one of " + ", ".join(s.choices)
     if s.kind in ("int", "float"):
@@ -581,23 +716,29 @@ def resolve(
     cfg: str | Path | None = None,
     recorded: Mapping[str, Any] | None = None,
     recorded_from: str = "recorded settings",
+    command: str | None = None,
 ) -> Config:
     """Merge defaults <- ``recorded`` <- ``cfg`` YAML <- ``overrides`` and validate everything.
 
     When no ``data`` is given, :data:`DEMO_DEFAULTS` fill the keys the user did not set. Settings that run
-    code (``callbacks``) are taken from ``overrides`` only; a file's are dropped with a warning.
+    code (``callbacks``) are taken from ``overrides`` only; a file's are dropped with a warning. With a
+    ``command``, a key in ``overrides`` that this command does not read is refused (a ``cfg=`` file may
+    serve several commands, so its other keys are left as they are).
 
     Args:
         overrides: Settings from the command line or the Python API (``cfg`` may be one of them).
         cfg: A YAML file of settings.
         recorded: Settings a file recorded (a checkpoint's ``config`` on resume).
         recorded_from: What ``recorded`` came from, for messages, e.g. ``checkpoint 'last.pt'``.
+        command: The command the settings are for (one of :data:`COMMANDS`), or None for no check.
 
     Raises:
-        ConfigError: For the first invalid key or value.
+        ConfigError: For the first invalid key or value, or a key ``command`` does not accept.
     """
     overrides = dict(overrides or {})
     cfg = overrides.pop("cfg", cfg)
+    if command is not None:
+        check_command(command, overrides)
     layers: list[tuple[str, dict[str, Any]]] = []
     if recorded:
         layers.append((recorded_from, dict(recorded)))
@@ -623,6 +764,20 @@ def resolve(
     return Config(values, explicit=merged.keys(), sources=sources)
 
 
+def check_command(command: str, keys: Iterable[str]) -> None:
+    """Refuse the first of ``keys`` that ``command`` does not accept, naming the commands that do.
+
+    Raises:
+        ConfigError: ``setting 'mosaic' is not used by predict; it is accepted by train, tune``.
+    """
+    for key in keys:
+        if key not in SETTINGS:
+            raise ConfigError(unknown_key_message(key))
+        accepted = SETTINGS[key].commands
+        if command not in accepted:
+            raise ConfigError(f"setting '{key}' is not used by {command}; it is accepted by {', '.join(accepted)}")
+
+
 def _warn_not_run(key: str, value: Any, origin: str, overrides: Mapping[str, Any]) -> None:
     """Say, in one line, that a file named code for ``key`` and it is not run (unless given again)."""
     try:
@@ -644,10 +799,3 @@ def _warn_not_run(key: str, value: Any, origin: str, overrides: Mapping[str, Any
         f"{origin} names {key} {shown}: they were NOT run (code named in a file is never imported); "
         f"to run them, give {key}={shown} on the command line or from Python"
     )
-
-
-def help_text() -> str:
-    """Every setting with its default and what it does, for ``yolotrain help``."""
-    width = max(map(len, SETTINGS))
-    lines = [f"  {k:<{width}}  {str(s.default):<12} {s.help}" for k, s in SETTINGS.items()]
-    return "settings (key=value):\n" + "\n".join(lines)

@@ -1,11 +1,13 @@
 """compile.py: compile= trains compiled; weights save plain; multi-scale compiles once; DDP; fallback."""
 
+import functools
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch._dynamo
 
@@ -15,16 +17,15 @@ from yolotrain.engine.checkpoint import load_checkpoint
 from yolotrain.engine.trainer import Trainer
 
 
-def cfg_for(data, tmp_path, **kw):
-    base = dict(data=str(data), model="n", epochs=1, imgsz=64, batch=8, workers=0, project=str(tmp_path), name="exp",
-                verbose=False, plots=False, amp="off", compile="aot_eager")  # fmt: skip
-    base.update(kw)
-    return resolve(base)
+@pytest.fixture
+def cfg_for(cfg_for):
+    """The shared factory (conftest.py) with this module's defaults."""
+    return functools.partial(cfg_for, amp="off", compile="aot_eager")
 
 
-def test_compiled_bf16_run_saves_plain_weights_and_resumes(tiny_data, tmp_path):
+def test_compiled_bf16_run_saves_plain_weights_and_resumes(tiny_data, tmp_path, cfg_for):
     torch._dynamo.reset()
-    t = Trainer(cfg_for(tiny_data, tmp_path, amp="bf16", amp_check=False))
+    t = Trainer(cfg_for(amp="bf16", amp_check=False))
     t.fit()
     assert isinstance(t.run.step.train_model, torch._dynamo.eval_frame.OptimizedModule)  # trained compiled
     assert not isinstance(t.eval_model, torch._dynamo.eval_frame.OptimizedModule)  # validated plain
@@ -41,10 +42,10 @@ def test_compiled_bf16_run_saves_plain_weights_and_resumes(tiny_data, tmp_path):
     assert len(load_checkpoint(last)["history"]) == 2
 
 
-def test_multi_scale_compiles_one_graph_for_every_size(tiny_data, tmp_path):
+def test_multi_scale_compiles_one_graph_for_every_size(tiny_data, tmp_path, cfg_for):
     torch._dynamo.reset()
     # 96 +/- 50%: 64 to 144 (at 32, a feature map of 1 pixel, torch specialises the graph once more)
-    t = Trainer(cfg_for(tiny_data, tmp_path, imgsz=96, multi_scale=0.5, epochs=2))
+    t = Trainer(cfg_for(imgsz=96, multi_scale=0.5, epochs=2))
     sizes = set()
     t.callbacks.add("on_train_batch_end", lambda tr: sizes.add(tr.input_size))
     with torch._dynamo.config.patch(error_on_recompile=True):  # a second graph for another size would raise
@@ -53,7 +54,7 @@ def test_multi_scale_compiles_one_graph_for_every_size(tiny_data, tmp_path):
     assert t.run.step.compiled is not None  # and no recompilation error made the step fall back to eager
 
 
-def test_a_compile_failure_falls_back_to_eager_with_a_warning(tiny_data, tmp_path, monkeypatch, caplog):
+def test_a_compile_failure_falls_back_to_eager_with_a_warning(tiny_data, tmp_path, monkeypatch, caplog, cfg_for):
     def broken_backend(gm, example_inputs):
         raise RuntimeError("no C compiler here")
 
@@ -61,7 +62,7 @@ def test_a_compile_failure_falls_back_to_eager_with_a_warning(tiny_data, tmp_pat
         step_module, "compile_model", lambda model, backend, dynamic: torch.compile(model, backend=broken_backend)
     )
     torch._dynamo.reset()
-    t = Trainer(cfg_for(tiny_data, tmp_path))
+    t = Trainer(cfg_for())
     with caplog.at_level(logging.WARNING, logger="yolotrain"):
         t.fit()
     assert "compile: torch.compile failed" in caplog.text and "no C compiler here" in caplog.text

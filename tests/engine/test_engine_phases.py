@@ -1,5 +1,7 @@
 """Training phases through the trainer: freeze/unfreeze, multi-scale, AutoBatch, OOM recovery, early stop."""
 
+import functools
+
 import pytest
 import torch
 
@@ -10,34 +12,19 @@ from yolotrain.errors import TrainingError
 from yolotrain.eval import EvalResult
 
 
-def cfg_for(data, tmp_path, **kw):
-    base = dict(
-        data=str(data),
-        model="n",
-        epochs=2,
-        imgsz=64,
-        batch=8,
-        workers=0,
-        project=str(tmp_path),
-        name="exp",
-        verbose=False,
-        val=False,
-        plots=False,
-        amp="off",
-    )
-    base.update(kw)
-    return resolve(base)
+@pytest.fixture
+def cfg_for(cfg_for):
+    """The shared factory (conftest.py) with this module's defaults."""
+    return functools.partial(cfg_for, epochs=2, val=False, amp="off")
 
 
 def record(trainer, event, fn):
     trainer.callbacks.add(event, fn)
 
 
-def test_freeze_phase_switch(tiny_data, tmp_path):
+def test_freeze_phase_switch(tiny_data, tmp_path, cfg_for):
     t = Trainer(
         cfg_for(
-            tiny_data,
-            tmp_path,
             freeze="backbone",
             freeze_epochs=1,
             freeze_batch=4,
@@ -91,11 +78,9 @@ def test_freeze_phase_switch(tiny_data, tmp_path):
     assert any(not torch.equal(snap[0][k], snap[1][k]) for k in snap[0])
 
 
-def test_scale_lr_fits_lr_to_phase_batch(tiny_data, tmp_path):
+def test_scale_lr_fits_lr_to_phase_batch(tiny_data, tmp_path, cfg_for):
     t = Trainer(
         cfg_for(
-            tiny_data,
-            tmp_path,
             freeze="backbone",
             freeze_epochs=1,
             freeze_batch=4,
@@ -114,13 +99,13 @@ def test_scale_lr_fits_lr_to_phase_batch(tiny_data, tmp_path):
     assert lrs[1] == (pytest.approx(8 / 64 * 0.01), 1)
 
 
-def test_resume_in_unfrozen_phase_is_exact(tiny_data, tmp_path):
+def test_resume_in_unfrozen_phase_is_exact(tiny_data, tmp_path, cfg_for):
     kw = dict(freeze="backbone", freeze_epochs=1, freeze_batch=4, batch=8, nbs=8, epochs=2, optimizer="SGD")
-    Trainer(cfg_for(tiny_data, tmp_path, name="full", **kw)).fit()
-    t = Trainer(cfg_for(tiny_data, tmp_path, name="cut", **kw))
+    Trainer(cfg_for(name="full", **kw)).fit()
+    t = Trainer(cfg_for(name="cut", **kw))
     record(t, "on_fit_epoch_end", lambda tr: setattr(tr, "stop", True))  # stop after the frozen epoch
     t.fit()
-    r = Trainer(cfg_for(tiny_data, tmp_path, resume=str(tmp_path / "cut" / "weights" / "last.pt"), epochs=2))
+    r = Trainer(cfg_for(resume=str(tmp_path / "cut" / "weights" / "last.pt"), epochs=2))
     phases = []
     record(r, "on_train_epoch_start", lambda tr: phases.append((tr.phase.name, tr.run.loaders.rank_batch)))
     r.fit()
@@ -137,8 +122,8 @@ def test_resume_in_unfrozen_phase_is_exact(tiny_data, tmp_path):
         (dict(min_size=[32, 64], max_size=64), {32, 64}),
     ],
 )
-def test_multi_scale_sizes(tiny_data, tmp_path, kw, allowed):
-    t = Trainer(cfg_for(tiny_data, tmp_path, epochs=2, **kw))
+def test_multi_scale_sizes(tiny_data, tmp_path, kw, allowed, cfg_for):
+    t = Trainer(cfg_for(epochs=2, **kw))
     sizes = []
     record(t, "on_train_batch_end", lambda tr: sizes.append(tr.input_size))
     t.fit()
@@ -147,7 +132,7 @@ def test_multi_scale_sizes(tiny_data, tmp_path, kw, allowed):
     assert len(set(sizes)) > 1  # it does vary
 
 
-def test_autobatch_picks_and_records_a_batch(tiny_data, tmp_path, monkeypatch):
+def test_autobatch_picks_and_records_a_batch(tiny_data, tmp_path, monkeypatch, cfg_for):
     import yolotrain.engine.autobatch_probe as autobatch_probe
 
     calls = []
@@ -158,22 +143,22 @@ def test_autobatch_picks_and_records_a_batch(tiny_data, tmp_path, monkeypatch):
         return 4
 
     monkeypatch.setattr(autobatch_probe, "autobatch", fake_autobatch)
-    t = Trainer(cfg_for(tiny_data, tmp_path, batch=0.7, epochs=1))
+    t = Trainer(cfg_for(batch=0.7, epochs=1))
     t.fit()
     assert calls == [0.7] and t.run.planner.batch == 4 and t.cfg.batch == 4
     assert "batch: 4" in (t.save_dir / "args.yaml").read_text()
     assert load_checkpoint(t.wdir / "last.pt")["config"]["batch"] == 4
 
 
-def test_autobatch_real_probe_on_cpu(tiny_data, tmp_path):
-    t = Trainer(cfg_for(tiny_data, tmp_path, batch=-1, epochs=1))
+def test_autobatch_real_probe_on_cpu(tiny_data, tmp_path, cfg_for):
+    t = Trainer(cfg_for(batch=-1, epochs=1))
     t.fit()
     assert isinstance(t.run.planner.batch, int) and 1 <= t.run.planner.batch <= 1024
 
 
-def test_oom_is_recovered_with_micro_batches(tiny_data, tmp_path, monkeypatch):
+def test_oom_is_recovered_with_micro_batches(tiny_data, tmp_path, monkeypatch, cfg_for):
     monkeypatch.setenv("YOLOTRAIN_INJECT_OOM", "1:4,4:2")  # step 1: > 4 images fail; step 4: > 2 fail
-    t = Trainer(cfg_for(tiny_data, tmp_path, batch=8, nbs=16, epochs=2))  # accumulate 2: step 1 replays batch 0
+    t = Trainer(cfg_for(batch=8, nbs=16, epochs=2))  # accumulate 2: step 1 replays batch 0
     t.fit()
     assert t.run.state.oom_events == 2 and t.run.state.micro_batches == 4
     assert [f[0] for f in t.run.step.oom_injector.fired][:1] == [1]
@@ -182,15 +167,15 @@ def test_oom_is_recovered_with_micro_batches(tiny_data, tmp_path, monkeypatch):
         assert torch.isfinite(v.float()).all()
 
 
-def test_oom_below_one_image_is_a_clear_error(tiny_data, tmp_path, monkeypatch):
+def test_oom_below_one_image_is_a_clear_error(tiny_data, tmp_path, monkeypatch, cfg_for):
     monkeypatch.setenv("YOLOTRAIN_INJECT_OOM", "0:0")
     with pytest.raises(TrainingError, match="one image per micro-batch"):
-        Trainer(cfg_for(tiny_data, tmp_path, batch=8, epochs=1)).fit()
+        Trainer(cfg_for(batch=8, epochs=1)).fit()
 
 
-def test_oom_in_validation_halves_the_batch(tiny_data, tmp_path, monkeypatch):
+def test_oom_in_validation_halves_the_batch(tiny_data, tmp_path, monkeypatch, cfg_for):
     monkeypatch.setenv("YOLOTRAIN_INJECT_OOM", "val@0:3")
-    t = Trainer(cfg_for(tiny_data, tmp_path, batch=8, epochs=1, val=True))
+    t = Trainer(cfg_for(batch=8, epochs=1, val=True))
     t.fit()
     assert t.run.validator.chunk == 2 and t.metrics.images == 8
 
@@ -204,28 +189,28 @@ def scripted_validation(trainer, values):
     trainer.validate = validate
 
 
-def test_early_stopping_and_its_state_across_resume(tiny_data, tmp_path):
-    t = Trainer(cfg_for(tiny_data, tmp_path, epochs=6, patience=2, val=True))
+def test_early_stopping_and_its_state_across_resume(tiny_data, tmp_path, cfg_for):
+    t = Trainer(cfg_for(epochs=6, patience=2, val=True))
     record(t, "on_pretrain_routine_end", lambda tr: scripted_validation(tr, [0.5, 0.4, 0.3, 0.2, 0.1, 0.0]))
     t.fit()
     assert t.run.state.stopped_early and t.epoch == 2  # best at epoch 1, two epochs without improvement
     # a run that ended before patience ran out keeps its early-stop state in the checkpoint
-    t2 = Trainer(cfg_for(tiny_data, tmp_path, name="b", epochs=2, patience=2, val=True))
+    t2 = Trainer(cfg_for(name="b", epochs=2, patience=2, val=True))
     record(t2, "on_pretrain_routine_end", lambda tr: scripted_validation(tr, [0.5, 0.4]))
     t2.fit()
     state = load_checkpoint(t2.wdir / "last.pt")["early_stop"]
     assert state["best_epoch"] == 0
-    r = Trainer(cfg_for(tiny_data, tmp_path, resume=str(t2.wdir / "last.pt"), epochs=6, patience=2))
+    r = Trainer(cfg_for(resume=str(t2.wdir / "last.pt"), epochs=6, patience=2))
     record(r, "on_pretrain_routine_end", lambda tr: scripted_validation(tr, [0.3, 0.9]))
     r.fit()
     assert r.run.state.stopped_early and r.epoch == 2  # not reset by the resume: stops after one more epoch
 
 
-def test_close_mosaic_applies_after_resume(tiny_data, tmp_path):
-    t = Trainer(cfg_for(tiny_data, tmp_path, epochs=3, close_mosaic=1))
+def test_close_mosaic_applies_after_resume(tiny_data, tmp_path, cfg_for):
+    t = Trainer(cfg_for(epochs=3, close_mosaic=1))
     record(t, "on_fit_epoch_end", lambda tr: setattr(tr, "stop", tr.epoch == 1))
     t.fit()
-    r = Trainer(cfg_for(tiny_data, tmp_path, resume=str(t.wdir / "last.pt"), epochs=3))
+    r = Trainer(cfg_for(resume=str(t.wdir / "last.pt"), epochs=3))
     mosaic = []
     record(r, "on_train_epoch_start", lambda tr: None)
     record(r, "on_train_batch_start", lambda tr: mosaic.append(tr.train_loader.dataset.mosaic_enabled))
@@ -248,12 +233,14 @@ def test_phase_plan_is_a_pure_function_of_the_epoch():
     assert PhasePlanner(cfg, [], 16, 0.01, "SGD").plan(0).name == "unfrozen"  # nothing to freeze
 
 
-def test_build_run_returns_autobatch_choice_without_touching_the_callers_config(tiny_data, tmp_path, monkeypatch):
+def test_build_run_returns_autobatch_choice_without_touching_the_callers_config(
+    tiny_data, tmp_path, monkeypatch, cfg_for
+):
     import yolotrain.engine.autobatch_probe as autobatch_probe
     from yolotrain.engine.build import build_run
 
     monkeypatch.setattr(autobatch_probe, "autobatch", lambda *a, **k: 4)
-    cfg = cfg_for(tiny_data, tmp_path, batch=0.7, epochs=1)
+    cfg = cfg_for(batch=0.7, epochs=1)
     run = build_run(cfg, None, tmp_path / "exp", torch.device("cpu"))
     assert cfg.batch == 0.7 and run.cfg.batch == 4 and run.planner.batch == 4
     assert run.loaders.train_loader.batch_size == 4 and (tmp_path / "exp" / "args.yaml").is_file()

@@ -1,31 +1,21 @@
 """Trainer behaviour: non-finite losses, callbacks, and that a short training measurably learns."""
 
 import csv
+import functools
 import time
 
 import pytest
 import torch
 
-from yolotrain.config import resolve
 from yolotrain.engine.callbacks import EVENTS, Callbacks
 from yolotrain.engine.trainer import Trainer
 from yolotrain.errors import TrainingError
 
 
-def cfg_for(data, tmp_path, **kw):
-    base = dict(
-        data=str(data),
-        model="n",
-        epochs=1,
-        imgsz=64,
-        batch=8,
-        workers=0,
-        project=str(tmp_path),
-        verbose=False,
-        val=False,
-    )
-    base.update(kw)
-    return resolve(base)
+@pytest.fixture
+def cfg_for(cfg_for):
+    """The shared factory (conftest.py) with this module's defaults."""
+    return functools.partial(cfg_for, val=False, plots=True)
 
 
 class NaNAt:
@@ -45,8 +35,8 @@ class NaNAt:
         return loss, items
 
 
-def test_nonfinite_loss_never_reaches_weights(tiny_data, tmp_path):
-    trainer = Trainer(cfg_for(tiny_data, tmp_path, nbs=8, warmup_epochs=0))
+def test_nonfinite_loss_never_reaches_weights(tiny_data, tmp_path, cfg_for):
+    trainer = Trainer(cfg_for(nbs=8, warmup_epochs=0))
     snapshots = []
 
     def setup_hook(t):
@@ -66,8 +56,8 @@ def test_nonfinite_loss_never_reaches_weights(tiny_data, tmp_path):
     assert trainer.skipped_steps == 1  # the step with no finite gradient was skipped, not applied
 
 
-def test_repeated_nonfinite_loss_stops_with_clear_error(tiny_data, tmp_path):
-    trainer = Trainer(cfg_for(tiny_data, tmp_path, max_nonfinite=2))
+def test_repeated_nonfinite_loss_stops_with_clear_error(tiny_data, tmp_path, cfg_for):
+    trainer = Trainer(cfg_for(max_nonfinite=2))
     trainer.callbacks.add(
         "on_train_start", lambda t: setattr(t.run.step, "criterion", NaNAt(t.run.step.criterion, {"all"}))
     )
@@ -78,12 +68,12 @@ def test_repeated_nonfinite_loss_stops_with_clear_error(tiny_data, tmp_path):
     assert seen == [True]
 
 
-def test_callbacks_fire_in_order(tiny_data, tmp_path):
+def test_callbacks_fire_in_order(tiny_data, tmp_path, cfg_for):
     cbs = Callbacks()
     fired = []
     for ev in EVENTS:
         cbs.add(ev, lambda t, ev=ev: fired.append(ev))
-    Trainer(cfg_for(tiny_data, tmp_path, val=True), callbacks=cbs).fit()
+    Trainer(cfg_for(val=True), callbacks=cbs).fit()
     # 24 images, batch 8: three batches; nbs=64 accumulates, so the one optimizer step is at the last batch
     batch = ["on_train_batch_start", "on_train_batch_end"]
     assert fired == [
@@ -129,7 +119,7 @@ def write_boxes_set(root, n=32, size=64, seed=0):
     return root / "data.yaml"
 
 
-def test_short_training_learns(tmp_path):
+def test_short_training_learns(tmp_path, cfg_for):
     """From random weights to a clearly useful detector in ~80 optimizer steps on CPU."""
     data = write_boxes_set(tmp_path / "boxes")
     cfg = cfg_for(
@@ -157,7 +147,7 @@ def test_short_training_learns(tmp_path):
     assert rows[0]["metrics/mAP50"] == ""  # not validated at epoch 1 (val_period=20)
 
 
-def test_data_wait_is_logged_and_profile_gives_advice(tiny_data, tmp_path, caplog):
+def test_data_wait_is_logged_and_profile_gives_advice(tiny_data, tmp_path, caplog, cfg_for):
     """A loader made slow on purpose (2 s per batch, in the main process) shows as data wait."""
 
     def slow_collate(loader):
@@ -169,7 +159,7 @@ def test_data_wait_is_logged_and_profile_gives_advice(tiny_data, tmp_path, caplo
 
         loader.collate_fn = collate
 
-    t = Trainer(cfg_for(tiny_data, tmp_path, profile=True, plots=False))
+    t = Trainer(cfg_for(profile=True, plots=False))
     t.callbacks.add("on_train_start", lambda tr: slow_collate(tr.train_loader))
     with caplog.at_level("INFO", logger="yolotrain"):
         t.fit()

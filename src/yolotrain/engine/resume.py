@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from yolotrain.config import Config, resolve
+from yolotrain.config import MAY_CHANGE, REFUSED, SETTINGS, Config, resolve
 from yolotrain.engine.checkpoint import load_checkpoint
 from yolotrain.engine.distributed import restart_count
 from yolotrain.errors import CheckpointError
@@ -21,29 +21,11 @@ from yolotrain.utils.files import atomic_write
 
 LOGGER = logging.getLogger("yolotrain")
 
+# Each setting declares what a resume does with a new value (config.Setting.on_resume).
 # Settings that do not change what is computed, or (epochs) extend it on purpose.
-OVERRIDABLE = {
-    "epochs",
-    "device",
-    "workers",
-    "verbose",
-    "plots",
-    "save_period",
-    "save_minutes",
-    "save_epochs",
-    "resume",
-    "exist_ok",
-    "amp_check",
-    "nproc",
-    "dist_timeout",
-    "max_restarts",
-    "callbacks",
-    "patience",
-    "save_signal",
-    "requeue",
-}
+OVERRIDABLE = frozenset(k for k, s in SETTINGS.items() if s.on_resume == MAY_CHANGE)
 # Settings whose change makes the checkpoint meaningless for this run.
-INCOMPATIBLE = ("data", "model", "imgsz", "batch")
+INCOMPATIBLE = tuple(k for k, s in SETTINGS.items() if s.on_resume == REFUSED)
 
 
 def find_latest(project: str | Path) -> Path:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from yolotrain.config import BOOL_FALSE, BOOL_TRUE, SETTINGS, unknown_key_message
+from yolotrain.config import BOOL_FALSE, BOOL_TRUE, SETTINGS, check_command, unknown_key_message
 from yolotrain.errors import ConfigError
 
 PRUNERS = ("median", "halving", "none")
@@ -59,6 +59,7 @@ def split_options(args: Mapping[str, Any]) -> tuple[TuneOptions, dict[str, Any]]
             rest[key] = value
         else:
             raise ConfigError(unknown_key_message(key, TUNE_HELP))
+    check_command("tune", (k for k in rest if k != "cfg"))
     opts = TuneOptions(
         trials=_int(own, "trials", 10, lo=1),
         space=_text(own, "space"),

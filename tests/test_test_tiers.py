@@ -1,0 +1,36 @@
+"""The test tiers: tests marked ``gpu`` are skipped where there is no CUDA device, and only those."""
+
+import pytest
+import torch
+
+import conftest
+
+
+class Item:
+    """The part of a pytest item the collection hook uses."""
+
+    def __init__(self, *markers):
+        self.markers, self.added = set(markers), []
+
+    def get_closest_marker(self, name):
+        return name if name in self.markers else None
+
+    def add_marker(self, marker):
+        self.added.append(marker)
+
+
+def test_gpu_tests_are_skipped_without_cuda_and_run_with_it(monkeypatch):
+    gpu, slow, plain = Item("gpu"), Item("slow"), Item()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    conftest.pytest_collection_modifyitems(None, [gpu, slow, plain])
+    assert [m.mark.name for m in gpu.added] == ["skip"] and "CUDA" in gpu.added[0].mark.kwargs["reason"]
+    assert slow.added == [] and plain.added == []
+    gpu.added.clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    conftest.pytest_collection_modifyitems(None, [gpu, slow, plain])
+    assert gpu.added == []
+
+
+@pytest.mark.gpu
+def test_a_gpu_marked_test_sees_cuda():
+    assert torch.cuda.is_available()  # runs only where the hook did not skip it
