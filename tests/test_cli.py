@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from yolotrain.cli import main
@@ -142,6 +143,7 @@ def test_info_reports_params_and_gflops(capsys):
     assert 7.5 < info["gflops"] < 10.0 and info["layers"] > 100
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
     def run(*args):
         p = subprocess.run([sys.executable, "-m", "yolotrain", *args], capture_output=True, text=True)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from yolotrain import Detector
@@ -113,6 +114,7 @@ except Preempted:
 """
 
 
+@pytest.mark.slow
 def test_resume_with_selection_and_new_augmentations_is_exact(tiny_data, tmp_path):
     """Stopped in epoch 2 and resumed, a run with every new setting ends with the uninterrupted run's weights."""
     args = [

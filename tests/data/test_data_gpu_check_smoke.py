@@ -1,5 +1,7 @@
 """benchmarks/gpu_check.py in its CPU smoke mode: the GPU check's code paths stay runnable without a GPU."""
 
+import pytest
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,6 +10,7 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_mode(capsys):
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     mod = importlib.util.module_from_spec(spec)

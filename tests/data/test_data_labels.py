@@ -368,6 +368,7 @@ def test_img_to_label_path_fast_route_matches_pathlib(path):
     assert img_to_label_path(path) == _label_path_reference(path)
 
 
+@pytest.mark.slow
 def test_process_scan_equals_thread_scan(tmp_path, monkeypatch):
     import yolotrain.data.labels as labels_mod
 

@@ -8,6 +8,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 from data_helpers import make_shapes_split
 
 from yolotrain.data import labels
@@ -28,6 +29,7 @@ def _scan_child(img_dir: str, barrier, out) -> None:
     out.put((os.getpid(), rep.from_cache, [(r.im_file, r.height, r.width, r.cls.tolist()) for r in recs]))
 
 
+@pytest.mark.slow
 def test_two_processes_scan_once(tmp_path):
     """Two processes (as two DDP ranks) start scanning the same split together: one scans, the other
     waits on the lock (no collective) and reads the cache the first wrote."""

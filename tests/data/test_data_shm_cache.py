@@ -166,6 +166,7 @@ RANK_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_ranks_share_one_cache(records, tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
@@ -202,6 +203,7 @@ KILLED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_file_left_by_a_killed_process_is_adopted_and_removed(records, tmp_path, caplog):
     script = tmp_path / "killed.py"
     script.write_text(KILLED_SCRIPT)

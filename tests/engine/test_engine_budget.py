@@ -173,6 +173,7 @@ def reference(tiny_data, tmp_path_factory):
     return run_budget(tiny_data, tmp_path_factory.mktemp("budget_ref"), "save_period=1")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("event,at", [("on_train_batch_end", 8), ("on_fit_epoch_end", 2)])
 def test_killed_budget_run_resumes_the_same_plan_bit_exactly(tiny_data, tmp_path, reference, event, at):
     cmd = [sys.executable, "-c", KILLER, event, str(at), f"data={tiny_data}", f"project={tmp_path}", *ARGS]

@@ -111,6 +111,7 @@ def test_config_callbacks_run_in_the_trainer(tiny_data, tmp_path, user_module):
     assert mod.CALLS == ["end"]
 
 
+@pytest.mark.slow
 def test_api_keeps_callbacks_under_ddp(tiny_data, tmp_path, monkeypatch):
     """Detector(...).train(nproc=2): the Python callback runs inside both torchrun workers."""
     import ddp_callbacks  # tests/engine is on sys.path (pytest's rootdir-relative import)

@@ -120,6 +120,7 @@ def test_rank0_alone_writes_outputs(ddp_runs):
     assert ddp_runs[2]["proc"].stdout.count("run folder:") == 1
 
 
+@pytest.mark.slow
 def test_elastic_restart_resumes_and_matches(ddp_runs, ddp_data, tmp_path):
     """SIGKILL one of two workers mid-epoch; torchrun restarts both, they resume from last.pt by themselves."""
     out = tmp_path / "out"
@@ -148,6 +149,7 @@ def test_elastic_restart_resumes_and_matches(ddp_runs, ddp_data, tmp_path):
         assert torch.equal(ta, b["ema"][name]), name
 
 
+@pytest.mark.slow
 def test_failure_on_one_rank_ends_all(ddp_data, tmp_path):
     t0 = time.time()
     r = run_cli(
@@ -168,6 +170,7 @@ def test_failure_on_one_rank_ends_all(ddp_data, tmp_path):
     assert time.time() - t0 < 120  # ended by torchrun, not by the collective timeout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch, words", [(7, "does not divide"), (2, "at least 2")])
 def test_bad_global_batch_is_refused(ddp_data, tmp_path, batch, words):
     r = run_cli(
@@ -184,6 +187,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_with_c10d_rendezvous(ddp_data, tmp_path):
     """Two torchrun 'machines' on this host (--nnodes=2, c10d rendezvous on 127.0.0.1), one epoch."""
     port = _free_port()
@@ -220,6 +224,7 @@ def test_two_nodes_with_c10d_rendezvous(ddp_data, tmp_path):
     assert load_checkpoint(tmp_path / "mn" / "weights" / "last.pt")["position"]["epoch"] == 0
 
 
+@pytest.mark.slow
 def test_api_refuses_callback_workers_cannot_import(tmp_path):
     from yolotrain import Detector
     from yolotrain.errors import ConfigError
@@ -230,6 +235,7 @@ def test_api_refuses_callback_workers_cannot_import(tmp_path):
         det.train(data=str(tmp_path / "none.yaml"), nproc=2, project=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_oom_on_one_rank_switches_all_and_sizes_agree(ddp_data, tmp_path):
     """An OOM injected on rank 1 only: both ranks switch to micro-batches together; multi-scale sizes agree."""
     out = tmp_path / "out"
@@ -268,6 +274,7 @@ def test_oom_on_one_rank_switches_all_and_sizes_agree(ddp_data, tmp_path):
     assert len(set(sizes)) >= 2, sizes
 
 
+@pytest.mark.slow
 def test_sigterm_to_launcher_saves_and_exits_75(ddp_data, tmp_path):
     """SIGTERM to `yolotrain train nproc=2`: the workers save last.pt mid-epoch, the command exits 75, resume works."""
     import signal

@@ -44,6 +44,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_settle_returns_once_every_collective_is_released():
     port = free_port()
     procs = []

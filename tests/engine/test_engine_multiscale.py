@@ -95,6 +95,7 @@ def test_pick_synchronized_in_one_process_is_pick():
     assert [pick_synchronized(ms, 0, i) for i in range(10)] == [ms.pick(0, i) for i in range(10)]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_pick_synchronized_agrees_across_two_ranks(tmp_path):
     import torch.multiprocessing as mp

@@ -198,6 +198,7 @@ def _ddp_worker(rank, world, port, out_dir):
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_decision_is_broadcast_to_all_ranks(tmp_path):
     import socket
 

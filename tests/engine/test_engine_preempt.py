@@ -38,6 +38,7 @@ def test_save_minutes(monkeypatch):
     assert p.agree(False, 2) == (False, True)
 
 
+@pytest.mark.slow
 def test_sigterm_is_recorded_and_handlers_are_restored():
     p = Preemption()
     before = signal.getsignal(signal.SIGTERM)
@@ -49,6 +50,7 @@ def test_sigterm_is_recorded_and_handlers_are_restored():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.slow
 def test_second_signal_stops_at_once_but_a_repeat_within_a_second_is_the_same_event():
     p = Preemption()
     with p.handling_signals():
@@ -60,6 +62,7 @@ def test_second_signal_stops_at_once_but_a_repeat_within_a_second_is_the_same_ev
             os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_warning_signal_saves_at_the_next_step_and_goes_on():
     p = Preemption(save_signal="usr1")
     with p.handling_signals():
@@ -154,6 +157,7 @@ def uninterrupted(tiny_data, tmp_path_factory):
     return project / "ref" / "weights" / "last.pt", order.read_text().splitlines()
 
 
+@pytest.mark.slow
 def test_sigterm_to_every_process_saves_once_exits_75_and_resumes_exactly(tiny_data, tmp_path, uninterrupted):
     mark, order = tmp_path / "mark", tmp_path / "order.txt"
     env = {**os.environ, "YT_AT": "9", "YT_MARK": str(mark), "YT_ORDER": str(order)}
@@ -175,6 +179,7 @@ def test_sigterm_to_every_process_saves_once_exits_75_and_resumes_exactly(tiny_d
     assert order.read_text().splitlines() == uninterrupted[1]
 
 
+@pytest.mark.slow
 def test_warning_signal_saves_requeues_and_the_requeued_job_continues(tiny_data, tmp_path, uninterrupted):
     stub = tmp_path / "bin" / "scontrol"
     stub.parent.mkdir()
@@ -202,6 +207,7 @@ def test_warning_signal_saves_requeues_and_the_requeued_job_continues(tiny_data,
     assert_same_weights(last, uninterrupted[0])
 
 
+@pytest.mark.slow
 def test_ddp_sigterm_to_every_process_saves_once_and_resumes_exactly(tiny_data, tmp_path):
     ddp = ["nproc=2", "workers=1"]
     ref = subprocess.run(train_cmd(tiny_data, tmp_path, "ref", *ddp), capture_output=True, text=True, timeout=900)
@@ -224,6 +230,7 @@ def test_ddp_sigterm_to_every_process_saves_once_and_resumes_exactly(tiny_data, 
     assert_same_weights(last, tmp_path / "ref" / "weights" / "last.pt")
 
 
+@pytest.mark.slow
 def test_a_loader_worker_killed_otherwise_is_a_one_line_error(tiny_data, tmp_path):
     env = {**os.environ, "YT_AT": "2"}
     cmd = train_cmd(tiny_data, tmp_path, "job", "verbose=false",

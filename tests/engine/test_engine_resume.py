@@ -104,6 +104,7 @@ def assert_identical(a, b):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "event,at",
     [
@@ -133,6 +134,7 @@ def test_sigkill_then_resume_is_bit_identical(tiny_data, tmp_path, reference, ev
     assert_identical(load_checkpoint(last), reference)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_75_then_resume_true(tiny_data, tmp_path, reference, monkeypatch):
     proc = run_killed(tiny_data, tmp_path, "on_train_batch_end", 9, "SIGTERM")
     assert proc.returncode == 75, proc.stderr[-2000:]
@@ -208,6 +210,7 @@ def test_tampered_checkpoint_is_refused(tiny_data, tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_mid_epoch_resume_refuses_a_dataset_with_another_iteration_count(tiny_data, tmp_path, capsys):
     """What "a dataset whose size changed is refused" means exactly: a checkpoint written mid-epoch, and
     a dataset that now gives another number of iterations per epoch."""

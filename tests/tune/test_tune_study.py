@@ -64,6 +64,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_three_trial_study_end_to_end_then_continued(tune_data, tmp_path, capsys):
     # trials=2, then the same command with trials=3: the study is continued by one trial
     assert main(["tune", *_args(tune_data, tmp_path, "e2e", trials=2, epochs=1, plots="true")]) == 0
@@ -117,6 +118,7 @@ def _fake_metric(trainer):
         trainer.metrics = dataclasses.replace(trainer.metrics, map50_95=0.01 if bad else 0.5 + 0.1 * trainer.epoch)
 
 
+@pytest.mark.slow
 def test_pruner_stops_a_trial_whose_metric_is_bad(tune_data, tmp_path):
     det = Detector("n")
     det.add_callback("on_fit_epoch_end", _fake_metric)  # runs before the tuner's report
@@ -134,6 +136,7 @@ def test_pruner_stops_a_trial_whose_metric_is_bad(tune_data, tmp_path):
     assert result.best_value == pytest.approx(0.6)
 
 
+@pytest.mark.slow
 def test_trial_whose_settings_do_not_reach_the_trainer_fails_loudly(tune_data, tmp_path, capsys):
     # a callback replaces lr0 before set-up, as a launcher that drops the trial's settings would
     cb = tmp_path / "lose_setting.py"
@@ -156,6 +159,7 @@ def _popen(args: list[str], log: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_killed_tuner_resumes_its_trial_when_run_again(tune_data, tmp_path, caplog):
     args = _args(tune_data, tmp_path, "kill", trials=1, epochs=2)
     proc = _popen(args, tmp_path / "first.log")
@@ -177,6 +181,7 @@ def test_killed_tuner_resumes_its_trial_when_run_again(tune_data, tmp_path, capl
     assert epochs == [1, 2]  # continued from its checkpoint, not trained again from the start
 
 
+@pytest.mark.slow
 def test_two_tuner_processes_share_one_study(tune_data, tmp_path):
     args = _args(tune_data, tmp_path, "shared", trials=3, epochs=1)
     procs = [_popen(args, tmp_path / f"p{i}.log") for i in range(2)]
@@ -191,6 +196,7 @@ def test_two_tuner_processes_share_one_study(tune_data, tmp_path):
     assert folders == ["trial_000", "trial_001", "trial_002"]
 
 
+@pytest.mark.slow
 def test_a_trial_may_itself_be_distributed(tune_data, tmp_path, capsys):
     args = _args(tune_data, tmp_path, "ddp", trials=1, epochs=1, nproc=2)
     assert main(["tune", *args]) == 0
