@@ -38,7 +38,7 @@ test-fast: venv-dev
 
 # the site goes to build/ (ignored by git); --strict turns broken links and missing references into errors
 docs: venv-dev
-	$(BIN)/mkdocs build --strict --quiet --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site
 
 # one house style: ruff's lint rules and formatter, configured in pyproject.toml
 lint: venv-dev

@@ -1,11 +1,11 @@
 """benchmarks/gpu_check.py in its CPU smoke mode: the GPU check's code paths stay runnable without a GPU."""
 
-import pytest
-
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 
