@@ -102,6 +102,7 @@ def run_one(a: argparse.Namespace) -> dict:
             amp_check=False,
             project=tmp,
             verbose=False,
+            plots=False,  # not what is measured, and the slowest part of a tiny run
             seed=0,
         )
         timer = BatchTimer(a.warmup, a.iters, a.max_seconds)

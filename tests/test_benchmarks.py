@@ -53,7 +53,7 @@ def test_every_benchmark_declares_smoke_keys_and_a_smoke_flag(script):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1000)  # seconds on an idle machine, but a shared 2-core one can be 30 times slower
+@pytest.mark.timeout(1600)  # seconds to 2 minutes on an idle machine; a shared 2-core one was 10 times slower
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_benchmark_smoke_mode_prints_its_keys(script, tmp_path):
     keys = declared(script, "SMOKE_KEYS")
@@ -64,7 +64,7 @@ def test_benchmark_smoke_mode_prints_its_keys(script, tmp_path):
         pytest.skip(f"{script.name} --smoke needs {', '.join(missing)} (not installed)")
     env = {**os.environ, "YOLOTRAIN_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(
-        [sys.executable, str(script), "--smoke"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, str(script), "--smoke"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500
     )
     assert proc.returncode == 0, f"{script.name} --smoke exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     out = last_json(proc.stdout)
