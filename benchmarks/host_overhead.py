@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         bare_t.append(b)
         ratios.append(o / b)
     # host reads over steady-state steps between two log points
-    counter = HostSyncCounter(sites=False)
+    counter = HostSyncCounter(sites=True)
     ours.i = 1  # the next log point is 9 steps away
     with counter:
         for b in data[:8]:
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ours_ms": round(statistics.median(ours_t), 3),
         "bare_ms": round(statistics.median(bare_t), 3),
         "syncs_per_step": counter.count / 8,
+        "sync_sites": dict(counter.where.most_common(5)),
         "settings": {
             "width": args.width, "imgsz": args.imgsz, "batch": args.batch, "steps": args.steps,
             "rounds": args.rounds, "threads": args.threads, "torch": torch.__version__,
