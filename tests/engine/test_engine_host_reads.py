@@ -94,14 +94,23 @@ def test_train_step_reads_nothing_back_until_sync(amp, name):
 
 def test_consecutive_nonfinite_losses_stop_at_the_next_log_point():
     step = make_step(accumulate=1, max_nonfinite=2)
-    real_finish = step.criterion.finish
-    step.criterion.finish = lambda t, norm: tuple(x * float("nan") for x in real_finish(t, norm))
+    real_finish, calls = step.criterion.finish, []
+
+    def finish(t, norm):  # batches 0, 2 and 3 of epoch 1 give NaN; batch 1 is fine
+        calls.append(1)
+        loss, items = real_finish(t, norm)
+        return (loss * float("nan"), items) if len(calls) != 2 else (loss, items)
+
+    step.criterion.finish = finish
     before = [p.detach().clone() for p in step.model.parameters()]
-    for i in range(3):
-        step(make_batch(i), 1, i)  # nothing is read back yet: the steps go on, each skipped on the device
+    step(make_batch(0), 1, 0)  # nothing is read back: the step goes on, skipped on the device
     assert all(torch.equal(a, b) for a, b in zip(before, step.model.parameters()))
-    with pytest.raises(TrainingError, match="2 consecutive non-finite losses at iteration 101"):
-        step.sync()  # epoch 1 of 100 iterations: the second bad batch was iteration 101
+    for i in (1, 2):
+        step(make_batch(i), 1, i)
+    assert step.sync().nonfinite == 2  # bad, good, bad: the good batch broke the run of bad ones
+    step(make_batch(3), 1, 3)
+    with pytest.raises(TrainingError, match="2 consecutive non-finite losses at iteration 103"):
+        step.sync()  # epoch 1 of 100 iterations: the second bad batch in a row was iteration 103
     assert step.state.skipped_steps == 3
 
 
