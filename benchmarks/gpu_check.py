@@ -1,23 +1,29 @@
 """One prepared check for a machine with an NVIDIA GPU, printing one JSON line.
 
-On a GPU (default, meant to finish in under 8 minutes on one card):
+On a GPU (default; one call of at most 9 minutes on one card, parts past ``--budget-s`` are skipped):
 
-- training images/s of scales n and s at imgsz 640 in fp16 and in bf16 (workers = CPU cores),
-  each with its data-wait share (the loader's ``stats.wait_share``);
-- a real CUDA out-of-memory recovery: memory capped with
-  ``torch.cuda.set_per_process_memory_fraction`` and a batch that cannot fit at once; passes when
-  training finishes after at least one recovery;
-- AutoBatch (``batch=-1``): the batch it chose against the peak memory it then used;
-- ``compile=true`` images/s, when the setting exists.
+- **speed matrix**, most informative first: scale n and s, bf16 and fp16, batch 32 and 64, eager and
+  ``cuda_graphs=true``, on real JPEGs (``--real``: a COCO128-style folder, its train images repeated to at
+  least ``--real-images``, 2,048 by default) and on synthetic JPEGs; each entry gives images/s over the
+  steady steps (the first ``WARMUP_STEPS`` left out), the host milliseconds spent inside the step call per
+  step and the loader's data-wait share;
+- **profile** of 20 steady steps of scale n, bf16, batch 32 (``torch.profiler``): GPU busy % (the union of
+  kernel time over the window's wall time), host ms/step, host reads per step (counted by
+  :mod:`yolotrain.utils.host_sync`) and the syncs ``torch.cuda.set_sync_debug_mode("warn")`` reported;
+- **Ultralytics side by side** (``--ultralytics PATH``: a wheel file, or a folder holding one or an installed
+  package): installed with ``pip install --no-deps --target <scratch>`` (the GPU machine has no network),
+  trained on the same data, size, batch and precision; skipped with the reason when it cannot import;
+- a real CUDA out-of-memory recovery (memory capped), AutoBatch's choice, and ``compile=true``.
 
 ``--smoke`` runs the same code paths on the CPU in seconds (imgsz 64, scale n, fp32 and bf16, the
 out-of-memory error injected with ``YOLOTRAIN_INJECT_OOM`` instead of a memory cap, no AutoBatch), so
 the test suite keeps this script from rotting while no GPU is at hand.
 
-Usage::
+Usage (the device call carries COCO128 and the Ultralytics wheel inside the repository, in an ignored folder)::
 
-    python benchmarks/gpu_check.py                 # on the GPU machine
-    python benchmarks/gpu_check.py --smoke         # anywhere (the test suite runs this)
+    python benchmarks/gpu_check.py --smoke                                # anywhere (the test suite runs this)
+    mkdir -p .gpu && cp -r ../shared/datasets/coco128 .gpu/ && pip download ultralytics --no-deps -d .gpu/wheels
+    python benchmarks/gpu_check.py --real .gpu/coco128 --ultralytics .gpu/wheels --log /tmp/parts.jsonl
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import argparse
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,7 +65,78 @@ def make_dataset(root: Path, n: int, size: int) -> Path:
     return root / "data.yaml"
 
 
-def train_once(data: Path, project: Path, **settings: Any) -> dict[str, Any]:
+def make_real_dataset(src: Path, root: Path, n: int) -> Path:
+    """A COCO128-style folder's train images (and labels) linked ``n`` times over, with its class names."""
+    import yaml  # noqa: PLC0415 - only the GPU run needs it
+
+    spec = yaml.safe_load((src / "data.yaml").read_text())
+    base = (src / spec.get("path", ".")) if not Path(str(spec.get("path", "."))).is_absolute() else Path(spec["path"])
+    images = sorted((base / spec["train"]).glob("*.jpg"))
+    if not images:
+        raise FileNotFoundError(f"--real {src}: no .jpg under {base / spec['train']}")
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir(parents=True)
+    for i in range(max(n, len(images))):
+        img = images[i % len(images)]
+        (root / "images" / f"{i:05d}_{img.name}").symlink_to(img.resolve())
+        label = Path(str(img.parent).replace("images", "labels")) / f"{img.stem}.txt"
+        (root / "labels" / f"{i:05d}_{img.stem}.txt").write_text(label.read_text() if label.is_file() else "")
+    names = spec["names"]
+    names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
+    (root / "data.yaml").write_text(yaml.safe_dump({"path": ".", "train": "images", "val": "images", "names": names}))
+    return root / "data.yaml"
+
+
+WARMUP_STEPS = 15  # steps left out of images/s: worker start-up, cuDNN's search, graph capture, allocator growth
+
+
+class StepTimer:
+    """Callbacks timing a run: wall time per steady step (from batch end to batch end) and the host time spent
+    inside the step call (the launch work; with no host read in the step it does not wait for the GPU)."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+        self.inside: list[float] = []
+        self.images = 0
+
+    def attach(self, det: Any) -> None:
+        det.add_callback("on_train_start", self.wrap_step)
+        det.add_callback("on_train_batch_end", self.batch_end)
+
+    def wrap_step(self, trainer: Any) -> None:
+        step, timer = trainer.run.step, self
+
+        class Timed(type(step)):  # the same object, its call timed
+            def __call__(self, batch, epoch, i):
+                t0 = time.perf_counter()
+                try:
+                    return super().__call__(batch, epoch, i)
+                finally:
+                    timer.inside.append(time.perf_counter() - t0)
+
+        step.__class__ = Timed
+
+    def batch_end(self, trainer: Any) -> None:
+        self.ends.append(time.perf_counter())
+        if len(self.ends) == WARMUP_STEPS + 1:
+            self.images = 0
+        self.images += int(trainer.current_batch["img"].shape[0])
+
+    def result(self) -> dict[str, Any]:
+        steady = self.ends[WARMUP_STEPS:]
+        if len(steady) < 3:
+            return {"steady_steps": len(steady)}
+        seconds = steady[-1] - steady[0]
+        inside = self.inside[WARMUP_STEPS:]
+        return {
+            "steady_images_per_s": round((self.images - self.images / len(steady)) / seconds, 1),
+            "ms_per_step": round(1000 * seconds / (len(steady) - 1), 2),
+            "host_ms_in_step": round(1000 * sum(inside) / max(len(inside), 1), 2),
+            "steady_steps": len(steady),
+        }
+
+
+def train_once(data: Path, project: Path, profile: int = 0, **settings: Any) -> dict[str, Any]:
     """One short training run; what the trainer measured, read from its ``on_train_end`` callback.
 
     ``images_per_s`` and ``data_wait_share`` are the last epoch's (the first one also pays for worker
@@ -85,13 +163,157 @@ def train_once(data: Path, project: Path, **settings: Any) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(0)
 
     det = Detector(settings.pop("model", "n"))
+    timer = StepTimer()
+    timer.attach(det)
+    profiled = attach_profile(det, profile, cuda) if profile else None  # the smoke check folds it into a run
     det.add_callback("on_train_end", grab)
     if cuda:
         det.add_callback("on_pretrain_routine_end", training_starts)
     t0 = time.perf_counter()
     det.train(data=str(data), project=str(project), exist_ok=True, val=False, verbose=False, **settings)
     seen["seconds"] = round(time.perf_counter() - t0, 1)
+    seen.update(timer.result())
+    if profiled is not None:
+        seen["profile"] = profiled or {"error": f"the run ended before {WARMUP_STEPS + profile} steps"}
     return seen
+
+
+def attach_profile(det: Any, steps: int, cuda: bool) -> dict[str, Any]:
+    """Profile ``steps`` steady steps of ``det``'s next run (then stop it): GPU busy %, host ms per step, host reads
+    and CUDA syncs per step, filled into the returned dict when the steps are done."""
+    import warnings  # noqa: PLC0415
+
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    from yolotrain.utils.host_sync import HostSyncCounter  # noqa: PLC0415
+
+    out: dict[str, Any] = {}
+    state: dict[str, Any] = {"i": 0}
+    counter = HostSyncCounter(sites=True)
+
+    def start(trainer: Any) -> None:
+        state["i"] += 1
+        if state["i"] == WARMUP_STEPS + 1:
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode("warn")
+            state["warn"] = warnings.catch_warnings(record=True)
+            state["caught"] = state["warn"].__enter__()
+            warnings.simplefilter("always")
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            state["prof"] = profile(activities=acts)
+            state["prof"].__enter__()
+            counter.__enter__()
+            state["t0"] = time.perf_counter()
+
+    def end(trainer: Any) -> None:
+        if state["i"] != WARMUP_STEPS + steps or "prof" not in state:
+            return
+        counter.__exit__(None, None, None)
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - state["t0"]
+        state["prof"].__exit__(None, None, None)
+        if cuda:
+            torch.cuda.set_sync_debug_mode(0)
+        state["warn"].__exit__(None, None, None)
+        syncs = [w for w in state["caught"] if "synchroniz" in str(w.message).lower()]
+        events = state["prof"].events()
+        spans = sorted(
+            (e.time_range.start, e.time_range.end)
+            for e in events
+            if getattr(e, "device_type", None) is not None and e.device_type.name == "CUDA"
+        )
+        busy, cur_s, cur_e = 0.0, None, None
+        for a, b in spans:  # the union of kernel intervals, in microseconds
+            if cur_e is None or a > cur_e:
+                busy += 0.0 if cur_e is None else cur_e - cur_s
+                cur_s, cur_e = a, b
+            else:
+                cur_e = max(cur_e, b)
+        busy += 0.0 if cur_e is None else cur_e - cur_s
+        out.update(
+            {
+                "steps": steps,
+                "ms_per_step": round(1000 * wall / steps, 2),
+                "gpu_busy_pct": round(100 * busy / 1e6 / wall, 1) if cuda else None,
+                "host_reads_per_step": counter.count / steps,
+                "host_read_sites": dict(counter.where.most_common(8)),
+                "cuda_sync_warnings_per_step": len(syncs) / steps,
+            }
+        )
+        trainer.stop = True
+
+    det.add_callback("on_train_batch_start", start)
+    det.add_callback("on_train_batch_end", end)
+    return out
+
+
+def profile_steps(data: Path, project: Path, base: dict[str, Any], steps: int = 20) -> dict[str, Any]:
+    """A run of its own, profiled over ``steps`` steady steps (see :func:`attach_profile`)."""
+    det = Detector(base.get("model", "n"))
+    out = attach_profile(det, steps, torch.cuda.is_available() and base.get("device") != "cpu")
+    settings = {k: v for k, v in base.items() if k != "model"}
+    det.train(data=str(data), project=str(project), exist_ok=True, val=False, verbose=False, name="profile", **settings)
+    return out or {"error": f"the run ended before {WARMUP_STEPS + steps} steps"}
+
+
+def install_ultralytics(source: Path, scratch: Path) -> str | None:
+    """Make Ultralytics importable from ``source`` (a wheel, a folder with one, or an installed tree); None if it
+    cannot be, else the reason."""
+    wheels = [source] if source.suffix == ".whl" else sorted(source.glob("ultralytics-*.whl"))
+    if wheels:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(scratch),
+            str(wheels[-1]),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            return f"pip install failed: {done.stderr.strip().splitlines()[-1:]}"
+        sys.path.insert(0, str(scratch))
+    elif (source / "ultralytics").is_dir():
+        sys.path.insert(0, str(source))
+    else:
+        return f"no ultralytics-*.whl or ultralytics/ package under {source}"
+    try:
+        import ultralytics  # noqa: F401, PLC0415
+    except Exception as e:  # noqa: BLE001 - a missing dependency of theirs is a reason to report
+        return f"cannot import ultralytics: {type(e).__name__}: {e}"[:300]
+    return None
+
+
+def ultralytics_run(data: Path, project: Path, scale: str, imgsz: int, batch: int, amp: str, workers: int) -> dict:
+    """Ultralytics trained on the same data and settings; images/s over its steady steps (its own callbacks)."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics import YOLO  # noqa: PLC0415
+
+    ends: list[float] = []
+    model = YOLO(f"yolov8{scale}.yaml")
+    model.add_callback("on_train_batch_end", lambda trainer: ends.append(time.perf_counter()))
+    t0 = time.perf_counter()
+    model.train(
+        data=str(data), epochs=1, imgsz=imgsz, batch=batch, amp=amp != "off", workers=workers, val=False,
+        plots=False, project=str(project), name=f"ultra_{scale}", exist_ok=True, verbose=False, device=0,
+    )  # fmt: skip
+    steady = ends[WARMUP_STEPS:]
+    out = {"seconds": round(time.perf_counter() - t0, 1), "steady_steps": len(steady), "version": _version()}
+    if len(steady) >= 3:
+        out["steady_images_per_s"] = round(batch * (len(steady) - 1) / (steady[-1] - steady[0]), 1)
+    out["note"] = "Ultralytics' AMP is fp16 (it has no bf16 training setting)"
+    return out
+
+
+def _version() -> str:
+    import ultralytics  # noqa: PLC0415
+
+    return getattr(ultralytics, "__version__", "?")
 
 
 class Sections:
@@ -157,45 +379,87 @@ def autobatch_check(data: Path, project: Path, base: dict[str, Any]) -> dict[str
     return r
 
 
-def run(smoke: bool, budget_s: float = 420.0, log: Path | None = None) -> dict[str, Any]:
+def speed_matrix(smoke: bool) -> list[tuple[str, dict[str, Any]]]:
+    """(name, settings) of the speed runs, most informative first (the budget cuts from the end)."""
+    if smoke:
+        return [("n amp=off", {"model": "n", "amp": "off"}), ("n amp=bf16", {"model": "n", "amp": "bf16"})]
+    lists: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for data in ("real", "synthetic"):
+        lists[data] = []
+        for scale, amp, batch, graphs in (
+            ("n", "bf16", 32, False), ("n", "bf16", 32, True), ("n", "fp16", 32, False), ("n", "fp16", 32, True),
+            ("n", "bf16", 64, False), ("n", "bf16", 64, True), ("s", "bf16", 32, False), ("s", "bf16", 32, True),
+            ("s", "fp16", 32, False), ("n", "fp16", 64, False), ("s", "bf16", 64, False), ("s", "fp16", 64, True),
+        ):  # fmt: skip
+            name = f"{data} {scale} amp={amp} batch={batch} {'graphed' if graphs else 'eager'}"
+            lists[data].append(
+                (name, {"model": scale, "amp": amp, "batch": batch, "cuda_graphs": graphs, "data": data})
+            )
+    # real JPEGs first (what users train on), then synthetic ones (the step without decode), then the rest
+    return lists["real"][:8] + lists["synthetic"][:4] + lists["real"][8:] + lists["synthetic"][4:]
+
+
+def run(
+    smoke: bool,
+    budget_s: float = 480.0,
+    log: Path | None = None,
+    real: Path | None = None,
+    real_images: int = 2048,
+    ultralytics: Path | None = None,
+) -> dict[str, Any]:
+    global WARMUP_STEPS
     cuda = torch.cuda.is_available() and not smoke
     if not smoke and not cuda:
         raise SystemExit("no CUDA device: run with --smoke for the CPU check")
+    WARMUP_STEPS = 1 if smoke else 15  # the smoke set has two batches per epoch
     out: dict[str, Any] = {"mode": "smoke-cpu" if smoke else "cuda", "torch": torch.__version__}
     if cuda:
         out["device"] = torch.cuda.get_device_name(0)
         out["cpu_count"] = os.cpu_count()
-    imgsz, n_img = (64, 8) if smoke else (640, 1024)
-    base = {"imgsz": imgsz, "epochs": 1 if smoke else 3, "device": "cpu" if smoke else "0"}
+    imgsz, n_img = (64, 8) if smoke else (640, 2048)
+    base = {"imgsz": imgsz, "epochs": 1, "device": "cpu" if smoke else "0", "amp_check": False}
     base |= {"workers": 0 if smoke else os.cpu_count(), "batch": 4 if smoke else 32}
-    # bf16 first: where the minutes run out, the precision most users pick on this card is measured
-    runs = [("n", "off"), ("n", "bf16")] if smoke else [("n", "bf16"), ("n", "fp16"), ("s", "bf16"), ("s", "fp16")]
     with tempfile.TemporaryDirectory() as tmp:
-        data = make_dataset(Path(tmp) / "data", n_img, imgsz)
+        datasets = {"synthetic": make_dataset(Path(tmp) / "data", n_img, imgsz)}
+        if real is not None:
+            datasets["real"] = make_real_dataset(real, Path(tmp) / "real", 16 if smoke else real_images)
         project = Path(tmp) / "runs"
         parts = Sections(out, budget_s, log)
-        for scale, amp in runs[:1]:
+        main_data = datasets.get("real", datasets["synthetic"])
+        matrix = speed_matrix(smoke)
+        # the first speed run, then the profile and Ultralytics (the figures the issue asks for first)
+        for i, (name, cfg) in enumerate(matrix):
+            cfg = dict(cfg)
+            which = cfg.pop("data", "synthetic")
+            if which not in datasets:
+                out[name] = "skipped: no --real folder given"
+                continue
+            # the smoke check profiles its first run (a run of its own costs seconds there); on a GPU the profile
+            # has its own run, so the profiler's overhead stays out of the speed figures
+            fold = 1 if smoke and i == 0 else 0
             parts.run(
-                f"{scale} amp={amp}",
-                lambda s=scale, a=amp: train_once(data, project, model=s, amp=a, name=f"{s}_{a}", **base),
+                name,
+                lambda c=cfg, d=datasets[which], k=i, f=fold: train_once(d, project, f, name=f"r{k}", **{**base, **c}),
             )
-        parts.run("oom_recovery", lambda: oom_recovery(data, project, base, cuda))
+            if i == 0:
+                if smoke:
+                    first = out.get(name)
+                    out["profile"] = first.pop("profile", None) if isinstance(first, dict) else "the first run failed"
+                else:
+                    profiled = {**base, "model": "n", "amp": "bf16"}
+                    parts.run("profile", lambda p=profiled: profile_steps(main_data, project, p, 20))
+                if ultralytics is not None and cuda:
+                    parts.run("ultralytics", lambda: ultralytics_side(ultralytics, main_data, project, Path(tmp), base))
+                elif cuda:
+                    out["ultralytics"] = "skipped: no --ultralytics wheel given"
+                parts.run("oom_recovery", lambda: oom_recovery(datasets["synthetic"], project, base, cuda))
         if cuda:
-            parts.run("autobatch", lambda: autobatch_check(data, project, base))
-        for scale, amp in runs[1:]:
-            parts.run(
-                f"{scale} amp={amp}",
-                lambda s=scale, a=amp: train_once(data, project, model=s, amp=a, name=f"{s}_{a}", **base),
-            )
-        if cuda:  # decoded images from RAM: what the step alone sustains, without the decode cost
-            parts.run(
-                "n amp=bf16 cache=ram",
-                lambda: train_once(data, project, model="n", amp="bf16", name="n_ram", cache="ram", **base),
-            )
+            parts.run("autobatch", lambda: autobatch_check(datasets["synthetic"], project, base))
         if "compile" in SETTINGS:
             amp = "off" if smoke else "bf16"
             parts.run(
-                "compile", lambda: train_once(data, project, model="n", amp=amp, name="compile", compile=True, **base)
+                "compile",
+                lambda: train_once(main_data, project, model="n", amp=amp, name="compile", compile=True, **base),
             )
         else:
             out["compile"] = "no compile setting yet"
@@ -203,13 +467,24 @@ def run(smoke: bool, budget_s: float = 420.0, log: Path | None = None) -> dict[s
     return out
 
 
+def ultralytics_side(source: Path, data: Path, project: Path, scratch: Path, base: dict[str, Any]) -> dict:
+    """Ultralytics next to us: scale n, the same data, size and batch, fp16 (its only AMP), one epoch."""
+    reason = install_ultralytics(source, scratch / "ultralytics_pkg")
+    if reason is not None:
+        return {"skipped": reason}
+    return ultralytics_run(data, project, "n", base["imgsz"], base["batch"], "fp16", base["workers"])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="CPU smoke mode: the same code paths in seconds")
-    ap.add_argument("--budget-s", type=float, default=420.0, help="skip the parts not started by then (seconds)")
+    ap.add_argument("--budget-s", type=float, default=480.0, help="skip the parts not started by then (seconds)")
     ap.add_argument("--log", type=Path, help="also append each part's result here as a JSON line, as it finishes")
+    ap.add_argument("--real", type=Path, help="a COCO128-style folder (data.yaml, images/, labels/): real JPEGs")
+    ap.add_argument("--real-images", type=int, default=2048, help="repeat the real images up to this many")
+    ap.add_argument("--ultralytics", type=Path, help="an Ultralytics wheel (or a folder with one) to compare with")
     args = ap.parse_args(argv)
-    out = run(args.smoke, args.budget_s, args.log)
+    out = run(args.smoke, args.budget_s, args.log, args.real, args.real_images, args.ultralytics)
     print(json.dumps(out))
     sys.stdout.flush()
     return out

@@ -332,6 +332,13 @@ SETTINGS: dict[str, Setting] = {
     "ema_decay": S(0.9999, "float", "EMA decay once ramped up", lo=0.0, hi=1.0),
     "ema_tau": S(2000.0, "float", "EMA ramp length in updates", lo=1.0),
     "max_nonfinite": S(10, "int", "consecutive non-finite losses before training stops", lo=1),
+    "log_every": S(
+        10,
+        "int",
+        "read losses and skip counters back from the device every N optimizer steps (and at each epoch's end): "
+        "the progress bar, the log and the non-finite stop are updated there; between them a step reads nothing",
+        lo=1,
+    ),
     # budget and compile; see README "Training for a time budget"
     "time": S(
         0.0,
@@ -349,6 +356,12 @@ SETTINGS: dict[str, Setting] = {
         "falls back to eager with a warning when compiling fails",
         choices=("off", "inductor", "aot_eager", "eager"),
         aliases=(("true", "inductor"), ("false", "off")),
+    ),
+    "cuda_graphs": S(
+        False,
+        "bool",
+        "replay the model's forward and backward as CUDA graphs, one per input size (CUDA, one process, no "
+        "compile); ignored with a warning elsewhere; a size whose capture fails trains eagerly",
     ),
     "amp": S(
         "auto",
@@ -376,6 +389,14 @@ SETTINGS: dict[str, Setting] = {
     "box": S(7.5, "float", "box (CIoU) loss gain", lo=0.0),
     "cls": S(0.5, "float", "classification loss gain", lo=0.0),
     "dfl": S(1.5, "float", "distribution focal loss gain", lo=0.0),
+    "max_boxes": S(
+        512,
+        "int",
+        "labels per image the loss pads to (a power-of-two bucket up to this cap); boxes past it are left out "
+        "and counted in the log",
+        lo=1,
+        hi=65536,
+    ),
     # augmentation
     "hsv_h": S(0.015, "float", "hue jitter (fraction)", lo=0.0, hi=1.0),
     "hsv_s": S(0.7, "float", "saturation jitter (fraction)", lo=0.0, hi=1.0),

@@ -272,6 +272,7 @@ def build_run(
     save_dir: Path,
     device: torch.device,
     before_optimizer_step=None,
+    before_step_wanted=None,
 ) -> Run:
     """Build every part of a run, in order, on every rank; restore ``resume_state`` when given.
 
@@ -281,6 +282,7 @@ def build_run(
         save_dir: The run folder (created here, on rank 0, once everything else succeeded).
         device: Where the model runs (the process group was set up for it).
         before_optimizer_step: Called by the step after unscaling (the ``on_before_optimizer_step`` event).
+        before_step_wanted: Whether that event has listeners (the step reads its skip flag back only then).
     """
     state_in = resume_state
     init_seeds(cfg.seed, cfg.deterministic)  # the same on every rank: identical initial weights
@@ -371,7 +373,8 @@ def build_run(
     step = TrainStep(
         model, criterion, optimizer, precision, ema, state, device=device, memory_format=memory_format,
         multiscale=multiscale, clip_grad=cfg.clip_grad, max_nonfinite=cfg.max_nonfinite,
-        oom_injector=oom_injector, before_optimizer_step=before_optimizer_step, compile=cfg.compile,
+        oom_injector=oom_injector, before_optimizer_step=before_optimizer_step, before_step_wanted=before_step_wanted,
+        compile=cfg.compile, max_boxes=cfg.max_boxes, cuda_graphs=cfg.cuda_graphs,
     )  # fmt: skip
     validator = None
     if loaders.val_loader is not None:

@@ -51,6 +51,10 @@ class Callbacks:
         for fn in self._fns.get(event, ()):
             fn(trainer)
 
+    def has(self, event: str) -> bool:
+        """Whether any function is registered for ``event``."""
+        return bool(self._fns.get(event))
+
     def items(self) -> list[tuple[str, Callable[[Any], None]]]:
         """Every (event, function) pair registered, in registration order per event."""
         return [(event, fn) for event in EVENTS for fn in self._fns.get(event, ())]

@@ -77,17 +77,63 @@ def build_optimizer(
         {"params": g_norm, "weight_decay": 0.0},
         {"params": g_bias, "weight_decay": 0.0},
     ]
+    # Fused kernels where the device has them: one kernel per step instead of a few per tensor, and they skip
+    # a step on the device when ``found_inf`` is set (see :func:`skippable_step`) instead of a host decision.
+    fused = fused_supported(model)
     if name == "SGD":
-        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, fused=fused or None)
+        if fused:
+            zero_momentum_buffers(opt)
     elif name == "Adam":
-        opt = torch.optim.Adam(groups, lr=lr, betas=(momentum, 0.999))
+        opt = torch.optim.Adam(groups, lr=lr, betas=(momentum, 0.999), fused=fused or None)
     elif name == "AdamW":
-        opt = torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+        opt = torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999), fused=fused or None)
     else:  # config validation makes this unreachable from the CLI
         raise ConfigError(f"setting 'optimizer'={name} is not one of auto, SGD, Adam, AdamW")
     for g in opt.param_groups:
         g["initial_lr"] = lr
     return opt, name, lr
+
+
+FUSED_DEVICES = ("cpu", "cuda")  # where torch has fused SGD/Adam/AdamW kernels that honour found_inf
+
+
+def fused_supported(model: nn.Module) -> bool:
+    """Whether every parameter is a floating-point tensor on a device with fused optimizer kernels."""
+    params = list(model.parameters())
+    return bool(params) and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
+
+
+def zero_momentum_buffers(opt: torch.optim.Optimizer) -> None:
+    """Give every SGD parameter a zero momentum buffer before the first step.
+
+    Fused SGD allocates the buffers uninitialised (``empty_like``) on its first step and fills them from the
+    gradient; when that first step is skipped (``found_inf``) they stay uninitialised and the next step reads
+    garbage. A zero buffer gives the same first step (``0 * momentum + grad``) and a skipped first step leaves it
+    zero. With a buffer present the fused kernel never takes that first-step path.
+    """
+    for group in opt.param_groups:
+        if group["momentum"] == 0:
+            continue
+        for p in group["params"]:
+            opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def skippable_step(opt: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """Step ``opt`` unless ``skip`` (a device bool) is True, decided on the device: nothing read back.
+
+    Fused optimizers take the decision as ``found_inf`` (the attribute GradScaler hands them): params, moments,
+    momentum buffers and step counts are all left unchanged on a skipped step. Others cannot skip on the device,
+    so the decision is read back (one host read; ``build_optimizer`` makes fused ones where it can).
+    """
+    if getattr(opt, "_step_supports_amp_scaling", False):
+        opt.grad_scale, opt.found_inf = None, skip.to(torch.float32)
+        try:
+            opt.step()
+        finally:
+            del opt.grad_scale, opt.found_inf
+    elif not bool(skip):
+        opt.step()
 
 
 @dataclass

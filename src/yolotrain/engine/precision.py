@@ -78,11 +78,16 @@ class Precision:
     def enabled(self) -> bool:
         return self.dtype is not None
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Context for forward passes; a no-op in fp32."""
+    def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
+        """Context for forward passes; a no-op in fp32.
+
+        Args:
+            cache: Keep the low-precision copies of weights for the region (off under CUDA-graph capture,
+                which must not hold tensors made outside the graph).
+        """
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=cache)
 
     KEYS = ("precision",)  # its checkpoint key
 

@@ -109,10 +109,10 @@ class TrainState:
         self.best_fitness, self.best, self.best_metrics = float(result.map50_95), result, result.to_dict()
         return True
 
-    def count_skipped(self) -> None:
-        """Count an optimizer step that did not happen (non-finite loss or gradients)."""
-        self.skipped_steps += 1
-        self.epoch_skipped += 1
+    def count_skipped(self, n: int = 1) -> None:
+        """Count ``n`` optimizer steps that did not happen (non-finite loss or gradients)."""
+        self.skipped_steps += n
+        self.epoch_skipped += n
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint keys :attr:`KEYS`."""

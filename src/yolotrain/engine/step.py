@@ -1,14 +1,19 @@
-"""One optimizer step, from a batch to the EMA update: :class:`TrainStep`.
+"""One training iteration, from a loader batch to (at a window's end) the optimizer step: :class:`TrainStep`.
 
-Each call takes one batch of the epoch. It runs forward, target assignment and backward (in
-``micro_batches`` parts after an out-of-memory error), keeps the accumulation window's batches, and at
-the window's end (:meth:`TrainStep.is_boundary`, the one place that decides it) reduces gradients over
-ranks, unscales, clips, steps (skipped on non-finite gradients) and updates the EMA.
+This file owns the accumulation window and its out-of-memory replay; the parts it calls each live in their
+own file: :class:`~yolotrain.engine.batch_prep.BatchPrep` (images and labels onto the device),
+:class:`~yolotrain.engine.optimizer_step.OptimizerStep` (reduce, unscale, clip, step, EMA),
+:mod:`~yolotrain.engine.normaliser` (the split-batch loss arithmetic) and
+:class:`~yolotrain.engine.step_counters.StepCounters` (losses and skip counts kept on the device).
+
+In one process a steady-state iteration reads nothing back from the device: the finite checks, the skip
+decision and the counters stay there, and the trainer reads them at log points (:meth:`TrainStep.sync`).
 
 Under DDP the backward is local (``no_sync``) and gradients are reduced once per optimizer step, and the
 ranks meet at the same points whatever happens — after the target assignment (the loss normaliser and
 out-of-memory flags) and after the backward (out-of-memory flags) — so an out-of-memory error on one
-rank never leaves another waiting in a collective: all raise together and replay the window.
+rank never leaves another waiting in a collective: all raise together and replay the window. Those
+meetings read their flags on the host (a rank must know whether to raise).
 """
 
 from __future__ import annotations
@@ -24,16 +29,27 @@ import torch
 import torch.nn as nn
 
 from yolotrain.engine import distributed as dist
+from yolotrain.engine.batch_prep import BatchPrep
 from yolotrain.engine.compile import compile_model, is_compile_error
+from yolotrain.engine.cuda_graphs import GraphedForward
 from yolotrain.engine.ema import ModelEMA
-from yolotrain.engine.multiscale import MultiScale, pick_synchronized, resize_batch
+from yolotrain.engine.multiscale import MultiScale
+from yolotrain.engine.normaliser import (
+    batch_normaliser,
+    gradient_correction,
+    part_normaliser,
+    provisional_constant,
+    split_items,
+)
 from yolotrain.engine.oom import OOMInjector, RankOutOfMemory, free_memory, is_oom, split_batch
+from yolotrain.engine.optimizer_step import OptimizerStep
 from yolotrain.engine.precision import Precision
 from yolotrain.engine.state import TrainState
+from yolotrain.engine.step_counters import CounterValues, StepCounters
 from yolotrain.errors import TrainingError
+from yolotrain.loss.targets import DEFAULT_MAX_BOXES
 
 LOGGER = logging.getLogger("yolotrain")
-BOX_FIELDS = ("cls", "bboxes", "batch_idx")
 
 
 def oom_origin(err: BaseException) -> str:
@@ -41,24 +57,16 @@ def oom_origin(err: BaseException) -> str:
     return "on another rank" if isinstance(err, RankOutOfMemory) else type(err).__name__
 
 
-def to_device_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move the tensors the loss needs onto ``device``."""
-    out = dict(batch)
-    for k in BOX_FIELDS:
-        out[k] = batch[k].to(device, non_blocking=True)
-    return out
-
-
 @dataclass
 class StepOutcome:
-    """What one call of :class:`TrainStep` did: the batch's loss items, and whether the optimizer stepped."""
+    """What one call of :class:`TrainStep` did: the batch's loss items (on the device), whether it stepped."""
 
     items: torch.Tensor
     boundary: bool
 
 
 class TrainStep:
-    """Owns the optimizer step: micro-batching, the OOM replay window, DDP reduction, scaler, clip, EMA.
+    """Owns the iteration: micro-batching, the OOM replay window, the parts that prepare and apply.
 
     Args:
         model: The plain (unwrapped) model; the optimizer's parameters.
@@ -71,11 +79,15 @@ class TrainStep:
         memory_format: ``torch.channels_last`` or ``torch.contiguous_format`` for the input images.
         multiscale: The per-iteration input size sampler (disabled: the loader's size).
         clip_grad: Max gradient norm (<= 0: no clipping).
-        max_nonfinite: Consecutive non-finite losses that stop training.
+        max_nonfinite: Consecutive non-finite losses that stop training (checked at log points).
         oom_injector: Raises out-of-memory errors on demand (tests and drills), or None.
         before_optimizer_step: Called after unscaling, before clipping (the ``on_before_optimizer_step`` event).
+        before_step_wanted: Whether that event has listeners now (see :class:`OptimizerStep`).
         compile: ``off``, or the ``torch.compile`` backend the training forward runs through (see
             :mod:`yolotrain.engine.compile`).
+        max_boxes: Cap on labels per image (see :mod:`yolotrain.loss.targets`).
+        cuda_graphs: Replay the forward and backward as CUDA graphs, one per input shape (CUDA only; see
+            :mod:`yolotrain.engine.cuda_graphs`).
     """
 
     def __init__(
@@ -94,18 +106,25 @@ class TrainStep:
         max_nonfinite: int = 10,
         oom_injector: OOMInjector | None = None,
         before_optimizer_step: Callable[[], None] | None = None,
+        before_step_wanted: Callable[[], bool] | None = None,
         compile: str = "off",
+        max_boxes: int = DEFAULT_MAX_BOXES,
+        cuda_graphs: bool = False,
     ):
         self.model, self.criterion, self.optimizer = model, criterion, optimizer
-        self.precision, self.ema, self.state = precision, ema, state
-        self.device, self.memory_format, self.multiscale = device, memory_format, multiscale
-        self.clip_grad, self.max_nonfinite = clip_grad, max_nonfinite
-        self.oom_injector, self.before_optimizer_step = oom_injector, before_optimizer_step
+        self.state, self.device = state, device
+        self.max_nonfinite, self.oom_injector = max_nonfinite, oom_injector
         self.world = dist.world_size()
+        self.prep = BatchPrep(device, memory_format, multiscale, max_boxes)
+        self.counters = StepCounters(device, max_nonfinite)
+        self.apply = OptimizerStep(
+            model, optimizer, precision, ema, self.counters, clip_grad=clip_grad,
+            before_step=before_optimizer_step, before_step_wanted=before_step_wanted,
+        )  # fmt: skip
         # the compiled module trains; the plain one is stepped, averaged, validated and saved
-        dynamic = multiscale is not None and multiscale.enabled
-        self.compiled = compile_model(model, compile, dynamic) if compile != "off" else None
+        self.compiled = compile_model(model, compile, self.prep.varies) if compile != "off" else None
         self.train_model = dist.wrap(model if self.compiled is None else self.compiled, device)
+        self.graphs = GraphedForward.create(cuda_graphs, model, device, compiled=self.compiled is not None)
         self.accumulate, self.iters_per_epoch = 1, 1  # set for each phase by configure()
         self.window: list[tuple[dict[str, Any], int]] = []  # the window's batches, kept for an OOM replay
         # every BatchNorm's running statistics, and a copy of them taken at each window's start (restored
@@ -118,19 +137,46 @@ class TrainStep:
             if b is not None
         ]
         self.bn_snapshot = [b.detach().clone() for b in self.bn_buffers]
-        self.window_has_grad = False  # whether a finite loss was back-propagated since the last step
-        self.nonfinite_streak = 0
-        self.input_size: tuple[int, int] = (0, 0)  # the last input size (multi-scale), for logs and callbacks
+        self._false = torch.zeros((), dtype=torch.bool, device=device)
+        self.window_has_grad = self._false  # device bool: a finite loss was back-propagated since the last step
+        self.batch_nonfinite = self._false  # device bool: the last batch had a non-finite loss
+        self.dropped_logged = 0
+
+    # --------------------------------------------------------------------------------------- parts
+    @property
+    def precision(self) -> Precision:
+        return self.apply.precision
+
+    @precision.setter
+    def precision(self, value: Precision) -> None:
+        self.apply.precision = value
+
+    @property
+    def ema(self) -> ModelEMA | None:
+        return self.apply.ema
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The last input size (multi-scale), for logs and callbacks."""
+        return self.prep.input_size
+
+    @property
+    def multiscale(self) -> MultiScale | None:
+        return self.prep.multiscale
 
     # --------------------------------------------------------------------------------------- set-up
     def configure(self, accumulate: int, iters_per_epoch: int) -> None:
         """Set the phase's accumulation and batches per epoch (a new phase starts with an empty window)."""
         self.accumulate, self.iters_per_epoch = accumulate, iters_per_epoch
         self.window = []
+        if self.graphs is not None:  # a phase may freeze or unfreeze parameters: capture again
+            self.graphs.reset()
 
     def rewrap(self) -> None:
         """Wrap the model for DDP again: DDP registers the trainable parameters when it wraps."""
         self.train_model = dist.wrap(self.model if self.compiled is None else self.compiled, self.device)
+        if self.graphs is not None:
+            self.graphs.reset()  # captured graphs hold the old set of trainable parameters
 
     def compile_failed(self, e: BaseException) -> None:
         """Log a compile failure once and train the plain model from now on."""
@@ -171,6 +217,7 @@ class TrainStep:
         while failure is not None:
             self._prepare_replay(failure, epoch, i)
             items, failure = self._replay_window(epoch)
+        self.counters.add_batch(items, self.batch_nonfinite, epoch * self.iters_per_epoch + i)
         boundary = self.is_boundary(i)
         if boundary:
             self.optimizer_step()
@@ -181,10 +228,10 @@ class TrainStep:
         """Forward, loss and backward of one batch in ``state.micro_batches`` parts; returns its loss items.
 
         One part: the loss is normalised by the batch's target-score sum (over all ranks under DDP). Several
-        parts: each is back-propagated unnormalised (times a common constant) and the batch's gradient is
-        divided by the whole batch's normaliser at the end, so a split batch gets the gradient of the
-        un-split one (up to BatchNorm, which sees smaller batches). A non-finite loss is never
-        back-propagated; ``max_nonfinite`` in a row stop training.
+        parts: see :mod:`yolotrain.engine.normaliser`; a split batch gets the gradient of the un-split one
+        (up to BatchNorm, which sees smaller batches). A non-finite loss is back-propagated as zero and marks
+        the batch (``batch_nonfinite``, a device bool); a window without a finite loss is not applied, and
+        ``max_nonfinite`` in a row stop training at the next log point.
 
         Raises:
             torch.OutOfMemoryError (or RankOutOfMemory): on every rank when any rank ran out of memory.
@@ -192,65 +239,65 @@ class TrainStep:
         n = batch["img"].shape[0]
         parts = split_batch(batch, self.state.micro_batches) if self.state.micro_batches > 1 else [batch]
         ni = epoch * self.iters_per_epoch + i
-        size = None  # one draw for all micro-batches (a collective on every rank)
-        if self.multiscale is not None and self.multiscale.enabled:
-            size = pick_synchronized(self.multiscale, epoch, i, tuple(batch["img"].shape[-2:]))
+        size = self.prep.size(batch, epoch, i)  # one draw for all micro-batches (a collective on every rank)
         split = len(parts) > 1
         earlier = self._take_grads() if split else None  # the window's gradient so far, set aside
-        total, scores, common = torch.zeros(3), 0.0, None
-        nonfinite = False
+        weighted = torch.zeros(3, device=self.device)
+        scores = torch.zeros((), device=self.device)  # split: the parts' target-score sums
+        common = None
+        nonfinite = self._false
         for part in parts:
             m = part["img"].shape[0]
-            imgs = part["img"].to(self.device, non_blocking=True).float().div_(255)
-            if size is not None:
-                imgs = resize_batch(imgs, size)
-            imgs = imgs.contiguous(memory_format=self.memory_format)
-            self.input_size = tuple(imgs.shape[-2:])
+            imgs = self.prep.images(part, size)
+            labels = self.prep.labels(part)
             with self.train_model.no_sync() if self.world > 1 else nullcontext():
                 targets, oom = None, None
                 try:
                     self._inject_oom("forward", ni, m)
-                    with self.precision.autocast():
+                    with self.precision.autocast(cache=self.graphs is None):
                         preds = self.forward(imgs)
                     # the target assignment and the loss run in fp32, outside autocast
-                    targets = self.criterion.assign(preds, to_device_batch(part, self.device))
+                    targets = self.criterion.assign(preds, labels)
                 except Exception as e:  # noqa: BLE001 - only OOM is handled here
                     if not is_oom(e):
                         raise
                     oom = e
                 if split:  # meeting point 1: out-of-memory flags only; the normaliser is the batch's
                     self._agree_no_oom(oom)
-                    scores += float(targets["target_scores_total"])
-                    common = common or max(float(targets["target_scores_sum"]) * n / m, 1.0)
-                    norm = torch.tensor(common / (n / m), device=self.device)  # finish() multiplies by m
+                    scores = scores + targets["target_scores_total"]
+                    if common is None:
+                        common = provisional_constant(targets["target_scores_sum"], n, m)
+                    norm = part_normaliser(common, n, m)
                 else:
                     norm = self._normaliser(targets, oom)  # meeting point 1
                 oom = None
                 try:
                     self._inject_oom("backward", ni, m)
                     loss, items = self.criterion.finish(targets, norm)
-                    if torch.isfinite(loss):
-                        # DDP averages gradients over ranks and the normaliser is already global: scale up
-                        self.precision.scaler.scale(loss * self.world).backward()
-                        self.window_has_grad = True
-                    else:
-                        nonfinite = True
+                    finite = torch.isfinite(loss)
+                    # decided on the device: a non-finite loss goes back as zero (DDP averages gradients over
+                    # ranks and the normaliser is already global: scale up by the world size)
+                    self.precision.scaler.scale(torch.where(finite, loss, 0.0) * self.world).backward()
+                    self.window_has_grad = self.window_has_grad | finite
+                    nonfinite = nonfinite | ~finite
                 except Exception as e:  # noqa: BLE001
                     if not is_oom(e):
                         raise
                     oom = e
                 self._agree_no_oom(oom)  # meeting point 2
-            # split: items are raw_p / norm = raw_p * n / (common * m), so items * m * common / n = raw_p
-            total += items.detach().float().cpu() * (m if split else m / n)
+            weighted = weighted + items.detach().float() * (m if split else m / n)
         if split:
-            batch_norm = max(self._agree_no_oom(None, scores), 1.0) / self.world
-            self._restore_grads(earlier, common / batch_norm)  # n * raw / common -> n * raw / batch_norm
-            total *= common / (n * batch_norm)
-        self._count_nonfinite(nonfinite, ni)
-        return total
+            total = scores if self.world == 1 else self._agree_no_oom(None, float(scores))
+            batch_norm = batch_normaliser(total, self.world)
+            self._restore_grads(earlier, gradient_correction(common, batch_norm))
+            weighted = split_items(weighted, common, n, batch_norm)
+        self.batch_nonfinite = nonfinite
+        return weighted
 
     def forward(self, imgs: torch.Tensor) -> Any:
-        """The training forward; a compile failure (at the first call) falls back to the plain model."""
+        """The training forward (a replayed CUDA graph when enabled); a compile failure falls back to eager."""
+        if self.graphs is not None:
+            return self.graphs(self.train_model, imgs)
         try:
             return self.train_model(imgs)
         except Exception as e:  # noqa: BLE001 - only the compiler's own errors are handled
@@ -260,38 +307,40 @@ class TrainStep:
             return self.train_model(imgs)
 
     def optimizer_step(self) -> None:
-        """Reduce gradients over ranks, unscale, clip, step (skipped on non-finite gradients), update the EMA."""
-        has_grad = self.window_has_grad
-        self.window_has_grad = False
-        if self.world > 1:  # a rank whose every loss was non-finite still takes part in the average
-            has_grad = dist.all_reduce_max(float(has_grad)) > 0
-            if has_grad:
-                dist.all_reduce_grads_([p for p in self.model.parameters() if p.requires_grad])
-        if not has_grad:  # every loss in the window was non-finite: nothing to apply
-            self.state.count_skipped()
-            self.optimizer.zero_grad(set_to_none=True)
-            return
-        scaler = self.precision.scaler
-        scaler.unscale_(self.optimizer)
-        if self.before_optimizer_step is not None:
-            self.before_optimizer_step()
-        max_norm = self.clip_grad if self.clip_grad > 0 else math.inf
-        grads = [p for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(grads, max_norm=max_norm)
-        if scaler.is_enabled():
-            scale = scaler.get_scale()
-            scaler.step(self.optimizer)  # skips the step itself when gradients hold inf/NaN
-            scaler.update()
-            stepped = scaler.get_scale() >= scale
-        else:
-            stepped = bool(torch.isfinite(norm))
-            if stepped:
-                self.optimizer.step()
-        if not stepped:
-            self.state.count_skipped()
-        self.optimizer.zero_grad(set_to_none=True)
-        if stepped and self.ema is not None:
-            self.ema.update(self.model)
+        """Apply the window's gradient (see :class:`OptimizerStep`; skipped on the device when nothing is finite)."""
+        has_grad, self.window_has_grad = self.window_has_grad, self._false
+        self.apply(has_grad)
+
+    def sync(self, check: bool = True) -> CounterValues:
+        """Read the device counters (the host read of a log point) into the train state; log what they found.
+
+        Args:
+            check: Raise when ``max_nonfinite`` consecutive losses were not finite (False: only count).
+
+        Raises:
+            TrainingError: When the limit of consecutive non-finite losses was reached.
+        """
+        values = self.counters.read()
+        if values.skipped:
+            self.state.count_skipped(values.skipped)
+        if values.nonfinite:
+            LOGGER.warning(
+                f"non-finite loss in {values.nonfinite} batch(es) since the last log point (the latest at iteration "
+                f"{values.last_nonfinite}); their gradients were not applied"
+            )
+        dropped = self.prep.dropped_boxes
+        if dropped > self.dropped_logged:
+            LOGGER.warning(
+                f"{dropped - self.dropped_logged} labels past max_boxes={self.prep.max_boxes} per image were left "
+                "out of the loss; raise max_boxes if images hold that many objects"
+            )
+            self.dropped_logged = dropped
+        if check and values.stop_at >= 0:
+            raise TrainingError(
+                f"{self.max_nonfinite} consecutive non-finite losses at iteration {values.stop_at}; "
+                f"lower lr0 or check the data (see README: NaN losses)"
+            )
+        return values
 
     # --------------------------------------------------------------------------------------- helpers
     def _normaliser(self, targets: dict[str, Any] | None, oom: BaseException | None) -> torch.Tensor:
@@ -300,26 +349,21 @@ class TrainStep:
             self._agree_no_oom(oom)
             return targets["target_scores_sum"]
         total = self._agree_no_oom(oom, float(targets["target_scores_total"]) if targets is not None else 0.0)
-        return torch.tensor(max(total, 1.0) / self.world, device=self.device)
+        return torch.tensor(batch_normaliser(total, self.world), device=self.device)
 
     def _agree_no_oom(self, oom: BaseException | None, value: float = 0.0) -> float:
-        """Raise on every rank if any rank ran out of memory; else return ``value`` summed over ranks."""
+        """Raise on every rank if any rank ran out of memory; else return ``value`` summed over ranks.
+
+        In one process nothing is exchanged: an error raises, ``value`` is returned as it is.
+        """
+        if self.world == 1:
+            if oom is not None:
+                raise oom
+            return value
         total, failed = dist.all_reduce_list([value, float(oom is not None)])
         if failed:
             raise oom if oom is not None else RankOutOfMemory("CUDA out of memory on another rank")
         return total
-
-    def _count_nonfinite(self, nonfinite: bool, ni: int) -> None:
-        if not nonfinite:
-            self.nonfinite_streak = 0
-            return
-        self.nonfinite_streak += 1
-        LOGGER.warning(f"non-finite loss at iteration {ni}; batch skipped")
-        if self.nonfinite_streak >= self.max_nonfinite:
-            raise TrainingError(
-                f"{self.nonfinite_streak} consecutive non-finite losses at iteration {ni}; "
-                f"lower lr0 or check the data (see README: NaN losses)"
-            )
 
     def _take_grads(self) -> list[torch.Tensor | None]:
         """Detach the accumulated gradients (the window's earlier batches) and leave the model's empty."""
@@ -329,7 +373,7 @@ class TrainStep:
             p.grad = None
         return grads
 
-    def _restore_grads(self, earlier: list[torch.Tensor | None], factor: float) -> None:
+    def _restore_grads(self, earlier: list[torch.Tensor | None], factor: float | torch.Tensor) -> None:
         """Scale this batch's gradient by ``factor`` and add back the window's earlier gradient."""
         for p, g in zip(self.model.parameters(), earlier):
             if p.grad is not None:
@@ -346,7 +390,7 @@ class TrainStep:
         the replay they are those of a window run with the new split from the start.
         """
         self.optimizer.zero_grad(set_to_none=True)
-        self.window_has_grad = False
+        self.window_has_grad = self._false
         if self.bn_buffers:
             with torch.no_grad():
                 torch._foreach_copy_(self.bn_buffers, self.bn_snapshot)

@@ -84,8 +84,9 @@ class Trainer:
         self.owns_group = dist.setup(self.device, self.cfg.dist_timeout)
         cfg, resume_state, save_dir = resolve_run(self.cfg)
         self.run = build_run(
-            cfg, resume_state, save_dir, self.device, lambda: self.callbacks.run("on_before_optimizer_step", self)
-        )
+            cfg, resume_state, save_dir, self.device, lambda: self.callbacks.run("on_before_optimizer_step", self),
+            lambda: self.callbacks.has("on_before_optimizer_step"),
+        )  # fmt: skip
         self.cfg = self.run.cfg  # the resolved settings, with the batch AutoBatch chose
         self.epoch = self.run.first_epoch
         self.enter_phase(self.epoch)
@@ -199,7 +200,8 @@ class Trainer:
         budget = run.budget
         if budget is not None and epoch == 0 and start == 0:
             budget.begin_first_epoch()
-        mean, seen, t0 = torch.zeros(3), 0, time.perf_counter()
+        run.step.counters.new_epoch()
+        seen, t0, steps_since_log = 0, time.perf_counter(), 0
         bar = tqdm(
             enumerate(fork_safe_iter(loader), start=start), total=self.nb, initial=start,
             desc=f"epoch {epoch + 1}/{self.epochs}", disable=not (cfg.verbose and dist.is_main()),
@@ -209,9 +211,13 @@ class Trainer:
             self.callbacks.run("on_train_batch_start", self)
             run.schedule.apply(run.optimizer, epoch, i)
             outcome = run.step(batch, epoch, i)  # forward/backward; the optimizer step at the window's end
+            # loss_items stay on the device: a callback that reads them pays the host read
             self.current_batch, self.loss_items, self.last_iteration = batch, outcome.items, i
-            mean = (mean * (i - start) + outcome.items) / (i - start + 1)
             seen += batch["img"].shape[0] * dist.world_size()  # images of the global batch
+            steps_since_log += outcome.boundary
+            if outcome.boundary and steps_since_log >= cfg.log_every:  # a log point: the one host read
+                steps_since_log = 0
+                self.log_point(bar, batch, seen / (time.perf_counter() - t0))
             self.callbacks.run("on_train_batch_end", self)
             if outcome.boundary and budget is not None:
                 self.check_budget(epoch, i + 1)
@@ -221,9 +227,8 @@ class Trainer:
                     self.save_within_epoch(epoch, i + 1)
             if self.stop and (outcome.boundary or dist.world_size() == 1):  # ranks leave at the same step
                 break
-            if not bar.disable:  # formatted every iteration only when the bar is shown
-                bar.set_postfix_str(self.progress_text(mean, batch, seen / (time.perf_counter() - t0)))
         self.images_per_s = seen / max(time.perf_counter() - t0, 1e-9)
+        mean = self.log_point(bar, self.current_batch, self.images_per_s)  # the epoch's end is a log point
         if budget is not None:  # validation_due() must agree on every rank
             self.budget_spent = dist.broadcast_object(self.budget_spent)
         stats = getattr(loader, "stats", None)  # the loader measures how long each batch was waited for
@@ -231,10 +236,22 @@ class Trainer:
         if cfg.profile and epoch == self.run.first_epoch and dist.is_main():
             for line in loader_advice(loader, workers=cfg.workers, imgsz=cfg.imgsz, cache=cfg.cache):
                 LOGGER.info(f"profile: {line}")
-        return dict(zip(LOSS_NAMES, mean.tolist()))
+        return dict(zip(LOSS_NAMES, mean))
 
-    def progress_text(self, mean: torch.Tensor, batch: dict[str, Any], images_per_s: float) -> str:
-        losses = " ".join(f"{n.split('_')[0]} {v:.3f}" for n, v in zip(LOSS_NAMES, mean.tolist()))
+    def log_point(self, bar: tqdm, batch: dict[str, Any] | None, images_per_s: float) -> tuple[float, ...]:
+        """Read the step's device counters (one host read), act on them, refresh the progress bar.
+
+        Returns the epoch's mean losses so far. Raises :class:`TrainingError` when too many consecutive losses
+        were not finite (the limit is checked here, so a run stops at the log point after it was reached).
+        """
+        values = self.run.step.sync()
+        mean = values.mean_losses
+        if not bar.disable and batch is not None:
+            bar.set_postfix_str(self.progress_text(mean, batch, images_per_s))
+        return mean
+
+    def progress_text(self, mean: tuple[float, ...], batch: dict[str, Any], images_per_s: float) -> str:
+        losses = " ".join(f"{n.split('_')[0]} {v:.3f}" for n, v in zip(LOSS_NAMES, mean))
         skipped = self.run.state.epoch_skipped
         return (
             f"{losses} inst {batch['cls'].shape[0]} size {self.input_size[-1]}"
@@ -284,6 +301,7 @@ class Trainer:
     def save_within_epoch(self, epoch: int, done: int) -> None:
         """Write last.pt mid-epoch (right after an optimizer step: no half-accumulated gradient), then
         stop if a signal asked for it. Every rank calls it (the save gathers every rank's RNG state)."""
+        self.run.step.sync()  # the skipped-step count the checkpoint records
         self.preemption.saved(done)
         self.run.state.position = self.position(epoch, done, complete=False)
         self.run.checkpointer.save(["last.pt"])
@@ -441,4 +459,6 @@ class Trainer:
 
     @property
     def skipped_steps(self) -> int:
+        """Optimizer steps skipped so far in the run (reads the step's device counters first)."""
+        self.run.step.sync(check=False)
         return self.run.state.skipped_steps

@@ -16,7 +16,8 @@ class TaskAlignedAssigner(nn.Module):
     For each gt, candidates are anchors whose centre lies strictly inside the gt box; the ``topk``
     candidates with the highest metric become positives. An anchor that ends up positive for several
     gts keeps only the one it overlaps most. Everything is computed on dense (B, M, A) tensors, so
-    there is no Python loop over images, gts or anchors.
+    there is no Python loop over images, gts or anchors, and no shape depends on the values (padded
+    gts, ``mask_gt`` False, are never candidates).
 
     Args:
         topk: Positives per gt.
@@ -79,12 +80,10 @@ class TaskAlignedAssigner(nn.Module):
 
         # Score of each gt's own class at every anchor: out[b, a, j] = pd_scores[b, a, labels[b, j]].
         scores = pd_scores.gather(2, labels.unsqueeze(1).expand(b, a, m)).transpose(1, 2)  # (B, M, A)
-        # IoU only where it matters: boolean indexing materialises just the candidate pairs instead
-        # of a dense (B, M, A, 4) copy of both box sets.
-        ious = torch.zeros(b, m, a, dtype=pd_bboxes.dtype, device=device)
-        gt_exp = gt_bboxes.unsqueeze(2).expand(b, m, a, 4)
-        pd_exp = pd_bboxes.unsqueeze(1).expand(b, m, a, 4)
-        ious[valid] = bbox_iou(gt_exp[valid], pd_exp[valid]).clamp_(min=0).to(ious.dtype)
+        # IoU of every (gt, anchor) pair by broadcasting (B, M, 1, 4) against (B, 1, A, 4), zero off the
+        # candidates: dense, so the shapes do not depend on how many candidates there are (no host read).
+        ious = bbox_iou(gt_bboxes.unsqueeze(2), pd_bboxes.unsqueeze(1)).clamp_(min=0).to(pd_bboxes.dtype)
+        ious = torch.where(valid, ious, 0.0)
         metric = scores.pow(self.alpha) * ious.pow(self.beta) * valid
 
         # Top-k per gt. Non-candidates rank below every candidate (-1), so a gt gets exactly

@@ -11,6 +11,7 @@ from torch import nn
 
 from yolotrain.loss.assigner import TaskAlignedAssigner
 from yolotrain.loss.boxes import bbox2dist, bbox_iou, dist2bbox, make_anchors, xywh2xyxy
+from yolotrain.loss.targets import DEFAULT_MAX_BOXES, pad_targets
 
 __all__ = ["DetectionLoss"]
 
@@ -34,6 +35,7 @@ class DetectionLoss:
         cls: Gain of the classification loss.
         dfl: Gain of the distribution focal loss.
         tal_topk: Positives per gt in the assigner.
+        max_boxes: Cap on labels per image (see :mod:`yolotrain.loss.targets`).
     """
 
     def __init__(
@@ -45,8 +47,10 @@ class DetectionLoss:
         cls: float = 0.5,
         dfl: float = 1.5,
         tal_topk: int = 10,
+        max_boxes: int = DEFAULT_MAX_BOXES,
     ) -> None:
         self.nc = nc
+        self.max_boxes = max_boxes
         self.reg_max = reg_max
         self.strides = tuple(float(s) for s in strides)
         self.gains = (box, cls, dfl)
@@ -80,6 +84,7 @@ class DetectionLoss:
             cls=gain("cls", 0.5),
             dfl=gain("dfl", 1.5),
             tal_topk=tal_topk,
+            max_boxes=int(gain("max_boxes", DEFAULT_MAX_BOXES)),
         )
 
     def __call__(
@@ -90,7 +95,8 @@ class DetectionLoss:
         Args:
             preds: Raw head outputs, one (B, 4*reg_max + nc, H_i, W_i) tensor per stride.
             batch: ``batch_idx`` (N,) image index of each label, ``cls`` (N, 1) class ids and
-                ``bboxes`` (N, 4) normalised xywh relative to the network input.
+                ``bboxes`` (N, 4) normalised xywh relative to the network input; or ``targets``, the same
+                labels packed by :func:`~yolotrain.loss.targets.pad_targets`.
 
         Returns:
             ``loss`` (scalar, multiplied by batch size, for ``backward``) and ``loss_items`` (3,)
@@ -126,7 +132,7 @@ class DetectionLoss:
         img_h = preds[0].shape[2] * self.strides[0]
         img_w = preds[0].shape[3] * self.strides[0]
 
-        gt_labels, gt_bboxes, mask_gt = self._targets(batch, b, img_w, img_h, device)
+        gt_labels, gt_bboxes, mask_gt = self._targets(batch, b, img_w, img_h, device, self.max_boxes)
         pred_bboxes = self._decode(anchor_points, pred_dist)  # grid units
 
         _, target_bboxes, target_scores, fg_mask, _ = self.assigner(
@@ -157,19 +163,18 @@ class DetectionLoss:
         target_scores, fg_mask = t["target_scores"], t["fg_mask"]
         loss_cls = F.binary_cross_entropy_with_logits(pred_logits, target_scores, reduction="sum") / target_scores_sum
 
-        if fg_mask.any():
-            target_bboxes = target_bboxes / stride_tensor  # pixels -> grid units of each anchor's level
-            weight = target_scores.sum(-1)[fg_mask]  # (F,)
-            iou = bbox_iou(pred_bboxes[fg_mask], target_bboxes[fg_mask], CIoU=True)
-            loss_box = ((1.0 - iou) * weight).sum() / target_scores_sum
-            target_ltrb = bbox2dist(anchor_points, target_bboxes, self.reg_max)
-            dfl = self._dfl(pred_dist[fg_mask].view(-1, 4, self.reg_max), target_ltrb[fg_mask])
-            loss_dfl = (dfl * weight).sum() / target_scores_sum
-        else:
-            # Exactly zero, but still connected to the box branch so every parameter gets a
-            # (zero) gradient: DDP without find_unused_parameters requires that.
-            loss_box = pred_dist.sum() * 0.0
-            loss_dfl = pred_dist.sum() * 0.0
+        # Every anchor is computed and background ones are zeroed by the mask (not selected by it), so the
+        # shapes never depend on how many anchors are positive: no host read, and a step a CUDA graph can
+        # replay. With no positive anchor both sums are exactly zero and still connected to the box branch,
+        # so every parameter gets a (zero) gradient, as DDP without find_unused_parameters requires.
+        b_, a_ = fg_mask.shape
+        target_bboxes = target_bboxes / stride_tensor  # pixels -> grid units of each anchor's level
+        weight = target_scores.sum(-1)  # (B, A); zero for background anchors
+        iou = bbox_iou(pred_bboxes, target_bboxes, CIoU=True)  # (B, A)
+        loss_box = (torch.where(fg_mask, 1.0 - iou, 0.0) * weight).sum() / target_scores_sum
+        target_ltrb = bbox2dist(anchor_points, target_bboxes, self.reg_max)
+        dfl = self._dfl(pred_dist.view(b_, a_, 4, self.reg_max), target_ltrb)  # (B, A)
+        loss_dfl = (torch.where(fg_mask, dfl, 0.0) * weight).sum() / target_scores_sum
 
         box_gain, cls_gain, dfl_gain = self.gains
         items = torch.stack((loss_box * box_gain, loss_cls * cls_gain, loss_dfl * dfl_gain))
@@ -190,11 +195,11 @@ class DetectionLoss:
         distribution (l + 1 - t, t - l); the loss is that distribution's cross-entropy.
 
         Args:
-            pred: (F, 4, reg_max) logits.
-            target: (F, 4) distances in [0, reg_max - 1).
+            pred: (..., 4, reg_max) logits.
+            target: (..., 4) distances in [0, reg_max - 1).
 
         Returns:
-            (F,) loss per positive anchor.
+            (...) loss per anchor.
         """
         left = target.long()
         w_left = (left + 1).to(target.dtype) - target
@@ -205,31 +210,28 @@ class DetectionLoss:
 
     @staticmethod
     def _targets(
-        batch: Mapping[str, torch.Tensor], b: int, img_w: float, img_h: float, device: torch.device
+        batch: Mapping[str, Any],
+        b: int,
+        img_w: float,
+        img_h: float,
+        device: torch.device,
+        max_boxes: int = DEFAULT_MAX_BOXES,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Pack flat labels into padded (B, M, ...) tensors, boxes as xyxy pixels.
+        """The batch's labels as padded (B, M, ...) tensors, boxes as xyxy pixels.
+
+        A training batch brings them packed (``targets``, :class:`~yolotrain.loss.targets.PaddedTargets`, built
+        on the host by the step's batch preparation); flat labels (``batch_idx``, ``cls``, ``bboxes``) are packed
+        here, on the host, which reads device tensors back when they are on a GPU (fine outside training).
 
         Returns:
-            ``gt_labels`` (B, M, 1), ``gt_bboxes`` (B, M, 4) and ``mask_gt`` (B, M, 1) bool, where M
-            is the largest label count of any image (0 when the batch has no labels).
+            ``gt_labels`` (B, M, 1), ``gt_bboxes`` (B, M, 4) and ``mask_gt`` (B, M, 1) bool; M is the bucket
+            of :func:`~yolotrain.loss.targets.pad_targets` (0 when the batch has no labels).
         """
-        batch_idx = batch["batch_idx"].to(device).view(-1).long()
-        cls = batch["cls"].to(device).view(-1).float()
-        bboxes = batch["bboxes"].to(device).view(-1, 4).float()
-        n = batch_idx.numel()
-        counts = torch.bincount(batch_idx, minlength=b) if n else torch.zeros(b, dtype=torch.long, device=device)
-        m = int(counts.max()) if n else 0
-        gt_labels = torch.zeros(b, m, 1, device=device)
-        gt_bboxes = torch.zeros(b, m, 4, device=device)
-        mask_gt = torch.zeros(b, m, 1, dtype=torch.bool, device=device)
-        if n:
-            # Slot of each label within its image: rank among labels of the same image.
-            order = torch.argsort(batch_idx, stable=True)
-            sorted_idx = batch_idx[order]
-            starts = torch.cumsum(counts, 0) - counts
-            slot = torch.arange(n, device=device) - starts[sorted_idx]
-            scale = torch.tensor([img_w, img_h, img_w, img_h], device=device)
-            gt_labels[sorted_idx, slot, 0] = cls[order]
-            gt_bboxes[sorted_idx, slot] = xywh2xyxy(bboxes[order]) * scale
-            mask_gt[sorted_idx, slot, 0] = True
-        return gt_labels, gt_bboxes, mask_gt
+        packed = batch.get("targets")
+        if packed is None:
+            flat = {k: batch[k].cpu() for k in ("batch_idx", "cls", "bboxes")}
+            packed = pad_targets(flat, b, max_boxes)
+        rows, mask = packed.rows.to(device), packed.mask.to(device)
+        scale = torch.tensor([img_w, img_h, img_w, img_h], device=device)
+        gt_bboxes = xywh2xyxy(rows[..., 1:5]) * scale  # padding rows are zeros: xyxy zeros
+        return rows[..., :1], gt_bboxes, mask.unsqueeze(-1)

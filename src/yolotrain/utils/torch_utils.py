@@ -59,6 +59,10 @@ def init_seeds(seed: int = 0, deterministic: bool = True) -> None:
     if deterministic:
         # warn_only: a few CUDA kernels have no deterministic version; we prefer running to refusing.
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # Deterministic mode also fills every new uninitialised tensor (NaN for floats) so that a kernel that
+        # reads uninitialised memory shows it; that is a debugging aid, not part of determinism, and on a GPU
+        # it is one extra kernel per allocation. Results of correct kernels do not depend on it.
+        torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
