@@ -69,6 +69,10 @@ class TorchZip:
         try:
             self.zf = zipfile.ZipFile(self.path)
         except (zipfile.BadZipFile, OSError, ValueError, struct.error) as e:
+            with open(self.path, "rb") as f:
+                starts_as_zip = f.read(4) == b"PK\x03\x04"
+            if starts_as_zip:  # a zip whose end (the central directory) is missing or damaged
+                raise CheckpointError(f"'{self.path}' is truncated or corrupt: {e}") from None
             raise CheckpointError(
                 f"'{self.path}' is not a torch.save zip file ({e}); files from torch < 1.6 are not supported"
             ) from None
