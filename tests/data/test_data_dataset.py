@@ -75,12 +75,16 @@ def test_train_boxes_follow_pixels_without_mosaic(records):
     # Only geometric augmentation, no colour change: every box must sit on its white rectangle.
     hyp = default_hyp(mosaic=0.0, degrees=0.0, hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0.5)
     ds = DetectionDataset(records, 64, True, hyp)
+    checked = 0
     for i in range(len(ds)):
         it = ds[SampleKey(i, 0, True)]
-        if len(it["bboxes"]) == 0:
+        if len(it["bboxes"]) == 0:  # the rectangle was moved out of the frame: nothing to compare
+            assert (it["img"][0] > 200).sum() < 4
             continue
         box = xywhn_to_xyxy(it["bboxes"].numpy(), 64, 64)[0]
         np.testing.assert_allclose(box, _white_extent(it["img"]), atol=2.0)
+        checked += 1
+    assert checked >= len(ds) - 2  # most samples keep their box: the comparison above really ran
 
 
 def test_mosaic_switch(records):

@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,110 @@ def test_ram_bytes_is_what_the_shared_file_takes(records):
     ds = DetectionDataset(records, 96, True, default_hyp(), cache="ram")
     pixels = sum(ds._ram[i][0].nbytes for i in range(len(records)))
     assert pixels <= ds.ram_bytes() <= ds._ram.path.stat().st_size
+
+
+# ------------------------------------------------------------------------------- kills, links, private copies
+def _records(n: int, size: int) -> list:
+    """Records of images that need not exist: the shared-cache functions take the decoder as an argument."""
+    from yolotrain.data.records import ImageRecord  # noqa: PLC0415 - only these tests build records by hand
+
+    return [ImageRecord(f"/nowhere/{size}/{i}.png", size, size, np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
+            for i in range(n)]  # fmt: skip
+
+
+def _load(size: int):
+    return lambda i: (np.full((size, size, 3), i % 251, np.uint8), (size, size))
+
+
+BUILD_KILLED = textwrap.dedent(
+    """
+    import sys, threading, time
+    import numpy as np
+    sys.path.insert(0, sys.argv[1])
+    from test_data_shm_cache import _records
+    from yolotrain.data import shm_cache
+
+    started = threading.Event()
+    def load(i):
+        started.set()
+        time.sleep(600)  # the build never finishes: the parent kills this process meanwhile
+    shm_cache.shared_images(_records(8, 64), 64, "train", load)
+    """
+)
+
+
+@pytest.mark.slow
+def test_build_killed_half_way_leaves_a_temporary_the_next_run_reclaims(tmp_path, monkeypatch, caplog):
+    folder = tmp_path / "shm"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "YOLOTRAIN_SHM": str(folder), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-c", BUILD_KILLED, str(Path(__file__).parent)], env=env)
+    deadline = time.monotonic() + 120
+    while not list(folder.glob("*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no atexit, no finally
+    proc.wait()
+    (tmp,) = folder.glob("*.tmp")
+    assert tmp.stat().st_size >= 8 * 3 * 65 * 65  # fallocated: the pixels' RAM is held until someone frees it
+    monkeypatch.setenv("YOLOTRAIN_SHM", str(folder))
+    with caplog.at_level(logging.INFO, logger="yolotrain"):
+        images = shm_cache.shared_images(_records(3, 32), 32, "train", _load(32))  # another dataset
+    assert images is not None and not tmp.exists()
+    assert f"removed {tmp}, left half-built by a killed process (pid {proc.pid})" in caplog.text
+    shm_cache._remove_owned()
+
+
+def test_a_planted_link_is_not_followed(tmp_path, monkeypatch, caplog):
+    folder = tmp_path / "shm"
+    folder.mkdir()
+    monkeypatch.setenv("YOLOTRAIN_SHM", str(folder))
+    records = _records(4, 32)
+    victim = tmp_path / "victim"  # a file of this user another user wants written to
+    victim.write_bytes(b"precious")
+    lock = folder / shm_cache.cache_name(records, 32, "train").replace(".bin", ".lock")
+    lock.symlink_to(victim)
+    with caplog.at_level(logging.WARNING, logger="yolotrain"):
+        assert shm_cache.shared_images(records, 32, "train", _load(32)) is None
+    assert "training without the image cache" in caplog.text and victim.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("attack", ["other_user", "writable_by_others"])
+def test_a_cache_file_this_user_does_not_solely_control_is_not_used(tmp_path, monkeypatch, caplog, attack):
+    folder = tmp_path / "shm"
+    monkeypatch.setenv("YOLOTRAIN_SHM", str(folder))
+    records = _records(4, 32)
+    built = shm_cache.shared_images(records, 32, "train", _load(32))
+    shm_cache._OWNED.clear()  # keep the file: it stands for one someone else left (or planted) here
+    path = built.path
+    if attack == "other_user":
+        if os.getuid() != 0:
+            pytest.skip("changing a file's owner needs root")
+        os.chown(path, 12345, 12345)
+    else:
+        path.chmod(0o666)
+    with caplog.at_level(logging.WARNING, logger="yolotrain"):
+        assert shm_cache.shared_images(records, 32, "train", _load(32)) is None
+    assert f"{path} is not a regular file of this user writable only by it" in caplog.text
+    path.unlink()
+
+
+def _anon_private_kb(name: str) -> int:
+    s = _smaps(os.getpid(), name)
+    return s["uss"] - s["cache_private"]
+
+
+def test_reading_every_cached_image_makes_no_private_copy(tmp_path):
+    """Memory private to this process, outside the cache file's mapping, grows by far less than the cache
+    from before the cache is built until every image was read twice: a private copy of the cache (made when
+    it is mapped or image by image when read) would add its whole size."""
+    img_dir = make_shapes_split(tmp_path, n=24, size=512)
+    recs, _ = scan_split([str(img_dir)], nc=3, use_cache=False)
+    DetectionDataset(recs[:1], 512, False, buffer=0)[0]  # warm-up: the decoder's first allocations
+    before = _anon_private_kb("no cache mapped yet")
+    ds = DetectionDataset(recs, 512, False, cache="ram", buffer=0)
+    name = ds._ram.path.name
+    file_kb = ds._ram.path.stat().st_size / 1024
+    assert file_kb > 12_000  # 24 images of up to 512 x 512 x 3: ~15 MB, far above the allocator's noise
+    for i in [*range(len(ds)), *range(len(ds))]:
+        ds[i]
+    grew = _anon_private_kb(name) - before
+    assert grew < 0.5 * file_kb, (grew, file_kb)

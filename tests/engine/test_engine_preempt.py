@@ -94,7 +94,16 @@ def test_requeue_calls_scontrol_with_the_job_id(tmp_path, monkeypatch, caplog):
 
 
 def test_no_signal_no_stop():
-    Preemption().raise_if_signalled("anywhere", "last.pt")
+    """Without a stop signal nothing stops: not by itself, and not after the warning signal (which saves)."""
+    p = Preemption(save_signal="usr1")
+    with p.handling_signals():
+        assert p.agree(False, 1) == (False, False)  # nothing asked: neither a stop nor a save
+        p.raise_if_signalled("anywhere", "last.pt")  # returns; Preempted would fail the test
+        assert p.signal_received == 0
+        os.kill(os.getpid(), signal.SIGUSR1)  # the warning signal asks for a save, never for a stop
+        assert p.signal_received == 0 and p.save_requested
+        p.raise_if_signalled("anywhere", "last.pt")
+        assert p.agree(False, 2) == (False, True)  # save now, keep training
 
 
 # ---------------------------------------------------------------------------------------- through the CLI

@@ -151,7 +151,9 @@ def test_tensor_reaching_past_its_storage_is_refused(tmp_path):
         return data.replace(size4, pickle.BININT2 + (400).to_bytes(2, "little") + pickle.TUPLE1)
 
     _rewrite_pickle(good, bad, grow)
-    with pytest.raises(CheckpointError, match="does not fit its storage|truncated or corrupt"):
+    with pytest.raises(
+        CheckpointError, match="does not fit its storage|show 400 elements of a storage of 4|truncated or corrupt"
+    ):
         safe_load(bad)
 
 

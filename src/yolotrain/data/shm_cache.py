@@ -19,7 +19,13 @@ Clean-up: the process that built the file (its *owner*) removes it and its lock 
 mapped keep their pages until they exit. After ``SIGKILL`` (or a power cut) nothing runs: the file
 stays in ``/dev/shm`` until the next run that builds the same cache adopts it (it finds the owner pid
 dead, reuses the pixels and removes the file at its own exit), or until reboot or ``rm
-/dev/shm/yolotrain-ram-*``.
+/dev/shm/yolotrain-ram-*``. A build killed half-way leaves its temporary ``<name>.bin.<pid>.tmp`` (fully
+reserved with ``fallocate``): the next ``cache=ram`` run on the machine, whatever its data, removes every
+temporary whose builder is dead or holds no lock (:func:`reclaim_temporaries`).
+
+Trust: ``/dev/shm`` is writable by every user, so every file here is opened with ``O_NOFOLLOW`` and used
+only when it is a regular file owned by this user that no other user may write; anything else (a planted
+link, another user's file) means no cache, with one warning line.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import hashlib
 import logging
 import mmap
 import os
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +51,8 @@ from yolotrain.data.records import ImageRecord
 LOGGER = logging.getLogger("yolotrain")
 
 MAGIC = b"YTSHM001"
+PREFIX = "yolotrain-ram-"
+TMP_SUFFIX = ".tmp"
 _HEADER = struct.Struct("<8sqqqq")  # magic, n, data offset, owner pid, complete
 HEADER_BYTES = 64
 ROW = 5  # int64 per image: offset, h, w, h0, w0
@@ -86,7 +95,7 @@ def cache_name(records: list[ImageRecord], imgsz: int, resize: str) -> str:
     """
     h = hashlib.sha256(f"v1|uid={os.getuid()}|imgsz={imgsz}|resize={resize}|n={len(records)}\n".encode())
     h.update("".join(f"{r.im_file}|{r.height}|{r.width}\n" for r in records).encode())
-    return f"yolotrain-ram-{h.hexdigest()[:24]}.bin"
+    return f"{PREFIX}{h.hexdigest()[:24]}.bin"
 
 
 def memory_available() -> tuple[float, float]:
@@ -133,9 +142,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class UnsafeCacheFile(OSError):
+    """A file in the shared-memory folder that this process must not trust (a link, another user's, writable
+    by others): the cache is then not used."""
+
+
+def _open_own(path: Path, flags: int) -> int:
+    """``os.open`` that follows no symbolic link and accepts only a regular file of this user that no
+    one else may write (``/dev/shm`` is writable by every user: anyone could plant a file there)."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        os.close(fd)
+        raise UnsafeCacheFile(
+            f"{path} is not a regular file of this user writable only by it (uid {st.st_uid}, mode "
+            f"{stat.S_IMODE(st.st_mode):o}); not used"
+        )
+    return fd
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _open_own(path, os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -145,6 +173,49 @@ def _locked(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def reclaim_temporaries(folder: Path) -> list[Path]:
+    """Remove the half-built cache files (``<name>.<pid>.tmp``) that killed builds left in ``folder``.
+
+    A build holds its ``<name>.lock`` while it writes the temporary, so a temporary whose lock can be taken
+    at once (or whose builder pid is gone) has no writer and never will: its RAM is given back. Only
+    this user's files are touched. Returns the files removed.
+    """
+    removed = []
+    for tmp in folder.glob(f"{PREFIX}*.bin.*{TMP_SUFFIX}"):
+        try:
+            pid = int(tmp.name[: -len(TMP_SUFFIX)].rsplit(".", 1)[1])
+            if tmp.is_symlink() or tmp.stat().st_uid != os.getuid():
+                continue
+            if pid == os.getpid():
+                continue
+            lock = tmp.parent / (tmp.name.split(".bin.")[0] + ".lock")
+            if _pid_alive(pid) and not _lock_free(lock):
+                continue
+            tmp.unlink()
+        except (OSError, ValueError, IndexError):
+            continue
+        removed.append(tmp)
+        LOGGER.info("cache=ram: removed %s, left half-built by a killed process (pid %d)", tmp, pid)
+    return removed
+
+
+def _lock_free(lock: Path) -> bool:
+    """Whether no process holds ``lock`` (taken and released at once); a missing lock file is free."""
+    try:
+        fd = _open_own(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _remove_owned() -> None:
@@ -173,8 +244,11 @@ class SharedImages:
         self._map(self.path)
 
     def _map(self, path: Path) -> None:
-        with open(path, "rb") as f:
-            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        fd = _open_own(path, os.O_RDONLY)
+        try:
+            self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
         magic, n, data_offset, _, complete = _HEADER.unpack_from(self._mm, 0)
         if magic != MAGIC or not complete:
             raise ValueError(f"{path}: not a complete yolotrain image cache")
@@ -223,9 +297,12 @@ def _build(
     data_offset = -(-(HEADER_BYTES + 8 * ROW * n) // ALIGN) * ALIGN
     offsets = data_offset + np.concatenate([[0], np.cumsum(slots)[:-1]]).astype(np.int64)
     total = int(data_offset + slots.sum())
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # left by a killed process that had this pid (we hold the lock: no one builds it now)
     try:
-        with open(tmp, "w+b") as f:
+        fd = _open_own(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        with open(fd, "w+b") as f:
             # Reserve the pages now: writing into a sparse tmpfs file that runs out of space is a SIGBUS,
             # a full /dev/shm here is an OSError (ENOSPC) instead.
             os.posix_fallocate(f.fileno(), 0, max(total, 1))
@@ -269,9 +346,11 @@ def _fill(
 def _owner_pid(path: Path) -> int | None:
     """The owner pid in a complete cache file's header, or None for a damaged or incomplete one."""
     try:
-        with open(path, "rb") as f:
+        with open(_open_own(path, os.O_RDONLY), "rb") as f:
             head = f.read(_HEADER.size)
         magic, _, _, pid, complete = _HEADER.unpack(head)
+    except UnsafeCacheFile:
+        raise
     except (OSError, struct.error):
         return None
     return int(pid) if magic == MAGIC and complete else None
@@ -279,7 +358,7 @@ def _owner_pid(path: Path) -> int | None:
 
 def _adopt(path: Path) -> None:
     """Write this process's pid as the owner of a file whose owner died (this process removes it at exit)."""
-    with open(path, "r+b") as f:
+    with open(_open_own(path, os.O_RDWR), "r+b") as f:
         f.seek(struct.calcsize("<8sqq"))
         f.write(struct.pack("<q", os.getpid()))
     _OWNED[str(path)] = os.getpid()
@@ -317,6 +396,7 @@ def _shared_images(
     path: Path, records: list[ImageRecord], imgsz: int, load: Callable[[int], tuple[np.ndarray, tuple[int, int]]]
 ) -> SharedImages | None:
     with _locked(path.with_suffix(".lock")):
+        reclaim_temporaries(path.parent)
         pid = _owner_pid(path) if path.exists() else None
         if pid is not None:
             if pid != os.getpid() and not _pid_alive(pid):

@@ -41,7 +41,7 @@ from yolotrain.engine.validator import Validator
 from yolotrain.errors import CheckpointError, ConfigError, DataError
 from yolotrain.loss import DetectionLoss
 from yolotrain.models import build_model, model_info, weights_io
-from yolotrain.utils.files import increment_path
+from yolotrain.utils.files import claim_dir, set_aside
 from yolotrain.utils.torch_utils import configure_backend, init_seeds
 
 LOGGER = logging.getLogger("yolotrain")
@@ -154,13 +154,14 @@ def build_loader(
 
 
 def run_dir(cfg: Config, create: bool = True) -> Path:
-    """The run folder ``{project}/{name}``, auto-incremented unless ``exist_ok``.
+    """Claim the run folder ``{project}/{name}``: created now, atomically, with the next free number when the
+    name is taken (unless ``exist_ok``), so runs started at once never share a folder.
 
-    With ``create=False`` only the name is chosen; the trainer creates the folder once its set-up
-    succeeded, so a run refused for bad settings or data leaves no empty folder behind.
+    With ``create=False`` only the folder itself is made; the trainer adds ``weights/`` once its set-up
+    succeeded, and removes the folder again if the set-up failed (:func:`release_dir`), so a run refused
+    for bad settings or data leaves no empty folder behind.
     """
-
-    path = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok)
+    path = claim_dir(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok)
     if create:
         (path / "weights").mkdir(parents=True, exist_ok=True)
     return path
@@ -401,8 +402,12 @@ def build_run(
         "versions": {"yolotrain": __version__, "torch": torch.__version__},
     }  # fmt: skip
     checkpointer = Checkpointer(save_dir / "weights", parts, run_info)
-    if dist.is_main():  # the set-up succeeded: now the run folder exists
+    if dist.is_main():  # the set-up succeeded: now the run folder is filled
         (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+        if resume_state is None:  # a fresh run in a used folder (exist_ok=true): its rows start a fresh results.csv
+            old = set_aside(save_dir / "results.csv")
+            if old is not None:
+                LOGGER.info(f"results: {save_dir / 'results.csv'} of an earlier run kept aside as {old.name}")
         mark_elastic_run(save_dir)
         cfg.dump(save_dir / "args.yaml")
     return Run(

@@ -1,9 +1,10 @@
 """Checkpoint files: atomic writes and safe loading.
 
-A checkpoint holds only tensors, plain containers and primitives, so it loads with
-``torch.load(weights_only=True)``: loading never unpickles arbitrary objects. That promise holds only on
-a torch whose ``weights_only`` unpickler has no known bypass, so loading refuses older torch releases
-(:data:`MIN_SAFE_TORCH`).
+A checkpoint holds only tensors, plain containers and primitives. It is read by the same bounded,
+restricted unpickler as every weights file (:func:`yolotrain.models.safe_pickle.safe_load`: nothing in
+the file runs, memory stays within the file's tensor bytes plus a bounded pickle), then refused if it holds
+anything but plain data. Loading still refuses torch releases whose ``weights_only`` unpickler has known
+bypasses (:data:`MIN_SAFE_TORCH`): other tools read the same files with ``torch.load``.
 
 Every file carries ``integrity = {"sha256": ...}``, a digest of everything else in it, and loading refuses
 a file without it. The digest is stored in the file itself, so it detects damage (truncation, bit rot, a
@@ -12,9 +13,10 @@ partial copy), not a deliberate edit: whoever edits the file can recompute it.
 
 from __future__ import annotations
 
+import collections
+import errno
 import hashlib
 import io
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ import torch.nn as nn
 from yolotrain.engine import distributed as dist
 from yolotrain.errors import CheckpointError
 from yolotrain.models import transfer as models_transfer
+from yolotrain.models.safe_pickle import safe_load
 from yolotrain.utils.files import atomic_write
 
 FORMAT = "yolotrain-ckpt-1"
@@ -149,21 +152,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     if not p.is_file():
         raise CheckpointError(f"checkpoint '{p}' does not exist")
     check_torch_safe(p)
-    try:
-        state = torch.load(p, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise CheckpointError(
-            f"checkpoint '{p}' was refused: it holds objects other than tensors and plain data ({first[:160]})"
-        ) from None
-    except Exception as e:  # a damaged file can fail anywhere inside the zip reader or unpickler
-        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise CheckpointError(f"checkpoint '{p}' is truncated or corrupt: {detail}") from None
+    return checkpoint_from(safe_load(p), p, map_location, trust)
+
+
+def checkpoint_from(
+    state: Any, path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False
+) -> dict[str, Any]:
+    """:func:`load_checkpoint` of a file already read by :func:`~yolotrain.models.safe_pickle.safe_load`.
+
+    Raises:
+        CheckpointError: See :func:`load_checkpoint`.
+    """
+    p = Path(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint '{p}' is not a yolotrain checkpoint (no '{FORMAT}' format tag)")
+    odd = _first_non_plain(state)
+    if odd is not None:
+        raise CheckpointError(
+            f"checkpoint '{p}' was refused: it holds objects other than tensors and plain data ({odd})"
+        )
     if "integrity" not in state:
         if trust:
-            return state
+            return _moved(state, map_location)
         raise CheckpointError(
             f"checkpoint '{p}' has no integrity record, so damage to it cannot be detected; "
             + RESAVE_HINT.format(path=p)
@@ -177,7 +187,43 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         )
     if digest(state) != recorded:
         raise CheckpointError(f"checkpoint '{p}' is corrupt: its content does not match the recorded SHA-256")
-    return state
+    return _moved(state, map_location)
+
+
+_PLAIN = (dict, collections.OrderedDict, list, tuple, str, int, float, bool, type(None), torch.Tensor)
+
+
+def _first_non_plain(state: Any) -> str | None:
+    """The class name of the first value that is not a tensor, plain container or primitive (None if all are).
+
+    The graph is known to be acyclic and shallow (:func:`safe_load` checked), so a plain walk ends."""
+    todo = [state]
+    while todo:
+        o = todo.pop()
+        if type(o) not in _PLAIN:
+            return getattr(o, "cls_name", type(o).__name__)
+        if isinstance(o, dict):
+            todo.extend(o.keys())
+            todo.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            todo.extend(o)
+    return None
+
+
+def _moved(state: dict[str, Any], map_location: str | torch.device) -> dict[str, Any]:
+    if torch.device(map_location).type == "cpu":
+        return state
+
+    def move(o: Any) -> Any:
+        if isinstance(o, torch.Tensor):
+            return o.to(map_location)
+        if isinstance(o, dict):
+            return {k: move(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return type(o)(move(v) for v in o)
+        return o
+
+    return move(state)
 
 
 def transfer_weights(model: nn.Module, weights: dict[str, torch.Tensor], load: str = "all") -> dict:
@@ -186,6 +232,17 @@ def transfer_weights(model: nn.Module, weights: dict[str, torch.Tensor], load: s
     See :func:`yolotrain.models.transfer.transfer_weights` (counts, and why tensors were re-initialised).
     """
     return models_transfer.transfer_weights(model, weights, load)
+
+
+def write_failure(path: Path, error: OSError, last: Path) -> str:
+    """The one line a failed checkpoint write stops training with."""
+    why = error.strerror or str(error) or type(error).__name__
+    fix = "free some space" if error.errno == errno.ENOSPC else "fix that"
+    then = f", then continue with resume={last}" if last.is_file() else ""
+    return (
+        f"cannot write checkpoint '{path}': {why} (errno {error.errno}); the checkpoints written before are "
+        f"intact; {fix}{then}"
+    )
 
 
 # Keys the checkpointer itself writes: what the run is (read by resume, fine-tuning, val and predict).
@@ -228,17 +285,29 @@ class Checkpointer:
     def save(self, names: list[str]) -> None:
         """Write the state to each of ``names`` in the weights folder (atomically), on rank 0.
 
-        Every rank must call it: parts may gather from all ranks first (the RNG streams do).
+        Every rank must call it: parts may gather from all ranks first (the RNG streams do). ``last.pt`` is
+        written after every other name, so a ``last.pt`` that records a best epoch exists only once that
+        epoch's ``best.pt`` is durably on disk. A failed write (a full disk) leaves every earlier file as it
+        was and stops every rank with the same one-line :class:`CheckpointError` (no rank is left waiting
+        in a collective for one that raised).
         """
         for part in self.parts:
             if hasattr(part, "gather"):
                 part.gather()
+        failure = None
         if dist.is_main():
             state = self.state_dict()
-            for name in names:
-                save_checkpoint(state, self.wdir / name)
+            ordered = [n for n in names if n != "last.pt"] + [n for n in names if n == "last.pt"]
+            for name in ordered:
+                try:
+                    save_checkpoint(state, self.wdir / name)
+                except OSError as e:
+                    failure = write_failure(self.wdir / name, e, self.wdir / "last.pt")
+                    break
         if dist.world_size() > 1:  # no rank leaves before rank 0 has written (a preempted job exits next)
-            dist.all_reduce_list([0.0])
+            failure = dist.broadcast_object(failure)
+        if failure is not None:
+            raise CheckpointError(failure)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Give each part its keys.

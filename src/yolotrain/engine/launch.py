@@ -35,6 +35,7 @@ from yolotrain.engine.build import per_process_batch, run_dir
 from yolotrain.engine.callbacks import callback_reference
 from yolotrain.engine.resume import checkpoint_path
 from yolotrain.errors import Preempted, TrainingError
+from yolotrain.utils.files import release_dir
 from yolotrain.utils.torch_utils import select_device
 
 LOGGER = logging.getLogger("yolotrain")
@@ -104,7 +105,7 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     if cfg.resume and str(cfg.resume).lower() != "auto":
         save_dir = checkpoint_path(cfg).parent.parent
     else:
-        save_dir = run_dir(cfg, create=False)  # the workers create it (exist_ok) once their set-up succeeded
+        save_dir = run_dir(cfg, create=False)  # claimed here; the workers fill it (exist_ok) once set up
         values.update(project=str(save_dir.parent), name=save_dir.name, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="yolotrain-launch-", delete=False) as f:
         yaml.safe_dump(values, f, sort_keys=False)
@@ -131,6 +132,7 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
         ) from None
     finally:
         cfg_file.unlink(missing_ok=True)
+        release_dir(save_dir)  # only if no worker wrote anything (all refused at set-up)
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -34,7 +34,7 @@ from yolotrain.engine.state import Position
 from yolotrain.errors import CheckpointError, Preempted, TrainingError
 from yolotrain.eval import EvalResult, format_table
 from yolotrain.loss import LOSS_NAMES
-from yolotrain.utils.files import append_csv_row
+from yolotrain.utils.files import append_csv_row, release_dir
 from yolotrain.utils.torch_utils import memory_mb, select_device
 
 LOGGER = logging.getLogger("yolotrain")
@@ -83,10 +83,15 @@ class Trainer:
         """Join the process group, choose the run folder (and checkpoint), build the run, enter its phase."""
         self.owns_group = dist.setup(self.device, self.cfg.dist_timeout)
         cfg, resume_state, save_dir = resolve_run(self.cfg)
-        self.run = build_run(
-            cfg, resume_state, save_dir, self.device, lambda: self.callbacks.run("on_before_optimizer_step", self),
-            lambda: self.callbacks.has("on_before_optimizer_step"),
-        )  # fmt: skip
+        try:
+            self.run = build_run(
+                cfg, resume_state, save_dir, self.device, lambda: self.callbacks.run("on_before_optimizer_step", self),
+                lambda: self.callbacks.has("on_before_optimizer_step"),
+            )  # fmt: skip
+        except BaseException:
+            if dist.is_main():  # the claimed folder goes again while it is empty (refused settings or data)
+                release_dir(save_dir)
+            raise
         self.cfg = self.run.cfg  # the resolved settings, with the batch AutoBatch chose
         self.epoch = self.run.first_epoch
         self.enter_phase(self.epoch)

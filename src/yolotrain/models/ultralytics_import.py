@@ -20,10 +20,10 @@ import torch
 from yolotrain.errors import CheckpointError, ConfigError
 from yolotrain.models.detector import Detector
 from yolotrain.models.registry import registered_archs, validate_model_cfg
-from yolotrain.models.safe_pickle import Inert, pickle_mentions, safe_load
+from yolotrain.models.safe_pickle import Inert, safe_load
 from yolotrain.models.ultralytics_map import map_state_dict
 
-__all__ = ["ImportedCheckpoint", "import_ultralytics", "is_ultralytics_file", "LAYERS"]
+__all__ = ["ImportedCheckpoint", "import_ultralytics", "ultralytics_from", "is_ultralytics", "LAYERS"]
 
 # Layer types of the published detection yamls, in order; the file's own layer list must equal one of them.
 _V8_NECK = ["Upsample", "Concat", "C2f", "Upsample", "Concat", "C2f", "Conv", "Concat", "C2f", "Conv", "Concat", "C2f"]
@@ -66,9 +66,17 @@ class ImportedCheckpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def is_ultralytics_file(path: str | Path) -> bool:
-    """A torch.save file whose pickle names ultralytics classes (decided without unpickling)."""
-    return pickle_mentions(path, b"ultralytics.nn")
+# Where Ultralytics' trainer keeps the model in a checkpoint dict, and the module its model classes live in.
+_MODEL_KEYS = ("model", "ema")
+_MODEL_MODULE = "ultralytics.nn.tasks."
+
+
+def is_ultralytics(obj: Any) -> bool:
+    """Whether a loaded checkpoint is Ultralytics', from its structure: a dict whose ``model`` or ``ema``
+    holds an object of a class from ``ultralytics.nn.tasks`` (text elsewhere in the file does not count)."""
+    return isinstance(obj, dict) and any(
+        isinstance(obj.get(k), Inert) and obj[k].cls_name.startswith(_MODEL_MODULE) for k in _MODEL_KEYS
+    )
 
 
 def _short(inert: Any) -> str:
@@ -79,9 +87,13 @@ def _tensors(module: Inert, prefix: str, out: dict[str, torch.Tensor], where: st
     """Collect a module tree's persistent parameters and buffers the way ``state_dict`` names them."""
     if not isinstance(module.get("_modules"), dict):
         raise CheckpointError(f"'{where}': {module.cls_name} at '{prefix or 'model'}' holds no module state")
-    skip = module.get("_non_persistent_buffers_set") or set()
+    skip = module.get("_non_persistent_buffers_set")
+    skip = skip if isinstance(skip, (set, frozenset, list, tuple)) else ()
     for group in ("_parameters", "_buffers"):
-        for name, t in (module.get(group) or {}).items():
+        members = module.get(group) or {}
+        if not isinstance(members, dict):
+            raise CheckpointError(f"'{where}': {group} of '{prefix or 'model'}' is a {type(members).__name__}")
+        for name, t in members.items():
             if t is None or (group == "_buffers" and name in skip):
                 continue
             if not isinstance(t, torch.Tensor):
@@ -178,8 +190,20 @@ def import_ultralytics(path: str | Path, prefer_ema: bool = True) -> ImportedChe
         CheckpointError: It is not a YOLOv8/YOLO11 detection model, or a tensor has no place here / a
             different shape (all such tensors are listed).
     """
-    where = str(path)
-    obj = safe_load(path)
+    return ultralytics_from(safe_load(path), str(path), prefer_ema)
+
+
+def ultralytics_from(obj: Any, where: str, prefer_ema: bool = True) -> ImportedCheckpoint:
+    """:func:`import_ultralytics` of a file already read by :func:`safe_load` (``where`` names it)."""
+    try:
+        return _ultralytics_from(obj, where, prefer_ema)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError, RuntimeError) as e:
+        # a field of an unexpected type (a tensor where a number belongs...): one line, not a traceback
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise CheckpointError(f"'{where}' is not a well-formed Ultralytics checkpoint: {detail}") from None
+
+
+def _ultralytics_from(obj: Any, where: str, prefer_ema: bool) -> ImportedCheckpoint:
     if not isinstance(obj, dict):
         raise CheckpointError(f"'{where}' holds a {type(obj).__name__}, not an Ultralytics checkpoint dict")
     order = ("ema", "model") if prefer_ema else ("model", "ema")

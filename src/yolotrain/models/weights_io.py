@@ -6,8 +6,9 @@
 
 Each gives a :class:`LoadedWeights`: the validated model description, the (EMA when present) weights
 under our names, the class names and the training image size. The kind is decided from the file itself:
-a ``.safetensors`` header, a torch.save pickle that names ultralytics classes (read by the restricted
-unpickler, nothing runs), else our own format (``torch.load(weights_only=True)``).
+a ``.safetensors`` header, else a torch.save file read by the bounded, restricted unpickler
+(:mod:`yolotrain.models.safe_pickle`, nothing runs) whose structure says which: an object of an
+``ultralytics.nn.tasks`` class under ``model``/``ema`` is Ultralytics', a dict tagged with our format is ours.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from yolotrain.engine.checkpoint import load_checkpoint
+from yolotrain.engine.checkpoint import checkpoint_from
 from yolotrain.errors import CheckpointError, ConfigError
 from yolotrain.models.registry import available_scales, build_model, validate_model_cfg
+from yolotrain.models.safe_pickle import safe_load
 from yolotrain.models.transfer import describe_transfer, transfer_weights
-from yolotrain.models.ultralytics_import import import_ultralytics, is_ultralytics_file
+from yolotrain.models.ultralytics_import import is_ultralytics, ultralytics_from
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -85,10 +87,11 @@ def read_weights(path: str | Path, prefer_ema: bool = True) -> LoadedWeights:
         raise CheckpointError(f"weights file '{p}' does not exist")
     if p.suffix == ".safetensors":
         return _read_safetensors(p)
-    if is_ultralytics_file(p):
-        imp = import_ultralytics(p, prefer_ema=prefer_ema)
+    obj = safe_load(p)  # every torch.save file is read once, within the bounds of safe_pickle
+    if is_ultralytics(obj):  # the kind follows from the structure: where the model classes sit
+        imp = ultralytics_from(obj, str(p), prefer_ema=prefer_ema)
         return LoadedWeights(str(p), "ultralytics", imp.model_cfg, imp.weights, imp.names, imp.imgsz, {}, imp.summary)
-    state = load_checkpoint(p)
+    state = checkpoint_from(obj, p)
     try:
         cfg = validate_model_cfg(state.get("model_cfg"), where=f"checkpoint '{p}' model_cfg")
     except ConfigError as e:

@@ -5,7 +5,8 @@ running the same command again continues the study)::
 
     study.journal          the study (unless storage= points elsewhere)
     space.yaml             the search space in use
-    trials/trial_000/      each trial's run folder (args.yaml, weights/last.pt, results.csv...)
+    trials/trial_000/      each trial's run folder (args.yaml, weights/last.pt, results.csv...);
+                           another study in the same folder (study=B) uses trials/study-B/trial_000/
     trials.csv  best.yaml  plots/*.png
 """
 
@@ -26,7 +27,7 @@ from yolotrain.errors import ConfigError, Preempted, TrainingError
 from yolotrain.tune.options import TuneOptions, split_options
 from yolotrain.tune.report import TuneResult, summarize, write_best_yaml, write_plots, write_trials_csv
 from yolotrain.tune.space import Dimension, SettingsNotApplied, load_space, space_to_dict
-from yolotrain.tune.study import Claim, enqueue_baseline, make_pruner, next_trial, open_study
+from yolotrain.tune.study import Claim, enqueue_baseline, make_pruner, next_trial, open_study, trials_dir
 from yolotrain.tune.trial import train_trial
 
 LOGGER = logging.getLogger("yolotrain")
@@ -147,7 +148,7 @@ def _run_claim(
 ) -> None:
     """Train one claimed trial and tell the study how it ended."""
     trial = claim.trial
-    run = tune_dir / "trials" / f"trial_{trial.number:03d}"
+    run = trials_dir(tune_dir, study.study_name) / f"trial_{trial.number:03d}"  # per study: never shared
     proposed = {k: d.suggest(trial) for k, d in space.items()}  # a resumed trial gets its stored values back
     last = run / "weights" / "last.pt"
     resume = str(last) if claim.resumed and last.is_file() else ""

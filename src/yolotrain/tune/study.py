@@ -18,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,8 +146,17 @@ class Claim:
     resumed: bool
 
 
-def trial_lock(tune_dir: Path, number: int) -> FileLock:
-    return FileLock(tune_dir / "trials" / f"trial_{number:03d}.lock")
+def trials_dir(tune_dir: Path, study_name: str) -> Path:
+    """Where a study's trial folders go: ``trials/`` for the folder's own study (named after the folder),
+    ``trials/study-<name>/`` for any other, so two studies in one folder never share a trial folder."""
+    if study_name == tune_dir.name:
+        return tune_dir / "trials"
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", study_name)
+    return tune_dir / "trials" / f"study-{safe}"
+
+
+def trial_lock(tune_dir: Path, study_name: str, number: int) -> FileLock:
+    return FileLock(trials_dir(tune_dir, study_name) / f"trial_{number:03d}.lock")
 
 
 def next_trial(study: optuna.Study, tune_dir: Path, trials: int) -> Claim | None:
@@ -159,7 +169,7 @@ def next_trial(study: optuna.Study, tune_dir: Path, trials: int) -> Claim | None
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.user_attrs.get("host") != socket.gethostname():
                 continue  # another machine's trial (shared RDB storage): its own tuner resumes it
-            lock = trial_lock(tune_dir, frozen.number)
+            lock = trial_lock(tune_dir, study.study_name, frozen.number)
             if not lock.acquire(blocking=False):
                 continue  # a live process runs it
             current = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -173,7 +183,7 @@ def next_trial(study: optuna.Study, tune_dir: Path, trials: int) -> Claim | None
         if len(started) >= trials:
             return None
         trial = study.ask()
-        lock = trial_lock(tune_dir, trial.number)
+        lock = trial_lock(tune_dir, study.study_name, trial.number)
         lock.acquire()
         trial.set_user_attr("host", socket.gethostname())  # only now: the lock is held before anyone looks
         trial.set_user_attr("pid", os.getpid())

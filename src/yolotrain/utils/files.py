@@ -1,4 +1,4 @@
-"""File helpers: run-folder numbering and atomic writes."""
+"""File helpers: run folders claimed atomically, atomic writes, results rows."""
 
 from __future__ import annotations
 
@@ -18,6 +18,53 @@ def increment_path(path: str | Path, exist_ok: bool = False) -> Path:
     while (path.parent / f"{path.name}{n}").exists():
         n += 1
     return path.parent / f"{path.name}{n}"
+
+
+def claim_dir(path: str | Path, exist_ok: bool = False) -> Path:
+    """Create a run folder that no other process holds and return it: ``path``, else ``path2``, ``path3``...
+
+    The folder is created without ``exist_ok``, so creating it *is* the claim: of N processes that start
+    at once, each gets its own folder (choosing a free name first and creating it later lets two pick the
+    same one). With ``exist_ok`` the folder ``path`` is used whether or not it exists.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if exist_ok:
+        path.mkdir(exist_ok=True)
+        return path
+    n = 1
+    while True:
+        candidate = path if n == 1 else path.parent / f"{path.name}{n}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+
+
+def release_dir(path: str | Path) -> None:
+    """Remove a claimed run folder again if nothing was written into it (a run whose set-up failed)."""
+    try:
+        Path(path).rmdir()  # only an empty folder goes
+    except OSError:
+        pass
+
+
+def set_aside(path: str | Path) -> Path | None:
+    """Rename an existing ``path`` (``results.csv``) to the first free ``results.old1.csv``, ``.old2``...;
+    returns the new name, or None when there was nothing to move."""
+    path = Path(path)
+    n = 1
+    while path.exists():
+        target = path.with_name(f"{path.stem}.old{n}{path.suffix}")
+        try:
+            os.link(path, target)  # fails if target exists: two runs never pick the same name
+        except FileExistsError:
+            n += 1
+            continue
+        path.unlink()
+        return target
+    return None
 
 
 def atomic_write(path: str | Path, write: Callable[[object], None], mode: str = "wb") -> None:
