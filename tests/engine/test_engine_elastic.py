@@ -6,13 +6,16 @@ SyncBN in fp32 it ends near the uninterrupted run's weights.
 """
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from elastic_callbacks import steps
+from elastic_callbacks import rows, steps
 
 from yolotrain.engine.checkpoint import load_checkpoint
 
@@ -102,3 +105,81 @@ def test_two_to_one_to_two_processes_same_stream_pixels_and_weights(data, tmp_pa
         worst = max((got_w[k] - v).abs().max().item() for k, v in ref_w.items() if v.is_floating_point())
         print(f"2 -> 1 -> 2 processes, SyncBN fp32: largest {key} difference {worst:.3g}")
         assert worst <= WEIGHT_TOL, (key, worst)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(check, seconds: float, what: str, procs=()):
+    deadline = time.monotonic() + seconds
+    while not check():
+        dead = [p for p in procs if p.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            raise AssertionError(f"waiting for {what}: " + "".join(p.communicate()[1][-2000:] for p in dead))
+        time.sleep(0.2)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+def test_torchrun_elastic_agent_continues_on_the_surviving_node(data, tmp_path, uninterrupted):
+    """``torchrun --nnodes=1:2``, two loopback nodes; one dies mid-epoch; the agent restarts with the survivor.
+
+    Node A hosts the rendezvous; both workers pause after step (0, 1) (before its save), node B (its agent and
+    worker) is killed, A's worker fails in the next collective, its agent re-forms the job with one node, and
+    the new worker continues from last.pt (resume=auto) on 1 process with the same global stream.
+    """
+    port, out = _free_port(), tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "YT_TEST_OUT": str(out), "YT_PAUSE_AT": "0:1", "PYTHONWARNINGS": "ignore"}
+    env.pop("WORLD_SIZE", None)
+    env["OMP_NUM_THREADS"] = "1"
+
+    def node(is_host: bool) -> subprocess.Popen:
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes=1:2", "--nproc-per-node=1", "--max-restarts=2",
+            "--monitor-interval=0.5", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+            f"--rdzv-id=yt-elastic-{port}", f"--rdzv-conf=is_host={str(is_host).lower()},last_call_timeout=10",
+            "-m", "yolotrain", "train", f"data={data}", *ARGS, f"project={tmp_path}", "name=el", "save_period=1",
+            "dist_timeout=1",
+        ]  # fmt: skip
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)  # fmt: skip
+
+    a = node(True)
+    b = None
+    try:
+        _wait_for(lambda: _listening(port), 120, "node A's rendezvous store", [a])
+        b = node(False)
+        _wait_for(lambda: len(list(out.glob("paused_*"))) == 2, 300, "both workers at step (0, 1)", [a, b])
+        # node B dies: its agent and its worker (in a session of its own)
+        worker_b = [int(p.name.split("_")[1]) for p in out.glob("paused_*") if int(p.read_text()) == b.pid]
+        assert len(worker_b) == 1
+        os.killpg(b.pid, signal.SIGKILL)
+        os.kill(worker_b[0], signal.SIGKILL)
+        b.communicate()
+        (out / "go").write_text("1")
+        _, err = a.communicate(timeout=400)
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert a.returncode == 0, err[-4000:]
+    assert "resume=auto: continuing" in err
+
+    records = rows(out)
+    first = [r for r in records if r["attempt"] == 0]
+    later = [r for r in records if r["attempt"] > 0]
+    assert {r["world"] for r in first} == {2} and {r["world"] for r in later} == {1}
+    start = min((r["epoch"], r["iteration"]) for r in later)
+    assert start == (0, 1)  # last.pt was saved after step (0, 0); step (0, 1) is trained again
+    before, _ = steps(out, lambda r: r["attempt"] == 0 and (r["epoch"], r["iteration"]) < start)
+    after, _ = steps(out, lambda r: r["attempt"] > 0)
+    assert {**before, **after} == uninterrupted[0]  # the same samples, with the same pixels, at every step
+    assert load_checkpoint(tmp_path / "el" / "weights" / "last.pt")["position"] == uninterrupted[1]["position"]
