@@ -41,7 +41,7 @@ ARGS = [
     RECORD,
 ]
 STEPS = [(e, i) for e in range(2) for i in range(2)]
-# 2 -> 1 -> 2 processes with SyncBN in fp32 ends within 5e-5 of the uninterrupted run (measured; docs/elastic.md):
+# 2 -> 1 -> 2 processes with SyncBN in fp32 ends within 1.1e-5 of the uninterrupted run (measured; docs/elastic.md):
 # the same arithmetic summed in another order (per-process partial sums of SyncBN and of the gradient all-reduce,
 # conv kernels blocked for 4 or 8 images) differs by float rounding, which training steps amplify
 WEIGHT_TOL = 1e-4
@@ -122,11 +122,6 @@ def _wait_for(check, seconds: float, what: str, procs=()):
         time.sleep(0.2)
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.mark.slow
 def test_torchrun_elastic_agent_continues_on_the_surviving_node(data, tmp_path, uninterrupted):
     """``torchrun --nnodes=1:2``, two loopback nodes; one dies mid-epoch; the agent restarts with the survivor.
@@ -145,18 +140,18 @@ def test_torchrun_elastic_agent_continues_on_the_surviving_node(data, tmp_path, 
         cmd = [
             sys.executable, "-m", "torch.distributed.run", "--nnodes=1:2", "--nproc-per-node=1", "--max-restarts=2",
             "--monitor-interval=0.5", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
-            f"--rdzv-id=yt-elastic-{port}", f"--rdzv-conf=is_host={str(is_host).lower()},last_call_timeout=10",
+            f"--rdzv-id=yt-elastic-{port}", f"--rdzv-conf=is_host={str(is_host).lower()},last_call_timeout=20",
             "-m", "yolotrain", "train", f"data={data}", *ARGS, f"project={tmp_path}", "name=el", "save_period=1",
             "dist_timeout=1",
         ]  # fmt: skip
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)  # fmt: skip
 
-    a = node(True)
-    b = None
+    # both at once, so both join the first rendezvous round within last_call_timeout (B's store client retries
+    # until A serves the store); a node joining a running job would make the agent re-form it, a growth this
+    # test is not about
+    a, b = node(True), node(False)
     try:
-        _wait_for(lambda: _listening(port), 120, "node A's rendezvous store", [a])
-        b = node(False)
         _wait_for(lambda: len(list(out.glob("paused_*"))) == 2, 300, "both workers at step (0, 1)", [a, b])
         # node B dies: its agent and its worker (in a session of its own)
         worker_b = [int(p.name.split("_")[1]) for p in out.glob("paused_*") if int(p.read_text()) == b.pid]
@@ -168,7 +163,7 @@ def test_torchrun_elastic_agent_continues_on_the_surviving_node(data, tmp_path, 
         _, err = a.communicate(timeout=400)
     finally:
         for p in (a, b):
-            if p is not None and p.poll() is None:
+            if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
     assert a.returncode == 0, err[-4000:]
     assert "resume=auto: continuing" in err
