@@ -248,3 +248,42 @@ def test_requeued_slurm_job_continues_its_own_run(tmp_path, monkeypatch):
     assert elastic_resume(cfg).resume == str(mine / "weights" / "last.pt")
     monkeypatch.setenv("SLURM_JOB_ID", "5555")
     assert elastic_resume(cfg).resume == ""  # a job with no run of its own starts fresh
+
+
+@pytest.mark.parametrize(
+    "batch, world, says",
+    [
+        (8, 3, "setting 'batch'=8 does not divide over 3 processes; it trains on 1, 2 or 4 processes"),
+        (12, 8, "does not divide over 8 processes; it trains on 1, 2, 3, 4 or 6 processes"),
+        (8, 8, "gives 1 image per process over 8 processes; BatchNorm needs at least 2; it trains on 1, 2 or 4"),
+        (3, 2, "setting 'batch'=3 does not divide over 2 processes; it trains on 1 process"),
+    ],
+)
+def test_a_batch_that_does_not_split_is_refused_with_the_counts_that_work(batch, world, says):
+    from yolotrain.engine.build import per_process_batch
+    from yolotrain.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        per_process_batch(batch, world)
+    assert says in str(e.value)
+    assert per_process_batch(12, 6) == 2 and per_process_batch(12, 1) == 12
+
+
+@pytest.mark.parametrize(
+    "saved, now, sync_bn, says",
+    [
+        (2, 1, False, "the per-process batch changed from 4 to 8 images"),
+        (1, 4, False, "the per-process batch changed from 8 to 2 images"),
+        (2, 1, True, "BatchNorm statistics stay over the global batch (sync_bn)"),
+        (2, 2, False, ""),
+    ],
+)
+def test_resume_on_another_number_of_processes_says_what_changes(saved, now, sync_bn, says, caplog):
+    from yolotrain.engine.resume import note_world_change
+
+    state = {"rng_ranks": [{}] * saved}
+    with caplog.at_level("INFO", logger="yolotrain"):
+        note_world_change(state, now, 8, sync_bn)
+    assert says in caplog.text if says else caplog.text == ""
+    if says and not sync_bn:
+        assert "BatchNorm statistics are computed per process, so they will differ" in caplog.text

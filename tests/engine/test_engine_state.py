@@ -72,7 +72,49 @@ def test_each_rank_continues_its_own_stream_unless_the_world_changed():
     a = torch.rand(3)
     torch.manual_seed(11)
     assert torch.equal(a, torch.rand(3))
-    RngStreams(rank=1, world=3).load_state_dict(saved)  # another world size: rank 0's stream
-    b = torch.rand(3)
+
+    def after_resume(rank, world, seed=0, position=Position(1, 4)):
+        random.seed(99), np.random.seed(99), torch.manual_seed(99)  # whatever the process drew before
+        RngStreams(rank, world, seed, lambda: position).load_state_dict(saved)
+        return draws()
+
+    # another number of processes: every rank's streams re-seeded from (seed, epoch, iteration, rank) ...
+    new = [after_resume(r, 3) for r in range(3)]
+    assert len(set(new)) == 3  # ... distinct per rank (rank 0's saved state for all would make them alike)
+    assert after_resume(2, 3) == new[2]  # ... reproducible
+    assert after_resume(2, 3, seed=1) != new[2] and after_resume(2, 3, position=Position(1, 5)) != new[2]
     torch.manual_seed(10)
-    assert torch.equal(b, torch.rand(3))
+    assert float(torch.rand(())) not in [d[2] for d in new]  # not the saved streams
+
+
+def test_reseeding_is_logged_with_the_streams_named(caplog):
+    saved = {"rng": RngStreams().state_dict()["rng"], "rng_ranks": [RngStreams().state_dict()["rng"]] * 2}
+    streams = RngStreams(0, 1, seed=0, position=lambda: Position(0, 3))
+    with caplog.at_level("WARNING", logger="yolotrain"):
+        streams.load_state_dict(saved)
+    assert streams.reseeded[:3] == ("python", "numpy", "torch")
+    assert "1 processes instead of 2: re-seeded the python, numpy, torch" in caplog.text
+    assert "iteration 3" in caplog.text
+    caplog.clear()
+    RngStreams(0, 2).load_state_dict(saved)
+    assert "re-seeded" not in caplog.text  # same number of processes: restored, nothing to say
+
+
+@pytest.mark.parametrize(
+    "micro, saved, now, expected",
+    [
+        (2, 2, 1, 4),  # 4 images a process split in 2 (2 each) -> 8 images a process: 4 parts of 2
+        (4, 1, 2, 2),  # 8 images in 4 parts -> 4 images a process: 2 parts of 2
+        (3, 1, 2, 2),  # 6 images in parts of <= 2 -> 3 images a process: 2 parts (of <= 2)
+        (1, 2, 1, 1),  # no out-of-memory error seen: nothing known, no split
+        (2, 2, 2, 2),  # same number of processes: kept
+    ],
+)
+def test_micro_batches_keep_their_size_on_another_number_of_processes(micro, saved, now, expected, caplog):
+    before = TrainState(processes=saved)
+    before.micro_batches = micro
+    after = TrainState(processes=now)
+    with caplog.at_level("WARNING", logger="yolotrain"):
+        after.load_state_dict(before.state_dict())
+    assert after.micro_batches == expected
+    assert ("micro-batches per step" in caplog.text) == (expected != micro)

@@ -4,7 +4,9 @@ Reproducibility design: the sampler runs in the main process and yields
 ``SampleKey(index, epoch, mosaic)``. The epoch and the mosaic switch therefore reach the dataset
 copies inside worker processes (including persistent ones) with every index, and each sample's
 augmentation depends only on (seed, epoch, index). The shuffle order of epoch ``e`` depends only on
-(seed, e). Hence batches are identical for any number of workers and after a resume.
+(seed, e). Hence batches are identical for any number of workers and after a resume. Training step k of
+an epoch trains the same global batch on any number of processes (:mod:`yolotrain.data.sample_stream`), so
+a run can resume on another number of processes.
 
 Usage::
 
@@ -30,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from yolotrain.data.dataset import SampleKey, epoch_order
 from yolotrain.data.profile import CLOCK, LoaderStats
+from yolotrain.data.sample_stream import rank_share
 
 # the signals a scheduler or a terminal sends to stop a job
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -94,9 +97,13 @@ class EpochSampler(Sampler[SampleKey]):
         shuffle: Random order per epoch.
         seed: Base seed of the order.
         rank: This process's rank when distributed.
-        world_size: Number of processes; above 1 each rank gets its DistributedSampler share.
+        world_size: Number of processes. With shuffle (training) each rank takes its stride of every
+            global batch (:func:`~yolotrain.data.sample_stream.rank_share`); without it (evaluation),
+            its DistributedSampler share.
         rect_group: Without shuffle, a positive value plans rectangular batches of that many
             images over all ranks (``dataset.rect_plan``); each key then carries its shape.
+        global_batch: With shuffle, the images of one training step over all processes (0: one per
+            process); it must divide over ``world_size``.
     """
 
     def __init__(
@@ -107,12 +114,17 @@ class EpochSampler(Sampler[SampleKey]):
         rank: int = -1,
         world_size: int = 1,
         rect_group: int = 0,
+        global_batch: int = 0,
     ) -> None:
         self.dataset = dataset
         self.shuffle = shuffle
         self.seed = int(seed)
         self.epoch = 0
         self.skip = 0
+        self.rank, self.world = max(rank, 0), max(int(world_size), 1)
+        self.global_batch = int(global_batch) or self.world
+        if self.global_batch % self.world:
+            raise ValueError(f"a global batch of {self.global_batch} does not divide over {self.world} processes")
         self.dist: DistributedSampler | None = None
         self.rect: tuple[list[int], list[tuple[int, int]]] | None = None
         if rect_group and not shuffle:
@@ -129,7 +141,7 @@ class EpochSampler(Sampler[SampleKey]):
                 order, shapes = order[r:total:world_size], shapes[r:total:world_size]
             self.rect = (order, shapes)
             world_size = 1  # the split is done
-        if world_size > 1:
+        if world_size > 1 and not shuffle:  # evaluation shards; training takes rank_share of the global stream
             self.dist = DistributedSampler(
                 dataset, num_replicas=world_size, rank=max(rank, 0), shuffle=shuffle, seed=self.seed
             )
@@ -142,13 +154,16 @@ class EpochSampler(Sampler[SampleKey]):
             self.dist.set_epoch(self.epoch)
 
     def _indices(self) -> list[int]:
+        """This rank's indices of the epoch, the first ``skip`` of them dropped."""
         if self.dist is not None:
-            return list(self.dist)
+            return list(self.dist)[self.skip :]
         n = len(self.dataset)  # type: ignore[arg-type]
         if not self.shuffle:
-            return list(range(n))
-        # Same seed-per-epoch rule as DistributedSampler, so one and many processes agree.
-        return epoch_order(n, self.seed, self.epoch).tolist()
+            return list(range(n))[self.skip :]
+        # skip counts this rank's samples; the global position is whole steps of batch/world of them
+        steps, extra = divmod(self.skip, self.global_batch // self.world)
+        order = epoch_order(n, self.seed, self.epoch)
+        return rank_share(order, self.global_batch, self.world, self.rank, steps)[extra:].tolist()
 
     def __iter__(self) -> Iterator[SampleKey]:
         mosaic = bool(getattr(self.dataset, "mosaic_enabled", True))
@@ -156,14 +171,15 @@ class EpochSampler(Sampler[SampleKey]):
         if self.rect is not None:
             order, shapes = self.rect
             return iter([SampleKey(i, epoch, mosaic, s) for i, s in zip(order[self.skip :], shapes[self.skip :])])
-        return iter([SampleKey(i, epoch, mosaic) for i in self._indices()[self.skip :]])
+        return iter([SampleKey(i, epoch, mosaic) for i in self._indices()])
 
     def __len__(self) -> int:
         if self.rect is not None:
-            n = len(self.rect[0])
-        else:
+            return max(0, len(self.rect[0]) - self.skip)
+        if self.dist is not None or not self.shuffle:
             n = len(self.dist) if self.dist is not None else len(self.dataset)  # type: ignore[arg-type]
-        return max(0, n - self.skip)
+            return max(0, n - self.skip)
+        return len(self._indices())
 
 
 class DetectionLoader(DataLoader):
@@ -280,7 +296,8 @@ def build_dataloader(
         # Rectangular batches for evaluation datasets that ask for them (DetectionDataset.rect):
         # shapes are planned over the global batch so every rank's share of a batch agrees.
         rect = not shuffle and bool(getattr(dataset, "rect", False)) and hasattr(dataset, "rect_plan")
-        sampler = EpochSampler(dataset, shuffle, seed, rank, world_size, batch_size * world_size if rect else 0)
+        global_batch = batch_size * world_size
+        sampler = EpochSampler(dataset, shuffle, seed, rank, world_size, global_batch if rect else 0, global_batch)
     elif world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=max(rank, 0), shuffle=shuffle, seed=seed)
     else:

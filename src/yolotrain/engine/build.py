@@ -33,7 +33,7 @@ from yolotrain.engine.oom import OOMInjector
 from yolotrain.engine.optim import Schedule, build_optimizer
 from yolotrain.engine.phases import PhasePlanner
 from yolotrain.engine.precision import Precision, choose_amp
-from yolotrain.engine.resume import elastic_resume, mark_elastic_run, prepare_resume
+from yolotrain.engine.resume import elastic_resume, mark_elastic_run, note_world_change, prepare_resume
 from yolotrain.engine.state import Position, RngStreams, TrainState
 from yolotrain.engine.step import TrainStep
 from yolotrain.engine.sync_bn import convert_sync_bn
@@ -65,26 +65,38 @@ def check_imgsz(imgsz: int, stride: int = MAX_STRIDE) -> int:
     return new
 
 
-def per_process_batch(batch: int, world: int) -> int:
+def per_process_batch(batch: int, world: int, whose: str = "setting 'batch'") -> int:
     """Each process's share of the global ``batch`` over ``world`` processes.
+
+    Args:
+        batch: The global batch.
+        world: The number of processes.
+        whose: What the batch is, for the message (a resumed run names its checkpoint).
 
     Raises:
         ConfigError: When the batch does not divide over the processes, or leaves fewer than two images
-            per process (BatchNorm statistics of one image are meaningless).
+            per process (BatchNorm statistics of one image are meaningless); the message lists the
+            process counts that would work.
     """
     if world == 1:
         return batch
+    if batch % world == 0 and batch // world >= 2:
+        return batch // world
+    usable = fitting_worlds(batch)
+    listed = ", ".join(map(str, usable[:-1])) + f" or {usable[-1]} processes" if len(usable) > 1 else "1 process"
     if batch % world:
-        raise ConfigError(
-            f"setting 'batch'={batch} does not divide over {world} processes; use a multiple of "
-            f"{world} (batch is the global batch, each process gets batch/{world})"
-        )
-    if batch // world < 2:
-        raise ConfigError(
-            f"setting 'batch'={batch} gives {batch // world} image per process over {world} "
-            f"processes; BatchNorm needs at least 2: use batch >= {2 * world}"
-        )
-    return batch // world
+        problem = f"does not divide over {world} processes"
+    else:
+        problem = f"gives {batch // world} image per process over {world} processes; BatchNorm needs at least 2"
+    raise ConfigError(
+        f"{whose}={batch} {problem}; it trains on {listed} "
+        f"(batch is the global batch, each process gets batch/processes, at least 2)"
+    )
+
+
+def fitting_worlds(batch: int) -> list[int]:
+    """The process counts a global ``batch`` divides over with at least two images each (and 1)."""
+    return [1] + [w for w in range(2, batch // 2 + 1) if batch % w == 0]
 
 
 def build_records(data: dict[str, Any], split: str):
@@ -340,9 +352,12 @@ def build_run(
         LOGGER.info("sync_bn: BatchNorm statistics are computed over the global batch")
     elif cfg.sync_bn:
         LOGGER.warning("sync_bn=true has no effect in one process")
+    if state_in:
+        note_world_change(state_in, world, batch, cfg.sync_bn)
 
     # loaders, optimizer and schedule
-    loaders = TrainLoaders(cfg, train_records, val_records, imgsz, device, per_process_batch(batch, world) * 2)
+    whose = f"resume={cfg.resume}: the run's 'batch'" if state_in else "setting 'batch'"
+    loaders = TrainLoaders(cfg, train_records, val_records, imgsz, device, per_process_batch(batch, world, whose) * 2)
     position = Position(**state_in["position"]) if state_in else Position()
     first_epoch = position.next_start()[0]
     spec = cfg.freeze
@@ -366,7 +381,7 @@ def build_run(
 
     # the step and what it updates
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None
-    state = TrainState(patience=cfg.patience)
+    state = TrainState(patience=cfg.patience, processes=world)
     oom_injector = OOMInjector.from_env()  # YOLOTRAIN_INJECT_OOM, for tests and drills
     only = os.environ.get("YOLOTRAIN_INJECT_OOM_RANK")
     if only is not None and only.strip() != str(dist.rank()):  # inject on one rank of a DDP job only
@@ -388,7 +403,7 @@ def build_run(
         validator.oom_injector = oom_injector
 
     # the checkpoint: the run description and the union of the parts' states
-    rngs = RngStreams(dist.rank(), world)
+    rngs = RngStreams(dist.rank(), world, cfg.seed, lambda: state.position)
     parts = [StatefulModule("model", model, copy=True), StatefulModule("optimizer", optimizer), precision, state, rngs]
     if ema is not None:
         parts.append(ema)

@@ -33,6 +33,7 @@ from yolotrain.config import Config
 from yolotrain.engine import distributed as dist
 from yolotrain.engine.build import per_process_batch, run_dir
 from yolotrain.engine.callbacks import callback_reference
+from yolotrain.engine.checkpoint import load_checkpoint
 from yolotrain.engine.resume import checkpoint_path
 from yolotrain.errors import Preempted, TrainingError
 from yolotrain.utils.files import release_dir
@@ -70,6 +71,22 @@ def launch_config(n: int, max_restarts: int = 0) -> LaunchConfig:
     )
 
 
+def check_batch_split(cfg: Config, n: int) -> None:
+    """Refuse a global batch that does not split over ``n`` processes: the run's own batch when resuming.
+
+    A resumed run trains with its checkpoint's batch, not with the ``batch`` setting (whose default the user
+    never gave), so that is the one checked and named.
+    """
+    batch, whose = cfg.batch, "setting 'batch'"
+    if cfg.resume and str(cfg.resume).lower() != "auto":
+        path = checkpoint_path(cfg)
+        saved = (load_checkpoint(path).get("config") or {}) if path.is_file() else {}
+        if "batch" in saved:  # otherwise the workers report what is wrong with the file
+            batch, whose = saved["batch"], f"resume={path}: the run's 'batch'"
+    if isinstance(batch, int) and batch > 0:
+        per_process_batch(batch, n, whose)
+
+
 def worker_args(cfg_file: Path, callbacks: list[str] = ()) -> list[str]:
     """Each worker's command line after the Python executable.
 
@@ -95,8 +112,7 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     """
 
     select_device(cfg.device)  # e.g. device=0,1 without CUDA: refused here, not once per worker
-    if isinstance(cfg.batch, int) and cfg.batch > 0:
-        per_process_batch(cfg.batch, n)  # refuse a bad split before starting anything
+    check_batch_split(cfg, n)  # refuse a bad split before starting anything
     refs = [callback_reference(event, fn) for event, fn in extra_callbacks]
     values = {k: getattr(cfg, k) for k in cfg.explicit if k != "cfg"}
     values["nproc"] = 0

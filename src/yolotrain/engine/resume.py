@@ -92,6 +92,35 @@ def prepare_resume(cfg: Config) -> tuple[Config, dict[str, Any], Path]:
     return resolve(values, recorded=saved, recorded_from=f"checkpoint '{path}'"), state, path
 
 
+def saved_processes(state: dict[str, Any]) -> int:
+    """How many processes wrote the checkpoint ``state`` (each rank's random streams are in it)."""
+    return len(state.get("rng_ranks") or []) or 1
+
+
+def note_world_change(state: dict[str, Any], world: int, batch: int, sync_bn: bool) -> None:
+    """Log what a resume on another number of processes changes (nothing when the number is the same).
+
+    The samples of every step are the same (the position counts global steps); what each process computes
+    alone is not: without SyncBN, BatchNorm's batch statistics come from the per-process batch.
+    """
+    saved = saved_processes(state)
+    if saved == world or batch % saved or batch % world:
+        return
+    was, now = batch // saved, batch // world
+    if sync_bn:
+        LOGGER.info(
+            f"resume: {world} processes instead of {saved}, the same global batch {batch} and samples per step; "
+            "BatchNorm statistics stay over the global batch (sync_bn)"
+        )
+        return
+    LOGGER.warning(
+        f"resume: {world} processes instead of {saved}: the per-process batch changed from {was} to {now} images "
+        f"(global batch {batch} and the samples of every step are the same); BatchNorm statistics are computed "
+        "per process, so they will differ from the uninterrupted run's (sync_bn=true computes them over the "
+        "global batch)"
+    )
+
+
 ELASTIC_MARKER = ".torchelastic_run"
 
 

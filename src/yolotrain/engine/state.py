@@ -3,12 +3,21 @@
 ``TrainState`` is the one owner of the position (epoch, iteration), the best result, the metrics history,
 the skipped-step and out-of-memory counters, the micro-batch split, early stopping and the RNG streams.
 It saves to and loads from the checkpoint's keys listed in :attr:`TrainState.KEYS`.
+
+A checkpoint may be resumed on another number of processes (the position counts global steps, see
+:mod:`yolotrain.data.sample_stream`). What is per process is then adapted, and logged: the micro-batch
+split is rescaled to the new per-process batch (:meth:`TrainState.load_state_dict`) and the global random
+streams are re-seeded from (seed, position, rank) (:meth:`RngStreams.load_state_dict`). Nothing that decides
+the samples, their augmentation or the multi-scale sizes draws from those streams; they are kept only so a
+same-sized resume continues every library's stream exactly.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +28,8 @@ from yolotrain.engine import distributed as dist
 from yolotrain.engine.early_stop import EarlyStopping
 from yolotrain.errors import CheckpointError
 from yolotrain.eval import EvalResult
+
+LOGGER = logging.getLogger("yolotrain")
 
 
 def rng_state() -> dict[str, Any]:
@@ -69,6 +80,7 @@ class TrainState:
 
     Args:
         patience: Early-stopping patience in epochs (0: off).
+        processes: The number of training processes (a checkpoint from another number is adapted).
     """
 
     KEYS = (
@@ -84,6 +96,7 @@ class TrainState:
     )
 
     patience: int = 0
+    processes: int = 1
     position: Position = field(default_factory=Position)
     best_fitness: float = -math.inf
     best: EvalResult | None = None  # this process's best result (best_metrics is what a checkpoint keeps)
@@ -131,7 +144,7 @@ class TrainState:
             "history": list(self.history),
             "skipped_steps": self.skipped_steps,
             "early_stop": self.early_stop.state_dict(),
-            "phase": {**self.phase, "micro_batches": self.micro_batches},
+            "phase": {**self.phase, "micro_batches": self.micro_batches, "processes": self.processes},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -151,7 +164,16 @@ class TrainState:
             self.early_stop.load_state_dict(state["early_stop"])
         # keep the micro-batching an out-of-memory error forced (the resumed run would hit it again)
         self.phase = dict(state.get("phase") or {})
-        self.micro_batches = int(self.phase.pop("micro_batches", 1))
+        micro = int(self.phase.pop("micro_batches", 1))
+        saved = int(self.phase.pop("processes", self.processes))
+        # after an out-of-memory split, each process now has saved/processes times the images: as many more
+        # parts keep each part at the size known to fit (without one, nothing is known: the split starts at 1)
+        self.micro_batches = max(1, math.ceil(micro * saved / self.processes)) if micro > 1 else 1
+        if self.micro_batches != micro:
+            LOGGER.warning(
+                f"resume: {self.processes} processes instead of {saved}: micro-batches per step {micro} -> "
+                f"{self.micro_batches} (the out-of-memory split keeps its images per micro-batch)"
+            )
 
 
 class RngStreams:
@@ -160,13 +182,18 @@ class RngStreams:
     Args:
         rank: This process's rank.
         world: The number of processes.
+        seed: The run's seed (re-seeding on another number of processes derives from it).
+        position: Returns the training position ``(epoch, iteration)`` once the checkpoint is loaded.
     """
 
     KEYS = ("rng", "rng_ranks")
+    STREAMS = ("python", "numpy", "torch", "cuda")
 
-    def __init__(self, rank: int = 0, world: int = 1):
-        self.rank, self.world = rank, world
+    def __init__(self, rank: int = 0, world: int = 1, seed: int = 0, position: Callable[[], Position] | None = None):
+        self.rank, self.world, self.seed = rank, world, int(seed)
+        self.position = position or Position
         self.gathered: list[dict[str, Any]] | None = None
+        self.reseeded: tuple[str, ...] = ()  # the streams the last load re-seeded instead of restoring
 
     def gather(self) -> None:
         """Collect every rank's streams (a collective: every rank calls it before a save)."""
@@ -177,6 +204,32 @@ class RngStreams:
         return {"rng": ranks[0], "rng_ranks": ranks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue this rank's own streams; with another number of processes, rank 0's."""
+        """Continue this rank's own streams; with another number of processes, re-seed them all.
+
+        Rank r of a new world has no saved stream of its own (and rank 0's for everyone would make the ranks
+        draw alike), so every stream is seeded from (seed, epoch, iteration, rank): the same resume gives the
+        same streams. The log names the streams re-seeded.
+        """
         ranks = state.get("rng_ranks") or []
-        set_rng_state(ranks[self.rank] if len(ranks) == self.world else state["rng"])
+        saved_world = len(ranks) or 1
+        if saved_world == self.world:
+            set_rng_state(ranks[self.rank] if ranks else state["rng"])
+            self.reseeded = ()
+            return
+        pos = self.position()
+        seed_all(self.seed, pos.epoch, pos.iteration, self.rank)
+        self.reseeded = self.STREAMS if torch.cuda.is_available() else self.STREAMS[:3]
+        if dist.is_main():
+            LOGGER.warning(
+                f"resume: {self.world} processes instead of {saved_world}: re-seeded the {', '.join(self.reseeded)} "
+                f"random streams of every rank from (seed, epoch {pos.epoch + 1}, iteration {pos.iteration}, rank); "
+                "the samples, their augmentation and the multi-scale sizes do not draw from them"
+            )
+
+
+def seed_all(*key: int) -> None:
+    """Seed the Python, numpy, torch and CUDA global streams from the integers ``key`` (one stream per key)."""
+    words = np.random.SeedSequence([int(k) % 2**63 for k in key]).generate_state(4, dtype=np.uint64)
+    random.seed(int(words[0]))
+    np.random.seed(int(words[1] % 2**32))
+    torch.manual_seed(int(words[2] % 2**63))  # also seeds every CUDA device
