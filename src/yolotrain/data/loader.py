@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from yolotrain.data.class_balance import epoch_length, repeat_rank_share
 from yolotrain.data.dataset import SampleKey, epoch_order
 from yolotrain.data.profile import CLOCK, LoaderStats
 
@@ -97,6 +98,9 @@ class EpochSampler(Sampler[SampleKey]):
         world_size: Number of processes; above 1 each rank gets its DistributedSampler share.
         rect_group: Without shuffle, a positive value plans rectangular batches of that many
             images over all ranks (``dataset.rect_plan``); each key then carries its shape.
+        repeat_factors: With shuffle, each image's repeat factor (``sampler=repeat_factor``): the epoch's
+            order comes from :func:`~yolotrain.data.class_balance.repeat_rank_share`, also a function of
+            (seed, epoch) only.
     """
 
     def __init__(
@@ -107,8 +111,11 @@ class EpochSampler(Sampler[SampleKey]):
         rank: int = -1,
         world_size: int = 1,
         rect_group: int = 0,
+        repeat_factors: np.ndarray | None = None,
     ) -> None:
         self.dataset = dataset
+        self.repeat = repeat_factors if shuffle else None  # sampler=repeat_factor
+        self.rank, self.world = max(rank, 0), max(world_size, 1)
         self.shuffle = shuffle
         self.seed = int(seed)
         self.epoch = 0
@@ -142,6 +149,8 @@ class EpochSampler(Sampler[SampleKey]):
             self.dist.set_epoch(self.epoch)
 
     def _indices(self) -> list[int]:
+        if self.repeat is not None:
+            return repeat_rank_share(self.repeat, self.seed, self.epoch, self.rank, self.world).tolist()
         if self.dist is not None:
             return list(self.dist)
         n = len(self.dataset)  # type: ignore[arg-type]
@@ -161,6 +170,8 @@ class EpochSampler(Sampler[SampleKey]):
     def __len__(self) -> int:
         if self.rect is not None:
             n = len(self.rect[0])
+        elif self.repeat is not None:
+            n = -(-epoch_length(self.repeat) // self.world)
         else:
             n = len(self.dist) if self.dist is not None else len(self.dataset)  # type: ignore[arg-type]
         return max(0, n - self.skip)
@@ -250,6 +261,7 @@ def build_dataloader(
     pin_memory: bool = False,
     drop_last: bool = False,
     persistent_workers: bool = True,
+    repeat_factors: np.ndarray | None = None,
 ) -> DetectionLoader:
     """Build the loader for training or evaluation.
 
@@ -268,6 +280,7 @@ def build_dataloader(
         pin_memory: Pin batches in page-locked memory (useful with CUDA).
         drop_last: Drop the last incomplete batch.
         persistent_workers: Keep workers alive between epochs (only when workers > 0).
+        repeat_factors: Per-image repeat factors for a shuffled epoch-aware loader (``sampler=repeat_factor``).
 
     Returns:
         The loader; call :func:`set_loader_epoch` before each epoch.
@@ -280,7 +293,8 @@ def build_dataloader(
         # Rectangular batches for evaluation datasets that ask for them (DetectionDataset.rect):
         # shapes are planned over the global batch so every rank's share of a batch agrees.
         rect = not shuffle and bool(getattr(dataset, "rect", False)) and hasattr(dataset, "rect_plan")
-        sampler = EpochSampler(dataset, shuffle, seed, rank, world_size, batch_size * world_size if rect else 0)
+        rect_group = batch_size * world_size if rect else 0
+        sampler = EpochSampler(dataset, shuffle, seed, rank, world_size, rect_group, repeat_factors)
     elif world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=max(rank, 0), shuffle=shuffle, seed=seed)
     else:

@@ -34,6 +34,8 @@ class DetectionLoss:
         cls: Gain of the classification loss.
         dfl: Gain of the distribution focal loss.
         tal_topk: Positives per gt in the assigner.
+        cls_weights: Optional (nc,) weight per class, multiplied into each class's BCE term (positive and
+            negative) before the sum (``cls_weights=`` for long-tailed data); None weighs every class 1.
     """
 
     def __init__(
@@ -45,21 +47,26 @@ class DetectionLoss:
         cls: float = 0.5,
         dfl: float = 1.5,
         tal_topk: int = 10,
+        cls_weights: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         self.nc = nc
+        self.cls_weights = None if cls_weights is None else torch.as_tensor(cls_weights, dtype=torch.float32)
         self.reg_max = reg_max
         self.strides = tuple(float(s) for s in strides)
         self.gains = (box, cls, dfl)
         self.assigner = TaskAlignedAssigner(topk=tal_topk, num_classes=nc, alpha=0.5, beta=6.0)
 
     @classmethod
-    def from_model(cls, model: nn.Module, hyp: Any = None, tal_topk: int = 10) -> DetectionLoss:
+    def from_model(
+        cls, model: nn.Module, hyp: Any = None, tal_topk: int = 10, cls_weights: Sequence[float] | None = None
+    ) -> DetectionLoss:
         """Build the loss matching a model's classes, bins and strides.
 
         Args:
             model: A ``Detector`` (a DDP wrapper is looked through, read-only).
             hyp: Object or mapping with ``box``, ``cls`` and ``dfl`` gains; missing ones use defaults.
             tal_topk: Positives per gt in the assigner.
+            cls_weights: Optional weight per class for the classification loss.
 
         Returns:
             The loss.
@@ -80,6 +87,7 @@ class DetectionLoss:
             cls=gain("cls", 0.5),
             dfl=gain("dfl", 1.5),
             tal_topk=tal_topk,
+            cls_weights=cls_weights,
         )
 
     def __call__(
@@ -155,7 +163,10 @@ class DetectionLoss:
         b, pred_dist, pred_logits, pred_bboxes = t["b"], t["pred_dist"], t["pred_logits"], t["pred_bboxes"]
         anchor_points, stride_tensor, target_bboxes = t["anchor_points"], t["stride_tensor"], t["target_bboxes"]
         target_scores, fg_mask = t["target_scores"], t["fg_mask"]
-        loss_cls = F.binary_cross_entropy_with_logits(pred_logits, target_scores, reduction="sum") / target_scores_sum
+        # the (nc,) class weights broadcast over (B, A, nc): each class's terms are scaled before the sum
+        w = self.cls_weights.to(pred_logits.device) if self.cls_weights is not None else None
+        loss_cls = F.binary_cross_entropy_with_logits(pred_logits, target_scores, w, reduction="sum")
+        loss_cls = loss_cls / target_scores_sum
 
         if fg_mask.any():
             target_bboxes = target_bboxes / stride_tensor  # pixels -> grid units of each anchor's level
