@@ -3,6 +3,7 @@
 Run it with::
 
     nice -n 5 .venv/bin/python benchmarks/long_tail.py                  # 3 seeds x 2 samplers (CPU minutes)
+    nice -n 5 .venv/bin/python benchmarks/long_tail.py --pool 1000 --size 256 --imgsz 160 --epochs 12  # larger
     .venv/bin/python benchmarks/long_tail.py --smoke                    # tiny sizes, same code path
 
 The long-tailed set is built from the demo generator: a pool of demo images, from which the training split
@@ -97,13 +98,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--pool", type=int, default=1000, help="demo train images the long-tailed split is cut from")
-    ap.add_argument("--val", type=int, default=200)
-    ap.add_argument("--size", type=int, default=256, help="demo image size")
-    ap.add_argument("--imgsz", type=int, default=160)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--pool", type=int, default=400, help="demo train images the long-tailed split is cut from")
+    ap.add_argument("--val", type=int, default=100)
+    ap.add_argument("--size", type=int, default=128, help="demo image size")
+    ap.add_argument("--imgsz", type=int, default=96)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--rare", type=int, default=3, help="the class made rare (demo: 3 = cross)")
     ap.add_argument("--keep", type=float, default=0.05, help="share of the rare class's train images kept")
     ap.add_argument("--rfs-threshold", type=float, default=None, help="default: what yolotrain data check suggests")

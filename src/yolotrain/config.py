@@ -150,7 +150,7 @@ SETTINGS: dict[str, Setting] = {
         "shuffle",
         "str",
         "training order: shuffle (each image once per epoch) or repeat_factor (LVIS repeat-factor sampling: "
-        "images with classes rarer than rfs_threshold repeat, epoch length round(sum of repeats))",
+        "images with classes rarer than rfs_threshold repeat, epoch length ceil(sum of repeats))",
         choices=("shuffle", "repeat_factor"),
     ),
     "rfs_threshold": S(

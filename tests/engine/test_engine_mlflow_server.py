@@ -38,6 +38,7 @@ class Server:
 
     def __init__(self, root: Path):
         self.root, self.port = root, _free_port()
+        root.mkdir(parents=True, exist_ok=True)
         self.uri = f"http://127.0.0.1:{self.port}"
         cmd = [
             sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),

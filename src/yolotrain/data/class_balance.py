@@ -9,11 +9,12 @@
 
 so images holding a class rarer than ``t`` are seen more often and nothing is seen less often.
 
-An epoch keeps a fixed length, ``L = round(sum_i r_i)`` images, so the iterations per epoch, the lr
-schedule and mid-epoch resume work as without the sampler. The fractional part of each repeat is rounded
-by systematic sampling with one uniform offset drawn from (seed, epoch): each image gets ``floor`` or
-``ceil`` of its (rescaled) factor, on average exactly the factor, and the epoch's whole order is a
-function of (seed, epoch) only, the same on every rank.
+An epoch keeps a fixed length, ``L = ceil(sum_i r_i)`` images, so the iterations per epoch, the lr
+schedule and mid-epoch resume work as without the sampler. The factors are scaled by ``L / sum_i r_i``
+(at least 1, so every image still appears at least once per epoch) and the fractional parts are rounded by
+systematic sampling with one uniform offset drawn from (seed, epoch): each image gets ``floor`` or ``ceil``
+of its scaled factor, on average exactly that factor, and the epoch's whole order is a function of
+(seed, epoch) only, the same on every rank.
 
 ``cls_weights=auto`` weights each class's term of the classification loss by the inverse of its box
 count, normalised to mean 1 over the classes that have boxes, then clipped to
@@ -22,6 +23,7 @@ count, normalised to mean 1 over the classes that have boxes, then clipped to
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,8 +84,8 @@ def repeat_factors(image_classes: Sequence[np.ndarray], nc: int, threshold: floa
 
 
 def epoch_length(factors: np.ndarray) -> int:
-    """Images per epoch under these factors: ``round(sum(factors))`` (at least 1)."""
-    return max(1, int(round(float(np.sum(factors)))))
+    """Images per epoch under these factors: ``ceil(sum(factors))`` (at least 1)."""
+    return max(1, math.ceil(float(np.sum(factors)) - 1e-9))  # an integer sum is not rounded up by float error
 
 
 def repeat_counts(factors: np.ndarray, seed: int, epoch: int) -> np.ndarray:
