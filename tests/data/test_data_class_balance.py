@@ -59,6 +59,11 @@ def test_repeat_counts_round_each_factor_down_or_up_and_keep_the_length() -> Non
         seen += c
     # on average each image appears its scaled factor times (systematic sampling is unbiased)
     assert seen / 400 == pytest.approx(scaled, abs=0.05)
+    # the extra of the round-up is spread in proportion to the factors: [1, 1, 1, 1, 4.5] sums to 8.5, the
+    # epoch holds 9, so the last image's mean is 4.5 * 9 / 8.5 = 4.7647 (not 4.5 plus a share of the extra)
+    r = np.array([1, 1, 1, 1, 4.5])
+    mean = np.mean([repeat_counts(r, seed=1, epoch=e) for e in range(2000)], axis=0)
+    assert mean == pytest.approx([9 / 8.5] * 4 + [4.5 * 9 / 8.5], abs=0.03)
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch() -> None:
@@ -66,6 +71,7 @@ def test_epoch_order_is_a_function_of_seed_and_epoch() -> None:
     a = repeat_epoch_order(r, seed=1, epoch=3)
     assert len(a) == 10 and np.array_equal(a, repeat_epoch_order(r, seed=1, epoch=3))
     assert np.array_equal(np.bincount(a, minlength=8), repeat_counts(r, 1, 3))
+    assert len({repeat_epoch_order(r, seed=1, epoch=e)[0] for e in range(10)}) > 1  # shuffled, not in index order
     others = [repeat_epoch_order(r, seed=1, epoch=e) for e in range(4, 8)] + [repeat_epoch_order(r, 2, 3)]
     assert any(not np.array_equal(a, b) for b in others)
 
