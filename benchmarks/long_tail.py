@@ -4,6 +4,7 @@ Run it with::
 
     nice -n 5 .venv/bin/python benchmarks/long_tail.py                  # 3 seeds x 2 samplers (CPU minutes)
     nice -n 5 .venv/bin/python benchmarks/long_tail.py --pool 1000 --size 256 --imgsz 160 --epochs 12  # larger
+    (OMP_NUM_THREADS=1 keeps a busy shared CPU from thrashing)
     .venv/bin/python benchmarks/long_tail.py --smoke                    # tiny sizes, same code path
 
 The long-tailed set is built from the demo generator: a pool of demo images, from which the training split
@@ -98,11 +99,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--pool", type=int, default=400, help="demo train images the long-tailed split is cut from")
-    ap.add_argument("--val", type=int, default=100)
-    ap.add_argument("--size", type=int, default=128, help="demo image size")
-    ap.add_argument("--imgsz", type=int, default=96)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--pool", type=int, default=300, help="demo train images the long-tailed split is cut from")
+    ap.add_argument("--val", type=int, default=60)
+    ap.add_argument("--size", type=int, default=96, help="demo image size")
+    ap.add_argument("--imgsz", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--rare", type=int, default=3, help="the class made rare (demo: 3 = cross)")

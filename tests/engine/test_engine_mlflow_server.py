@@ -171,3 +171,23 @@ def test_server_down_from_the_start_costs_one_warning(tiny_data, tmp_path, caplo
     warnings = [r.getMessage() for r in caplog.records if "MLflowLogger" in r.getMessage()]
     assert len(warnings) == 1 and "on_train_start failed" in warnings[0], warnings
     assert (tmp_path / "exp" / "weights" / "best.pt").is_file()
+
+
+def test_tune_logs_one_parent_run_per_study_and_a_child_per_trial(tiny_data, tmp_path, server):
+    from yolotrain.cli import main
+
+    args = {**TRAIN, "epochs": 1, "data": tiny_data, "project": tmp_path, "name": "study", "trials": 2,
+            "mlflow": server.uri, "plots": False, "channels_last": False}  # fmt: skip
+    assert main(["tune", *[f"{k}={v}" for k, v in args.items()]]) == 0
+    client = mlflow.MlflowClient(server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("yolotrain").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert parent.data.tags["yolotrain.study"] == "study" and parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(c.data.tags["yolotrain.run_name"] for c in children) == ["trial_000", "trial_001"]
+    best = max(c.data.metrics["metrics/mAP50-95"] for c in children)
+    assert parent.data.metrics["best/mAP50-95"] == pytest.approx(best, abs=1e-4)
+    assert {"trials.csv", "best.yaml", "space.yaml"} <= {f.path for f in client.list_artifacts(parent.info.run_id)}
