@@ -11,6 +11,7 @@ from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from yolotrain.cli import main
 from yolotrain.tune.study import dashboard_command, make_pruner, open_study
@@ -19,12 +20,8 @@ optuna_dashboard = pytest.importorskip("optuna_dashboard")  # in the dev extra, 
 from optuna_dashboard._storage_url import get_storage  # noqa: E402 - the CLI's loader, after the skip
 
 
-def _dashboard_studies(command: str) -> dict[str, dict]:
-    """What ``optuna-dashboard ARG`` would show on /api/studies, by study name."""
-    argv = shlex.split(command)
-    assert argv[0] == "optuna-dashboard" and len(argv) == 2, command
-    app = optuna_dashboard.wsgi(get_storage(argv[1]))
-    environ = {"PATH_INFO": "/api/studies", "REQUEST_METHOD": "GET"}
+def _get(app, path: str) -> dict:
+    environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
     setup_testing_defaults(environ)
     status: list[str] = []
 
@@ -33,8 +30,17 @@ def _dashboard_studies(command: str) -> dict[str, dict]:
         return lambda data: None
 
     body = b"".join(app(environ, start_response))
-    assert status[0].startswith("200"), status
-    return {s["study_name"]: s for s in json.loads(body)["study_summaries"]}
+    assert status[0].startswith("200"), (path, status, body[:300])
+    return json.loads(body)
+
+
+def _dashboard_study(command: str, name: str) -> dict:
+    """What ``optuna-dashboard ARG`` shows for study ``name`` (/api/studies, then its detail)."""
+    argv = shlex.split(command)
+    assert argv[0] == "optuna-dashboard" and len(argv) == 2, command
+    app = optuna_dashboard.wsgi(get_storage(argv[1]))  # the loader the dashboard's CLI runs on ARG
+    ids = {s["study_name"]: s["study_id"] for s in _get(app, "/api/studies")["study_summaries"]}
+    return _get(app, f"/api/studies/{ids[name]}")
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +60,12 @@ def test_printed_command_opens_the_journal_study_in_the_dashboard(tune_data, tmp
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     command = summary.split("; dashboard: ", 1)[1]
     assert command == f"optuna-dashboard {shlex.quote(str((tmp_path / 'dash' / 'study.journal').resolve()))}"
-    study = _dashboard_studies(command)["dash"]
-    assert study["directions"] == ["maximize"]
-    stored = optuna.load_study(study_name="dash", storage=get_storage(shlex.split(command)[1]))
-    assert len(stored.trials) == 2 and study["best_trial"]["value"] == pytest.approx(stored.best_value)
+    shown = _dashboard_study(command, "dash")
+    assert shown["directions"] == ["maximize"]
+    assert [t["state"] for t in shown["trials"]] == ["Complete", "Complete"]
+    journal = JournalStorage(JournalFileBackend(str(tmp_path / "dash" / "study.journal")))
+    stored = optuna.load_study(study_name="dash", storage=journal)
+    assert [t["values"][0] for t in shown["best_trials"]] == pytest.approx([stored.best_value])
 
 
 def test_printed_command_for_rdb_storage_opens_it(tmp_path):
@@ -68,8 +76,8 @@ def test_printed_command_for_rdb_storage_opens_it(tmp_path):
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.25))
     command = dashboard_command(url, tmp_path)
     assert command == f"optuna-dashboard {url}"
-    summary = _dashboard_studies(command)["rdb-study"]
-    assert summary["best_trial"]["value"] == pytest.approx(0.25)
+    shown = _dashboard_study(command, "rdb-study")
+    assert [t["values"][0] for t in shown["best_trials"]] == pytest.approx([0.25])
 
 
 def test_command_quotes_paths_for_the_shell(tmp_path):
