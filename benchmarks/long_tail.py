@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -110,6 +111,8 @@ def main() -> None:
     ap.add_argument("--keep", type=float, default=0.05, help="share of the rare class's train images kept")
     ap.add_argument("--rfs-threshold", type=float, default=None, help="default: what yolotrain data check suggests")
     ap.add_argument("--out", default="runs/long_tail")
+    ap.add_argument("--jobs", type=int, default=1, help="trainings run in parallel processes")
+    ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # a child: "sampler,seed"
     a = ap.parse_args()
     if a.smoke:
         a.seeds, a.epochs, a.pool, a.val, a.size, a.imgsz, a.batch, a.keep = "0", 1, 24, 4, 64, 64, 8, 0.2
@@ -120,8 +123,12 @@ def main() -> None:
     from yolotrain.data import ensure_demo_dataset
 
     out = Path(a.out)
-    pool_yaml = ensure_demo_dataset(out / f"pool_{a.pool}_{a.val}_{a.size}", n_train=a.pool, n_val=a.val, size=a.size)
     data_dir = out / f"long_tail_{a.pool}_{a.size}_rare{a.rare}_keep{a.keep:g}"
+    if a.one:  # a child of --jobs: one training on the set the parent built, its JSON on the last line
+        sampler, seed = a.one.split(",")
+        print(json.dumps(train_once(data_dir / "data.yaml", out / "runs", sampler, int(seed), a)), flush=True)
+        return
+    pool_yaml = ensure_demo_dataset(out / f"pool_{a.pool}_{a.val}_{a.size}", n_train=a.pool, n_val=a.val, size=a.size)
     info = build_long_tailed(pool_yaml, data_dir, a.rare, a.keep)
     if a.rfs_threshold is None:  # the median class's image share, as `yolotrain data check` suggests
         from yolotrain.data.check import check_dataset, suggested_rfs_threshold
@@ -130,10 +137,20 @@ def main() -> None:
         stats = next(c.stats for c in checks if c.name == "train")
         a.rfs_threshold = suggested_rfs_threshold(stats["class_images"], stats["images"])
         info["class_images"] = stats["class_images"]
+    todo = [(sampler, int(seed)) for seed in a.seeds.split(",") for sampler in ("shuffle", "repeat_factor")]
     runs = []
-    for seed in [int(s) for s in a.seeds.split(",")]:
-        for sampler in ("shuffle", "repeat_factor"):
-            r = train_once(data_dir / "data.yaml", out / "runs", sampler, seed, a)
+    for i in range(0, len(todo), a.jobs):
+        batch = todo[i : i + a.jobs]
+        children = [
+            subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--rfs-threshold", str(a.rfs_threshold),
+                              "--one", f"{sampler},{seed}"], stdout=subprocess.PIPE, text=True)
+            for sampler, seed in batch
+        ]  # fmt: skip
+        for child in children:
+            out_text, _ = child.communicate()
+            if child.returncode:
+                raise SystemExit(f"a training failed (exit {child.returncode})")
+            r = json.loads(out_text.strip().splitlines()[-1])
             print(json.dumps(r), flush=True)
             runs.append(r)
 
