@@ -80,7 +80,9 @@ def test_printed_command_for_rdb_storage_opens_it(tmp_path):
     assert [t["values"][0] for t in shown["best_trials"]] == pytest.approx([0.25])
 
 
-def test_command_quotes_paths_for_the_shell(tmp_path):
-    odd = tmp_path / "my runs" / "tune"
-    assert dashboard_command(None, odd) == f"optuna-dashboard '{(odd / 'study.journal').resolve()}'"
-    assert dashboard_command(str(odd / "s.journal"), odd) == f"optuna-dashboard '{(odd / 's.journal').resolve()}'"
+def test_command_names_an_absolute_quoted_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative project: the command must work from any folder
+    odd = Path("my runs") / "tune"
+    journal = tmp_path / "my runs" / "tune" / "study.journal"
+    assert dashboard_command(None, odd) == f"optuna-dashboard '{journal}'"
+    assert dashboard_command("my runs/s.journal", odd) == f"optuna-dashboard '{tmp_path / 'my runs' / 's.journal'}'"
