@@ -138,6 +138,20 @@ def _model_check(v: Any) -> str | None:
     return None if str(v).strip() else "expected a scale name (n/s/m/l/x, 11n..11x) or a weights file"
 
 
+def _cls_weights_check(v: Any) -> str | None:
+    if v is None or v is False or v in ("auto", "off"):  # YAML reads a bare off as false
+        return None
+    if isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v):
+        return None
+    return "expected auto, off, or a list of one positive weight per class, e.g. [1,1,4]"
+
+
+def _mlflow_check(v: Any) -> str | None:
+    if isinstance(v, bool) or (isinstance(v, str) and v.strip()):
+        return None
+    return "expected true, false, or a tracking URI such as http://127.0.0.1:5000"
+
+
 S = Setting
 VAL_TOO = (*TRAIN, "val")  # training settings validation reads as well
 SETTINGS: dict[str, Setting] = {
@@ -174,6 +188,30 @@ SETTINGS: dict[str, Setting] = {
         lo=0.0,
         hi=1.0,
         check=_fraction_check,
+    ),
+    # long-tailed data; see docs/tracking.md "Long-tailed data"
+    "sampler": S(
+        "shuffle",
+        "str",
+        "training order: shuffle (each image once per epoch) or repeat_factor (LVIS repeat-factor sampling: "
+        "images with classes rarer than rfs_threshold repeat, epoch length ceil(sum of repeats))",
+        choices=("shuffle", "repeat_factor"),
+    ),
+    "rfs_threshold": S(
+        0.1,
+        "float",
+        "sampler=repeat_factor: an image repeats max(1, sqrt(t / f)) times per epoch, f the share of images "
+        "holding its rarest class",
+        lo=1e-6,
+        hi=1.0,
+    ),
+    "cls_weights": S(
+        None,
+        "any",
+        "classification loss weight per class: auto (inverse box frequency, mean 1, clipped to [0.1, 10]), "
+        "a list of one weight per class, or off/null",
+        nullable=True,
+        check=_cls_weights_check,
     ),
     "model": S(
         "n",
@@ -314,6 +352,13 @@ SETTINGS: dict[str, Setting] = {
         "", "str", "continue a run: true (the latest run under project) or a path to last.pt", on_resume=MAY_CHANGE
     ),
     "plots": S(True, "bool", "write plots into the run folder", on_resume=MAY_CHANGE),
+    "mlflow": S(
+        False,
+        "any",
+        "log the run to MLflow (pip install 'yolotrain[mlflow]'): true (MLFLOW_TRACKING_URI or MLflow's "
+        "default) or a tracking URI; a server that is down costs one warning, never the run",
+        check=_mlflow_check,
+    ),
     "verbose": S(True, "bool", "show progress bars and per-class tables", commands=COMMANDS, on_resume=MAY_CHANGE),
     # optimisation
     "optimizer": S("auto", "str", "optimizer", choices=("auto", "SGD", "Adam", "AdamW")),

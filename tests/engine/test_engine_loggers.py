@@ -17,13 +17,13 @@ from yolotrain.config import resolve
 from yolotrain.data import ImageRecord
 from yolotrain.engine.callbacks import Callbacks
 from yolotrain.engine.loggers import (
-    MLflowLogger,
     PlotsLogger,
     TensorBoardLogger,
     WandbLogger,
     default_loggers,
     register_default_loggers,
 )
+from yolotrain.engine.mlflow_logger import MLflowLogger
 from yolotrain.eval import DetectionEvaluator
 from yolotrain.utils.files import append_csv_row
 
@@ -46,12 +46,13 @@ def _result():
     return ev.compute()
 
 
-def fake_trainer(tmp_path: Path, plots: bool = True) -> SimpleNamespace:
+def fake_trainer(tmp_path: Path, plots: bool = True, **settings) -> SimpleNamespace:
     save_dir = tmp_path / "runs" / "exp"
     save_dir.mkdir(parents=True)
     records = [ImageRecord(f"/x/{i}.jpg", 64, 64, [i % 3], [[0.5, 0.5, 0.2 + 0.1 * i, 0.3]]) for i in range(6)]
     return SimpleNamespace(
-        cfg=resolve({"plots": plots, "project": str(save_dir.parent), "name": "exp"}),
+        cfg=resolve({"plots": plots, "project": str(save_dir.parent), "name": "exp", **settings}),
+        run=SimpleNamespace(mlflow=None),
         save_dir=save_dir,
         epoch=0,
         nb=3,
@@ -190,31 +191,24 @@ def _fake_module(name: str, calls: list) -> types.ModuleType:
     return mod
 
 
-def test_mlflow_and_wandb_activate_only_when_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wandb_activates_only_when_installed_and_mlflow_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delitem(sys.modules, "mlflow", raising=False)
     monkeypatch.delitem(sys.modules, "wandb", raising=False)
     kinds = {type(x) for x in default_loggers()}
-    assert PlotsLogger in kinds
-    if importlib.util.find_spec("mlflow") is None:
-        assert MLflowLogger not in kinds
+    assert {PlotsLogger, MLflowLogger} <= kinds  # MLflow's logger is always there, inert unless mlflow= is on
+    if importlib.util.find_spec("wandb") is None:
+        assert WandbLogger not in kinds
 
-    ml_calls: list = []
     wb_calls: list = []
-    monkeypatch.setitem(sys.modules, "mlflow", _fake_module("mlflow", ml_calls))
     monkeypatch.setitem(sys.modules, "wandb", _fake_module("wandb", wb_calls))
     callbacks = Callbacks()
     loggers = register_default_loggers(callbacks)
-    assert {MLflowLogger, WandbLogger} <= {type(x) for x in loggers}
-    trainer = fake_trainer(tmp_path)
+    assert WandbLogger in {type(x) for x in loggers}
+    trainer = fake_trainer(tmp_path)  # mlflow=false (the default)
     run_training(trainer, callbacks, epochs=2)
-
-    names = [c[0] for c in ml_calls]
-    assert names[:3] == ["set_experiment", "start_run", "log_params"] and names[-1] == "end_run"
-    metric_calls = [c for c in ml_calls if c[0] == "log_metrics"]
-    assert [c[2]["step"] for c in metric_calls] == [1, 2]
-    assert "metrics/mAP50" in metric_calls[1][1][0] and "metrics/mAP50" not in metric_calls[0][1][0]
-    uploaded = {Path(c[1][0]).name for c in ml_calls if c[0] == "log_artifact"}
-    assert {"results.csv", "results.png"} <= uploaded
+    assert "mlflow" not in sys.modules  # never imported for a run that does not ask for it
 
     assert wb_calls[0][0] == "init" and wb_calls[0][2]["name"] == "exp" and wb_calls[-1][0] == "finish"
     logged = [c for c in wb_calls if c[0] == "log"]
@@ -222,20 +216,15 @@ def test_mlflow_and_wandb_activate_only_when_installed(tmp_path: Path, monkeypat
     assert any("plots/PR_curve" in c[1][0] for c in logged)
 
 
-def test_remote_logger_error_turns_it_off(
+def test_mlflow_asked_for_but_not_installed_warns_once_with_the_install_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    calls: list = []
-    mod = _fake_module("mlflow", calls)
-
-    def fail(*a, **k):
-        raise ConnectionError("tracking server unreachable")
-
-    mod.log_metrics = fail
-    monkeypatch.setitem(sys.modules, "mlflow", mod)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
     callbacks = Callbacks()
     MLflowLogger().register(callbacks)
+    trainer = fake_trainer(tmp_path, mlflow=True)
     with caplog.at_level(logging.WARNING, logger="yolotrain"):
-        run_training(fake_trainer(tmp_path), callbacks)  # does not raise
-    assert "tracking server unreachable" in caplog.text and "off for the rest of the run" in caplog.text
-    assert [c[0] for c in calls] == ["set_experiment", "start_run", "log_params"]  # nothing after the error
+        run_training(trainer, callbacks)  # does not raise
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "pip install 'yolotrain[mlflow]'" in warnings[0], warnings
+    assert len((trainer.save_dir / "results.csv").read_text().splitlines()) == 3

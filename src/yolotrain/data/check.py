@@ -25,6 +25,8 @@ LOGGER = logging.getLogger("yolotrain")
 SMALL_AREA = 32**2
 LARGE_AREA = 96**2
 PERCENTILES = (0, 5, 50, 95, 100)
+# a train split whose most frequent class is in this many times more images than its rarest is long-tailed
+LONG_TAIL_RATIO = 10.0
 
 
 @dataclass
@@ -65,7 +67,8 @@ def split_stats(records: list[ImageRecord], nc: int) -> dict[str, Any]:
         A JSON-able dict: ``images``, ``background_images``, ``instances``, ``crowd_instances``,
         per class ``class_instances`` / ``class_crowd`` / ``class_images``, ``box_width_px`` and
         ``box_height_px`` percentiles (min, p5, p50, p95, max) and ``area`` counts
-        (small < 32², medium, large >= 96²), plus ``duplicate_files``.
+        (small < 32², medium, large >= 96²), plus ``duplicate_files`` and ``imbalance_ratio`` (images of
+        the most frequent class / images of the rarest, over classes with images; None without any).
     """
     counts = np.asarray([r.num_instances for r in records], dtype=np.int64)
     cls = np.concatenate([r.cls for r in records]) if records else np.zeros(0, np.int64)
@@ -81,6 +84,8 @@ def split_stats(records: list[ImageRecord], nc: int) -> dict[str, Any]:
     # Images per class: count each (image, class) pair once.
     pairs = np.unique(np.stack([img_idx, cls], 1), axis=0) if len(cls) else np.zeros((0, 2), np.int64)
     files = [r.im_file for r in records]
+    class_images = np.bincount(pairs[:, 1], minlength=nc)[:nc]
+    present = class_images[class_images > 0]
     return {
         "images": len(records),
         "background_images": int((counts == 0).sum()),
@@ -88,7 +93,8 @@ def split_stats(records: list[ImageRecord], nc: int) -> dict[str, Any]:
         "crowd_instances": int(crowd.sum()),
         "class_instances": np.bincount(cls[~crowd], minlength=nc)[:nc].tolist(),
         "class_crowd": np.bincount(cls[crowd], minlength=nc)[:nc].tolist(),
-        "class_images": np.bincount(pairs[:, 1], minlength=nc)[:nc].tolist(),
+        "class_images": class_images.tolist(),
+        "imbalance_ratio": round(float(present.max() / present.min()), 2) if len(present) else None,
         "box_width_px": _percentiles(w_px),
         "box_height_px": _percentiles(h_px),
         "area": {
@@ -148,6 +154,36 @@ def _row(values: dict[str, float]) -> str:
     return "  ".join(f"{k} {v:g}" for k, v in values.items()) or "-"
 
 
+def suggested_rfs_threshold(class_images: list[int], images: int) -> float:
+    """An ``rfs_threshold`` for this split: the median class's image share, so the classes rarer than the
+    median class repeat (by up to sqrt(median share / rarest share)), the others do not."""
+    shares = np.asarray([c for c in class_images if c > 0], dtype=np.float64) / max(images, 1)
+    return float(f"{np.median(shares):.2g}") if len(shares) else 0.1
+
+
+def _balance_lines(split: str, names: list[str], s: dict[str, Any]) -> list[str]:
+    """The imbalance ratio, and for a long-tailed train split the settings that address it."""
+    ratio = s.get("imbalance_ratio")
+    if ratio is None:
+        return []
+    counts = s["class_images"]
+    present = [i for i, c in enumerate(counts) if c > 0]
+    if len(present) < 2:  # one class: nothing to compare
+        return []
+    most = max(present, key=lambda i: counts[i])
+    least = min((i for i in present if i != most), key=lambda i: counts[i])
+    lines = [
+        f"  imbalance ratio {ratio:g} (images of {names[most]} {counts[most]} / of {names[least]} {counts[least]})"
+    ]
+    if split == "train" and ratio >= LONG_TAIL_RATIO:
+        t = suggested_rfs_threshold(counts, s["images"])
+        lines.append(
+            f"  long-tailed (ratio >= {LONG_TAIL_RATIO:g}): consider sampler=repeat_factor rfs_threshold={t:g} "
+            "(rare classes' images repeat) and cls_weights=auto (rare classes weigh more in the loss)"
+        )
+    return lines
+
+
 def format_check(data: dict[str, Any], checks: list[SplitCheck]) -> str:
     """The human-readable ``data check`` report: counts, histogram, box sizes, every problem."""
     lines = [f"data: {data['yaml_file']} ({data['format']}, {data['nc']} classes)"]
@@ -165,6 +201,7 @@ def format_check(data: dict[str, Any], checks: list[SplitCheck]) -> str:
         for i, name in enumerate(data["names"]):
             lines.append(f"  {i:>4} {name:<{width}} {s['class_instances'][i]:>9} {s['class_crowd'][i]:>7} "
                          f"{s['class_images'][i]:>7}")  # fmt: skip
+        lines.extend(_balance_lines(chk.name, data["names"], s))
         lines.append(f"  box width  px: {_row(s['box_width_px'])}")
         lines.append(f"  box height px: {_row(s['box_height_px'])}")
         a = s["area"]

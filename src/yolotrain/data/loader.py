@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from yolotrain.data.class_balance import repeat_epoch_order
 from yolotrain.data.dataset import SampleKey, epoch_order
 from yolotrain.data.profile import CLOCK, LoaderStats
 from yolotrain.data.sample_stream import rank_share
@@ -104,6 +105,9 @@ class EpochSampler(Sampler[SampleKey]):
             images over all ranks (``dataset.rect_plan``); each key then carries its shape.
         global_batch: With shuffle, the images of one training step over all processes (0: one per
             process); it must divide over ``world_size``.
+        repeat_factors: With shuffle, each image's repeat factor (``sampler=repeat_factor``): the epoch's
+            order is :func:`~yolotrain.data.class_balance.repeat_epoch_order` (a function of (seed, epoch)
+            only), dealt over the ranks like any other order.
     """
 
     def __init__(
@@ -115,8 +119,10 @@ class EpochSampler(Sampler[SampleKey]):
         world_size: int = 1,
         rect_group: int = 0,
         global_batch: int = 0,
+        repeat_factors: np.ndarray | None = None,
     ) -> None:
         self.dataset = dataset
+        self.repeat = repeat_factors if shuffle else None  # sampler=repeat_factor
         self.shuffle = shuffle
         self.seed = int(seed)
         self.epoch = 0
@@ -162,7 +168,10 @@ class EpochSampler(Sampler[SampleKey]):
             return list(range(n))[self.skip :]
         # skip counts this rank's samples; the global position is whole steps of batch/world of them
         steps, extra = divmod(self.skip, self.global_batch // self.world)
-        order = epoch_order(n, self.seed, self.epoch)
+        if self.repeat is None:
+            order = epoch_order(n, self.seed, self.epoch)
+        else:  # sampler=repeat_factor: an epoch of repeated indices, still one global stream
+            order = repeat_epoch_order(self.repeat, self.seed, self.epoch)
         return rank_share(order, self.global_batch, self.world, self.rank, steps)[extra:].tolist()
 
     def __iter__(self) -> Iterator[SampleKey]:
@@ -266,6 +275,7 @@ def build_dataloader(
     pin_memory: bool = False,
     drop_last: bool = False,
     persistent_workers: bool = True,
+    repeat_factors: np.ndarray | None = None,
 ) -> DetectionLoader:
     """Build the loader for training or evaluation.
 
@@ -284,6 +294,7 @@ def build_dataloader(
         pin_memory: Pin batches in page-locked memory (useful with CUDA).
         drop_last: Drop the last incomplete batch.
         persistent_workers: Keep workers alive between epochs (only when workers > 0).
+        repeat_factors: Per-image repeat factors for a shuffled epoch-aware loader (``sampler=repeat_factor``).
 
     Returns:
         The loader; call :func:`set_loader_epoch` before each epoch.
@@ -297,7 +308,9 @@ def build_dataloader(
         # shapes are planned over the global batch so every rank's share of a batch agrees.
         rect = not shuffle and bool(getattr(dataset, "rect", False)) and hasattr(dataset, "rect_plan")
         global_batch = batch_size * world_size
-        sampler = EpochSampler(dataset, shuffle, seed, rank, world_size, global_batch if rect else 0, global_batch)
+        sampler = EpochSampler(
+            dataset, shuffle, seed, rank, world_size, global_batch if rect else 0, global_batch, repeat_factors
+        )
     elif world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=max(rank, 0), shuffle=shuffle, seed=seed)
     else:

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from yolotrain import __version__
 from yolotrain.config import Config
 from yolotrain.data import DetectionDataset, build_dataloader, ensure_demo_dataset, load_data_yaml, scan_split
+from yolotrain.data.class_balance import class_weights, epoch_length, repeat_factors
 from yolotrain.data.select import select_records, single_class_names
 from yolotrain.engine import distributed as dist
 from yolotrain.engine.amp_check import choose_checked_precision
@@ -28,6 +30,7 @@ from yolotrain.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from yolotrain.engine.checkpoint import Checkpointer, StatefulModule
 from yolotrain.engine.ema import ModelEMA
 from yolotrain.engine.freeze import resolve_freeze
+from yolotrain.engine.mlflow_logger import MlflowRunRecord
 from yolotrain.engine.multiscale import MultiScale
 from yolotrain.engine.oom import OOMInjector
 from yolotrain.engine.optim import Schedule, build_optimizer
@@ -162,7 +165,32 @@ def build_loader(
         world_size=world_size,
         pin_memory=pin_memory,
         drop_last=False,
+        repeat_factors=train_repeat_factors(records, cfg) if train else None,
     )
+
+
+def train_class_weights(cfg: Config, records, names: list[str]) -> np.ndarray | None:
+    """The classification loss's per-class weights that ``cls_weights=`` asks for, logged per class."""
+    nc = len(names)
+    boxes = np.bincount(np.concatenate([r.cls for r in records] or [np.zeros(0, np.int64)]), minlength=nc)[:nc]
+    weights = class_weights(cfg.cls_weights, boxes)
+    if weights is not None:
+        LOGGER.info("cls_weights: " + ", ".join(f"{n} {w:.3g} ({b} boxes)" for n, w, b in zip(names, weights, boxes)))
+    return weights
+
+
+def train_repeat_factors(records, cfg: Config) -> np.ndarray | None:
+    """Each training image's repeat factor under ``sampler=repeat_factor`` (None for plain shuffling)."""
+    if cfg.sampler != "repeat_factor":
+        return None
+    classes = [r.cls for r in records]
+    nc = 1 + max((int(c.max()) for c in classes if len(c)), default=-1)
+    factors = repeat_factors(classes, nc, cfg.rfs_threshold)
+    LOGGER.info(
+        f"sampler: repeat_factor (rfs_threshold={cfg.rfs_threshold:g}): {epoch_length(factors)} images per epoch "
+        f"from {len(records)}; {int((factors > 1).sum())} images repeat, up to {factors.max():.2f}x"
+    )
+    return factors
 
 
 def run_dir(cfg: Config, create: bool = True) -> Path:
@@ -250,6 +278,7 @@ class Run:
     checkpointer: Checkpointer
     first_epoch: int  # where training (re)starts
     budget: TimeBudget | None = None  # time=: the epoch count and schedule fitted to the budget
+    mlflow: MlflowRunRecord | None = None  # mlflow=: the MLflow run this run logs to (kept in checkpoints)
 
     @property
     def wdir(self) -> Path:
@@ -326,7 +355,7 @@ def build_run(
         f"model: scale {model.scale}, {info['params']:,} parameters, {info['layers']} layers, "
         f"{info['gflops']:.1f} GFLOPs at {imgsz}"
     )
-    criterion = DetectionLoss.from_model(model, cfg)
+    criterion = DetectionLoss.from_model(model, cfg, cls_weights=train_class_weights(cfg, train_records, names))
 
     # precision: checked on rank 0 alone, so before anything that needs the other ranks (SyncBN)
     if state_in:
@@ -411,6 +440,9 @@ def build_run(
     if cfg.time > 0:
         budget = TimeBudget(cfg.time, cfg.epochs, warmup, cfg.warmup_epochs, cfg.close_mosaic, cfg.val_period, cfg.val)
         parts.append(budget)
+    mlflow_record = MlflowRunRecord() if cfg.mlflow else None
+    if mlflow_record is not None:
+        parts.append(mlflow_record)
     run_info = {
         "format": CHECKPOINT_FORMAT, "model_cfg": model.config(), "names": list(names), "config": cfg.to_dict(),
         "data_yaml": data["yaml_file"], "optimizer_name": optimizer_name, "base_lr": base_lr,
@@ -428,6 +460,7 @@ def build_run(
     return Run(
         cfg, save_dir, data, names, imgsz, device, model, criterion, precision, loaders, optimizer, optimizer_name,
         base_lr, schedule, ema, state, rngs, step, planner, validator, checkpointer, first_epoch, budget,
+        mlflow_record,
     )  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Experiment loggers as callbacks: TensorBoard, run plots, and optional MLflow / Weights & Biases.
+"""Experiment loggers as callbacks: TensorBoard, run plots, optional Weights & Biases; MLflow in mlflow_logger.py.
 
 Register them on a trainer's callbacks::
 
@@ -260,45 +260,6 @@ def _run_files(save_dir: Path) -> list[Path]:
     return files + ([best] if best.is_file() else [])
 
 
-class MLflowLogger(LoggerCallback):
-    """Parameters, per-epoch metrics and run files to MLflow (``MLFLOW_TRACKING_URI`` picks the server).
-
-    Args:
-        experiment: Experiment name; by default the run's ``project`` folder name.
-    """
-
-    def __init__(self, experiment: str | None = None) -> None:
-        super().__init__()
-        self.experiment = experiment
-        self.mlflow: Any = None
-
-    def on_train_start(self, trainer: Any) -> None:
-        mlflow = importlib.import_module("mlflow")
-        save_dir = Path(trainer.save_dir)
-        mlflow.set_experiment(self.experiment or save_dir.parent.name or "yolotrain")
-        mlflow.start_run(run_name=save_dir.name)
-        mlflow.log_params({k: str(v) for k, v in trainer.cfg.to_dict().items()})
-        self.mlflow = mlflow
-
-    def on_fit_epoch_end(self, trainer: Any) -> None:
-        if self.mlflow is not None:
-            epoch, scalars = _epoch_scalars(trainer)
-            self.mlflow.log_metrics(scalars, step=epoch)
-
-    def on_train_end(self, trainer: Any) -> None:
-        if self.mlflow is None:
-            return
-        for f in _run_files(Path(trainer.save_dir)):
-            self.mlflow.log_artifact(str(f))
-        self.mlflow.end_run()
-        self.mlflow = None
-
-    def on_exception(self, trainer: Any) -> None:
-        if self.mlflow is not None:
-            self.mlflow.end_run(status="FAILED")
-            self.mlflow = None
-
-
 class WandbLogger(LoggerCallback):
     """Config, per-epoch metrics and run plots to Weights & Biases (``WANDB_MODE=offline`` works offline).
 
@@ -351,12 +312,13 @@ def _installed(module: str) -> bool:
 
 
 def default_loggers() -> list[LoggerCallback]:
-    """Run plots, plus TensorBoard, MLflow and W&B for each whose package is installed."""
-    loggers: list[LoggerCallback] = [PlotsLogger()]
+    """Run plots and MLflow (inert unless the run's ``mlflow`` setting is on), plus TensorBoard and W&B for
+    each whose package is installed."""
+    from yolotrain.engine.mlflow_logger import MLflowLogger  # noqa: PLC0415 - it builds on this module's LoggerCallback
+
+    loggers: list[LoggerCallback] = [PlotsLogger(), MLflowLogger()]
     if _installed("tensorboard"):
         loggers.append(TensorBoardLogger())
-    if _installed("mlflow"):
-        loggers.append(MLflowLogger())
     if _installed("wandb"):
         loggers.append(WandbLogger())
     return loggers
@@ -369,7 +331,6 @@ def register_default_loggers(callbacks: Callbacks) -> list[LoggerCallback]:
 
 __all__ = [
     "LoggerCallback",
-    "MLflowLogger",
     "PlotsLogger",
     "TensorBoardLogger",
     "WandbLogger",

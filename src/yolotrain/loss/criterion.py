@@ -36,6 +36,8 @@ class DetectionLoss:
         dfl: Gain of the distribution focal loss.
         tal_topk: Positives per gt in the assigner.
         max_boxes: Cap on labels per image (see :mod:`yolotrain.loss.targets`).
+        cls_weights: Optional (nc,) weight per class, multiplied into each class's BCE term (positive and
+            negative) before the sum (``cls_weights=`` for long-tailed data); None weighs every class 1.
     """
 
     def __init__(
@@ -48,22 +50,27 @@ class DetectionLoss:
         dfl: float = 1.5,
         tal_topk: int = 10,
         max_boxes: int = DEFAULT_MAX_BOXES,
+        cls_weights: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         self.nc = nc
         self.max_boxes = max_boxes
+        self.cls_weights = None if cls_weights is None else torch.as_tensor(cls_weights, dtype=torch.float32)
         self.reg_max = reg_max
         self.strides = tuple(float(s) for s in strides)
         self.gains = (box, cls, dfl)
         self.assigner = TaskAlignedAssigner(topk=tal_topk, num_classes=nc, alpha=0.5, beta=6.0)
 
     @classmethod
-    def from_model(cls, model: nn.Module, hyp: Any = None, tal_topk: int = 10) -> DetectionLoss:
+    def from_model(
+        cls, model: nn.Module, hyp: Any = None, tal_topk: int = 10, cls_weights: Sequence[float] | None = None
+    ) -> DetectionLoss:
         """Build the loss matching a model's classes, bins and strides.
 
         Args:
             model: A ``Detector`` (a DDP wrapper is looked through, read-only).
             hyp: Object or mapping with ``box``, ``cls`` and ``dfl`` gains; missing ones use defaults.
             tal_topk: Positives per gt in the assigner.
+            cls_weights: Optional weight per class for the classification loss.
 
         Returns:
             The loss.
@@ -85,6 +92,7 @@ class DetectionLoss:
             dfl=gain("dfl", 1.5),
             tal_topk=tal_topk,
             max_boxes=int(gain("max_boxes", DEFAULT_MAX_BOXES)),
+            cls_weights=cls_weights,
         )
 
     def __call__(
@@ -161,7 +169,12 @@ class DetectionLoss:
         b, pred_dist, pred_logits, pred_bboxes = t["b"], t["pred_dist"], t["pred_logits"], t["pred_bboxes"]
         anchor_points, stride_tensor, target_bboxes = t["anchor_points"], t["stride_tensor"], t["target_bboxes"]
         target_scores, fg_mask = t["target_scores"], t["fg_mask"]
-        loss_cls = F.binary_cross_entropy_with_logits(pred_logits, target_scores, reduction="sum") / target_scores_sum
+        # the (nc,) class weights broadcast over (B, A, nc): each class's terms are scaled before the sum
+        w = self.cls_weights
+        if w is not None and w.device != pred_logits.device:
+            w = self.cls_weights = w.to(pred_logits.device)  # moved once, not copied to the device every step
+        loss_cls = F.binary_cross_entropy_with_logits(pred_logits, target_scores, w, reduction="sum")
+        loss_cls = loss_cls / target_scores_sum
 
         # Every anchor is computed and background ones are zeroed by the mask (not selected by it), so the
         # shapes never depend on how many anchors are positive: no host read, and a step a CUDA graph can

@@ -36,6 +36,7 @@ class TuneResult:
         epochs_full: Epochs those trials would have trained without pruning (trials x epochs).
         seconds: Wall time of this tune command.
         summary: The final summary line.
+        dashboard: The command that opens the study in optuna-dashboard.
     """
 
     tune_dir: Path
@@ -43,6 +44,7 @@ class TuneResult:
     best_value: float | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
     best_yaml: Path | None = None
+    dashboard: str = ""
     baseline_value: float | None = None
     complete: int = 0
     pruned: int = 0
@@ -169,5 +171,7 @@ def summarize(study: optuna.Study, result: TuneResult, epochs: int) -> TuneResul
         if result.baseline_value is not None:
             line += f" (baseline {result.baseline_value:.4f})"
         line += f"; settings in {result.best_yaml}"
+    if result.dashboard:
+        line += f"; dashboard: {result.dashboard}"
     result.summary = line
     return result

@@ -12,7 +12,9 @@ running the same command again continues the study)::
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,16 +25,27 @@ import yaml
 from optuna.trial import TrialState
 
 from yolotrain.config import Config, resolve
+from yolotrain.engine.mlflow_client import PARENT_ENV, end_study_parent_run, study_parent_run
 from yolotrain.errors import ConfigError, Preempted, TrainingError
 from yolotrain.tune.options import TuneOptions, split_options
 from yolotrain.tune.report import TuneResult, summarize, write_best_yaml, write_plots, write_trials_csv
 from yolotrain.tune.space import Dimension, SettingsNotApplied, load_space, space_to_dict
-from yolotrain.tune.study import Claim, enqueue_baseline, make_pruner, next_trial, open_study, trials_dir
+from yolotrain.tune.study import (
+    Claim,
+    dashboard_command,
+    enqueue_baseline,
+    make_pruner,
+    next_trial,
+    open_study,
+    trials_dir,
+)
 from yolotrain.tune.trial import train_trial
 
 LOGGER = logging.getLogger("yolotrain")
 # Settings that do not change what a trial computes: they may differ when a study is continued.
-VOLATILE = {"device", "nproc", "workers", "verbose", "plots", "dist_timeout", "max_restarts", "callbacks", "cfg"}
+VOLATILE = {
+    "device", "nproc", "workers", "verbose", "plots", "dist_timeout", "max_restarts", "callbacks", "cfg", "mlflow",
+}  # fmt: skip
 # Settings the tuner sets for each trial itself.
 PER_TRIAL = {"project", "name", "exist_ok", "resume"}
 
@@ -78,13 +91,18 @@ def run_tune(args: Mapping[str, Any], callbacks: list[tuple[str, Callable[[Any],
     if opts.baseline:
         _enqueue_baseline(study, tune_dir, space, base)
     LOGGER.info(f"tune: study '{study.study_name}' in {tune_dir}, {opts.trials} trials, pruner {opts.pruner}")
+    result = TuneResult(tune_dir=tune_dir, dashboard=dashboard_command(opts.storage, tune_dir))
+    LOGGER.info(f"tune: watch the study with: {result.dashboard}")
+    # mlflow=: one parent run for the study; each trial's run is its child (the trainer reads PARENT_ENV)
+    parent = study_parent_run(base.mlflow, study, tune_dir, about) if base.mlflow else None
+    if parent is not None:
+        os.environ[PARENT_ENV] = json.dumps(parent)
     worker_env = {
         "storage": storage_spec,
         "study": study.study_name,
         "pruner": opts.pruner,
         "warmup": opts.prune_warmup,
     }
-    result = TuneResult(tune_dir=tune_dir)
     try:
         while not _over_budget(opts, t0):
             claim = next_trial(study, tune_dir, opts.trials)
@@ -99,8 +117,13 @@ def run_tune(args: Mapping[str, Any], callbacks: list[tuple[str, Callable[[Any],
         result.seconds = time.monotonic() - t0
         _write_outputs(study, tune_dir, settings, space, base, result, plots=False)  # the failed trial too
         raise
+    finally:
+        os.environ.pop(PARENT_ENV, None)
     result.seconds = time.monotonic() - t0
     _write_outputs(study, tune_dir, settings, space, base, result, plots=True)
+    if parent is not None:
+        best = {"value": result.best_value, "trial": result.best_trial} if result.best_trial is not None else {}
+        end_study_parent_run(base.mlflow, parent, tune_dir, best)
     return result
 
 

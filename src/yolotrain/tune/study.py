@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,15 @@ def make_storage(spec: str | None, tune_dir: Path) -> optuna.storages.BaseStorag
     from optuna.storages.journal import JournalFileBackend, JournalStorage  # noqa: PLC0415 - the journal storage loads only for file storage
 
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def dashboard_command(spec: str | None, tune_dir: Path) -> str:
+    """The shell command that opens the study's storage in ``optuna-dashboard`` (``pip install optuna-dashboard``).
+
+    The dashboard reads an RDB URL as it is and a journal file by its path, the same storage the tuner writes.
+    """
+    target = spec if spec and "://" in spec else str((Path(spec) if spec else tune_dir / "study.journal").resolve())
+    return f"optuna-dashboard {shlex.quote(target)}"
 
 
 def make_pruner(name: str, warmup: int) -> optuna.pruners.BasePruner:
