@@ -87,6 +87,8 @@ def make_real_dataset(src: Path, root: Path, n: int) -> Path:
     return root / "data.yaml"
 
 
+# what a --smoke run must print (tests/test_benchmarks.py; tests/data/test_data_gpu_check_smoke.py checks the values)
+SMOKE_KEYS = ("mode", "torch", "n amp=off", "n amp=bf16", "oom_recovery", "compile", "profile")
 WARMUP_STEPS = 15  # steps left out of images/s: worker start-up, cuDNN's search, graph capture, allocator growth
 
 

@@ -383,6 +383,7 @@ SETTINGS: dict[str, Setting] = {
         "read losses and skip counters back from the device every N optimizer steps (and at each epoch's end): "
         "the progress bar, the log and the non-finite stop are updated there; between them a step reads nothing",
         lo=1,
+        on_resume=MAY_CHANGE,
     ),
     # budget and compile; see README "Training for a time budget"
     "time": S(
@@ -407,6 +408,7 @@ SETTINGS: dict[str, Setting] = {
         "bool",
         "replay the model's forward and backward as CUDA graphs, one per input size (CUDA, one process, no "
         "compile); ignored with a warning elsewhere; a size whose capture fails trains eagerly",
+        on_resume=MAY_CHANGE,
     ),
     "amp": S(
         "auto",

@@ -55,7 +55,7 @@ class Trainer:
     def __init__(self, cfg: Config, callbacks: Callbacks | None = None):
         self.cfg = cfg
         self.callbacks = callbacks or Callbacks()
-        register_default_loggers(self.callbacks)  # TensorBoard, plots; MLflow/W&B when installed
+        register_default_loggers(self.callbacks)  # TensorBoard and plots; W&B when installed; MLflow with mlflow=
         for event, fn in load_callbacks(cfg.callbacks):  # callbacks=module:function (also in DDP workers)
             self.callbacks.add(event, fn)
         self.device = select_device(cfg.device)
