@@ -139,6 +139,7 @@ def _model_check(v: Any) -> str | None:
 
 
 def _cls_weights_check(v: Any) -> str | None:
+    """auto, off, or a list of one positive weight per class"""
     if v is None or v is False or v in ("auto", "off"):  # YAML reads a bare off as false
         return None
     if isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v):
@@ -147,6 +148,7 @@ def _cls_weights_check(v: Any) -> str | None:
 
 
 def _mlflow_check(v: Any) -> str | None:
+    """true, false, or an MLflow tracking URI"""
     if isinstance(v, bool) or (isinstance(v, str) and v.strip()):
         return None
     return "expected true, false, or a tracking URI such as http://127.0.0.1:5000"
