@@ -123,8 +123,7 @@ def test_short_training_learns(tmp_path, cfg_for):
     """From random weights to a clearly useful detector in ~80 optimizer steps on CPU."""
     data = write_boxes_set(tmp_path / "boxes")
     cfg = cfg_for(
-        data,
-        tmp_path,
+        data=str(data),
         epochs=20,
         imgsz=64,
         batch=8,
