@@ -122,7 +122,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from yolotrain.data import ensure_demo_dataset
 
-    out = Path(a.out)
+    out = Path(a.out).resolve()  # the data YAML names its folder; a relative one would resolve twice
     data_dir = out / f"long_tail_{a.pool}_{a.size}_rare{a.rare}_keep{a.keep:g}"
     if a.one:  # a child of --jobs: one training on the set the parent built, its JSON on the last line
         sampler, seed = a.one.split(",")
