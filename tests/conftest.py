@@ -22,6 +22,35 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
+def _live_non_daemon_children() -> set:
+    import multiprocessing
+
+    return {p for p in multiprocessing.active_children() if not p.daemon}  # active_children() also reaps
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind():
+    """Fail the test that leaves a non-daemon multiprocessing child running: at exit Python joins every such
+    child, so one that never ends hangs the whole pytest process after the last test (CI then times out)."""
+    before = _live_non_daemon_children()
+    yield
+    left = _live_non_daemon_children() - before
+    for proc in left:
+        proc.join(timeout=10)
+    alive = [proc for proc in left if proc.is_alive()]
+    for proc in alive:
+        proc.kill()
+        proc.join(timeout=10)
+    assert not alive, f"the test left child processes running (killed now): {alive}"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Whatever a test left running is killed, so the pytest process can exit (see above)."""
+    for proc in _live_non_daemon_children():
+        proc.kill()
+        proc.join(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A tiny demo-style dataset (shapes, 4 classes): 24 train / 8 val images of 64 px."""

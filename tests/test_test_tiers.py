@@ -1,9 +1,16 @@
 """The test tiers: tests marked ``gpu`` are skipped where there is no CUDA device, and only those."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
-import conftest
+# tests/conftest.py loaded by its path: ``import conftest`` returns whichever conftest module pytest put in
+# sys.modules first, which depends on the order the suite collects its folders
+_spec = importlib.util.spec_from_file_location("tests_root_conftest", Path(__file__).with_name("conftest.py"))
+conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(conftest)
 
 
 class Item:

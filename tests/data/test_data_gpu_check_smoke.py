@@ -23,7 +23,7 @@ def test_gpu_check_smoke_mode(capsys):
         assert 0.0 <= r["data_wait_share"] <= 1.0
     oom = out["oom_recovery"]
     assert oom["recovered"] and oom["oom_events"] >= 1 and oom["micro_batches"] >= 2
-    assert "compile" in out
+    assert out["compile"]["images_per_s"] > 0  # the compile path trained (a failed part is an error string)
     profile = out["profile"]  # the profile's code path (on the CPU: no GPU busy share)
     assert {"ms_per_step", "host_reads_per_step", "cuda_sync_warnings_per_step"} <= set(profile), profile
     assert profile["gpu_busy_pct"] is None

@@ -116,3 +116,28 @@ def test_workers_clamped_and_plain_sampler(records):
         a = torch.cat([b["index"] for b in _epoch(plain, e)])
         b = torch.cat([b["index"] for b in _epoch(loader, e)])
         assert torch.equal(a, b)
+
+
+def _freeze_count_after_worker_init(queue) -> None:
+    import gc
+
+    from yolotrain.data.loader import _seed_worker
+
+    before = gc.get_freeze_count()
+    _seed_worker(0)
+    queue.put((before, gc.get_freeze_count()))
+
+
+def test_a_forked_worker_freezes_what_it_inherited():
+    """A loader worker's garbage collector leaves the objects it inherited alone (gc.freeze at worker start), so
+    a full collection in the worker does not copy the main process's heap pages (see the shared-cache memory
+    test for the measured effect)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_freeze_count_after_worker_init, args=(queue,))
+    proc.start()
+    before, after = queue.get(timeout=60)
+    proc.join(timeout=60)
+    assert before == 0 and after > 1000  # the test process's modules, functions, ... are inherited objects

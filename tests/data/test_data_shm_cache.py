@@ -38,9 +38,9 @@ def records(tmp_path_factory):
 
 
 def _smaps(pid: int, name: str) -> dict[str, int]:
-    """kB totals of one process: ``uss`` (private pages), ``pss``, and ``cache_rss`` / ``cache_pss`` /
+    """kB totals of one process: ``rss``, ``uss`` (private pages), ``pss``, and ``cache_rss`` / ``cache_pss`` /
     ``cache_private`` of the mappings whose path contains ``name``."""
-    out = dict.fromkeys(("uss", "pss", "cache_rss", "cache_pss", "cache_private"), 0)
+    out = dict.fromkeys(("rss", "uss", "pss", "cache_rss", "cache_pss", "cache_private"), 0)
     in_cache = False
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
@@ -57,8 +57,10 @@ def _smaps(pid: int, name: str) -> dict[str, int]:
                 out["pss"] += kb
                 if in_cache:
                     out["cache_pss"] += kb
-            elif key == "Rss" and in_cache:
-                out["cache_rss"] += kb
+            elif key == "Rss":
+                out["rss"] += kb
+                if in_cache:
+                    out["cache_rss"] += kb
     return out
 
 
@@ -105,15 +107,15 @@ def test_cached_pixels_are_the_decoded_pixels_and_read_only(records):
         ds._ram[0][0][0, 0, 0] = 1  # mapped read-only: no process can change another's pixels
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="after the stop-27 merges a loader worker's USS grows ~1.7 MB over epochs 1-4 when pytest runs from "
-    "/work/main (not from another checkout of the same tree): under investigation, see the stop-27 note",
-)
 def test_memory_flat_over_epochs_and_one_copy_across_workers(records):
-    """Main process + 2 persistent workers: after a warm-up epoch, USS per process stays within a few percent
+    """Main process + 2 persistent workers: after a warm-up epoch, memory per process stays within a few percent
     (and 1 MB of allocator noise) between epoch 1 and epoch 4, and the cache file's pages are counted once
-    (PSS summed over the processes)."""
+    (PSS summed over the processes).
+
+    A worker is measured by USS (what it holds alone). The main process is measured by RSS: right after the
+    fork nearly all its pages are shared with the workers, and every page it writes afterwards turns private
+    again (copy on write), so its USS grows with whatever pytest and the interpreter's garbage collector
+    touch (seen: 10 -> 58 MB in one run) without one byte more in use; a leak grows its RSS."""
     ds = DetectionDataset(records, 96, True, default_hyp(), cache="ram", seed=3)
     assert ds._ram is not None
     name = ds._ram.path.name
@@ -136,7 +138,10 @@ def test_memory_flat_over_epochs_and_one_copy_across_workers(records):
     assert len(first) == 3 and first.keys() == last.keys()
     for pid in first:
         a, b = first[pid], last[pid]
-        assert b["uss"] <= 1.03 * a["uss"] + 1024, (pid, a, b)  # flat: no per-epoch growth (kB)
+        if pid == os.getpid():  # RSS is hundreds of MB here and moved by 12 kB over 3 epochs (measured)
+            assert b["rss"] <= a["rss"] + 2048, (pid, a, b)
+        else:
+            assert b["uss"] <= 1.03 * a["uss"] + 1024, (pid, a, b)  # flat: no per-epoch growth (kB)
         assert b["cache_private"] == 0, (pid, b)  # no process holds a private copy of cached pixels
     # every worker maps the pixels it read; summed PSS counts each page once: at most one copy in all
     workers = [last[p] for p in last if p != os.getpid()]

@@ -113,26 +113,38 @@ def test_config_callbacks_run_in_the_trainer(tiny_data, tmp_path, user_module):
 
 @pytest.mark.slow
 def test_api_keeps_callbacks_under_ddp(tiny_data, tmp_path, monkeypatch):
-    """Detector(...).train(nproc=2): the Python callback runs inside both torchrun workers."""
+    """Detector(...).train(nproc=2): the Python callback runs inside both torchrun workers, and the caller's
+    own stop-signal handlers are in place again afterwards (the elastic agent replaces them while it runs)."""
+    import signal
+
     import ddp_callbacks  # tests/engine is on sys.path (pytest's rootdir-relative import)
 
     from yolotrain import Detector
 
     monkeypatch.setenv("YT_TEST_OUT", str(tmp_path))
     monkeypatch.setenv("PYTHONWARNINGS", "ignore")
-    det = Detector("n")
-    det.add_callback("on_train_batch_end", ddp_callbacks.on_train_batch_end)
-    best = det.train(
-        data=str(tiny_data),
-        nproc=2,
-        epochs=1,
-        imgsz=64,
-        batch=8,
-        workers=0,
-        verbose=False,
-        project=str(tmp_path / "runs"),
-        plots=False,
-    )
+
+    def callers_handler(signum, frame):
+        raise AssertionError("never called")
+
+    previous = signal.signal(signal.SIGTERM, callers_handler)
+    try:
+        det = Detector("n")
+        det.add_callback("on_train_batch_end", ddp_callbacks.on_train_batch_end)
+        best = det.train(
+            data=str(tiny_data),
+            nproc=2,
+            epochs=1,
+            imgsz=64,
+            batch=8,
+            workers=0,
+            verbose=False,
+            project=str(tmp_path / "runs"),
+            plots=False,
+        )
+        assert signal.getsignal(signal.SIGTERM) is callers_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert best is not None and best.images == 8
     assert (tmp_path / "batches_rank0.txt").read_text().count("\n") == 3  # 24 images / global batch 8
     assert (tmp_path / "batches_rank1.txt").read_text().count("\n") == 3

@@ -18,6 +18,7 @@ Usage::
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import signal
@@ -248,6 +249,10 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(s)
     np.random.seed(s)
     ignore_stop_signals()
+    # a forked worker shares the main process's pages until it writes them, and a full garbage collection
+    # writes to every object it visits: freezing what the worker inherited keeps those pages shared (seen: a
+    # worker's private memory 10 -> 58 MB after one collection of an inherited pytest heap)
+    gc.freeze()
 
 
 def ignore_stop_signals() -> None:
