@@ -38,15 +38,17 @@ def _no_process_left_behind():
     for proc in left:
         proc.join(timeout=10)
     alive = [proc for proc in left if proc.is_alive()]
-    for proc in alive:
-        proc.kill()
-        proc.join(timeout=10)
+    _kill(alive)
     assert not alive, f"the test left child processes running (killed now): {alive}"
 
 
 def pytest_sessionfinish(session, exitstatus):
     """Whatever a test left running is killed, so the pytest process can exit (see above)."""
-    for proc in _live_non_daemon_children():
+    _kill(_live_non_daemon_children())
+
+
+def _kill(procs) -> None:
+    for proc in procs:
         proc.kill()
         proc.join(timeout=10)
 

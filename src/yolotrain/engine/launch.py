@@ -21,7 +21,8 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,20 +100,20 @@ def worker_args(cfg_file: Path, callbacks: list[str] = ()) -> list[str]:
 
 # the agent sets handlers for these that raise SignalException and never puts the caller's back: a
 # program that trained through the Python API would then die by a traceback on its next SIGTERM
-_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT") if hasattr(signal, n))
+_AGENT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT") if hasattr(signal, n))
 
 
-def _stop_signal_handlers() -> dict[int, Any]:
-    """This process's handlers of the stop signals, to be put back after the agent ends."""
-    return {s: signal.getsignal(s) for s in _STOP_SIGNALS}
-
-
-def _restore_signal_handlers(handlers: dict[int, Any]) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return  # signal.signal works only there (and the agent could not have set them from here either)
-    for sig, handler in handlers.items():
-        if handler is not None:  # None: set from C, cannot be put back from Python
-            signal.signal(sig, handler)
+@contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Put this process's handlers of the agent's signals back when the block ends (main thread only)."""
+    old = {sig: signal.getsignal(sig) for sig in _AGENT_SIGNALS}
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():  # signal.signal works only there
+            for sig, handler in old.items():
+                if handler is not None:  # None: set from C, cannot be put back from Python
+                    signal.signal(sig, handler)
 
 
 def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any], None]]] = ()) -> Path:
@@ -153,9 +154,9 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     env = {"PYTHONPATH": path, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    saved_handlers = _stop_signal_handlers()
     try:
-        elastic_launch(launch_config(n, cfg.max_restarts), sys.executable)(*worker_args(cfg_file, callbacks))
+        with _signal_handlers_kept():
+            elastic_launch(launch_config(n, cfg.max_restarts), sys.executable)(*worker_args(cfg_file, callbacks))
     except SignalException as e:  # this process was signalled: the agent stopped the workers (they saved)
         raise Preempted(f"stopped by {signal.Signals(e.sigval).name}; continue with resume={last}") from None
     except ChildFailedError as e:
@@ -169,7 +170,6 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     finally:
         cfg_file.unlink(missing_ok=True)
         release_dir(save_dir)  # only if no worker wrote anything (all refused at set-up)
-        _restore_signal_handlers(saved_handlers)
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
