@@ -71,7 +71,17 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path):
+    """A server of the test's own: for a test that stops it."""
     srv = Server(tmp_path / "mlflow")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server for the tests that leave it running (a start costs tens of seconds here); each of them logs
+    to an experiment no other test uses, so what it reads back is its own."""
+    srv = Server(tmp_path_factory.mktemp("mlflow_shared"))
     yield srv
     srv.stop()
 
@@ -94,7 +104,8 @@ def _steps(client, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def test_run_stopped_and_resumed_is_one_mlflow_run(tiny_data, tmp_path, server):
+def test_run_stopped_and_resumed_is_one_mlflow_run(tiny_data, tmp_path, shared_server):
+    server = shared_server  # runs go to the default experiment "yolotrain", which no other test of the module uses
     # stopped right after epoch 1's checkpoint was written and before its metrics reached MLflow
     # (on_model_save comes before on_fit_epoch_end): the resumed run must fill in epoch 1 and log epoch 2
     cfg = resolve({**TRAIN, "data": str(tiny_data), "project": str(tmp_path / "runs"), "mlflow": server.uri})
@@ -173,14 +184,16 @@ def test_server_down_from_the_start_costs_one_warning(tiny_data, tmp_path, caplo
     assert (tmp_path / "exp" / "weights" / "best.pt").is_file()
 
 
-def test_tune_logs_one_parent_run_per_study_and_a_child_per_trial(tiny_data, tmp_path, server):
+def test_tune_logs_one_parent_run_per_study_and_a_child_per_trial(tiny_data, tmp_path, shared_server, monkeypatch):
     from yolotrain.cli import main
 
+    server = shared_server
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tune-study")  # honoured, and apart from the resume test's runs
     args = {**TRAIN, "epochs": 1, "data": tiny_data, "project": tmp_path, "name": "study", "trials": 2,
             "mlflow": server.uri, "plots": False, "channels_last": False}  # fmt: skip
     assert main(["tune", *[f"{k}={v}" for k, v in args.items()]]) == 0
     client = mlflow.MlflowClient(server.uri)
-    runs = client.search_runs([client.get_experiment_by_name("yolotrain").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("tune-study").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == 2
