@@ -12,7 +12,7 @@ uses its fastest settings (``amp=auto``: bf16 on CPUs that have it, one optimize
     PYTHONPATH=src:/tmp/ultra .venv/bin/python benchmarks/time_to_accuracy.py --data /tmp/digits/data.yaml \\
         --imgsz 160 --minutes 6
 
-``--smoke`` trains yolotrain alone for 15 seconds on 16 generated images at 64 px (the same code path).
+``--smoke`` trains yolotrain alone for 5 seconds on 16 generated images at 64 px (the same code path).
 
 Ultralytics is read from ``PYTHONPATH`` (``pip install --target /tmp/ultra --no-deps ultralytics ...``, see
 benchmarks/ultralytics_parity.py); it is never a dependency. Without it only yolotrain runs.
@@ -117,12 +117,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--systems", default="yolotrain,ultralytics")
     ap.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a temporary one)")
-    ap.add_argument("--smoke", action="store_true", help="15 s on 16 tiny images: keeps the script from rotting")
+    ap.add_argument("--smoke", action="store_true", help="5 s on 16 tiny images: keeps the script from rotting")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tta-") as tmp:
         if args.smoke:
             data = ensure_demo_dataset(Path(tmp) / "shapes", n_train=16, n_val=4, size=64)
-            args.data, args.minutes, args.imgsz, args.workers, args.systems = str(data), 0.25, 64, 0, "yolotrain"
+            args.data, args.minutes, args.imgsz, args.workers, args.systems = str(data), 5 / 60, 64, 0, "yolotrain"
         run(args, args.out or Path(tmp))
 
 
