@@ -1,8 +1,11 @@
 """The Python API: Detector(...).train / val / predict return result objects."""
 
+import pytest
+
 from yolotrain import Detector
 
 
+@pytest.mark.slow
 def test_detector_train_val_predict(tiny_data, tmp_path):
     det = Detector("n")
     events = []

@@ -35,6 +35,7 @@ def test_train_writes_run_folder(trained_run):
     assert "epochs: 2" in args and "imgsz: 64" in args
 
 
+@pytest.mark.slow
 def test_run_folder_increments(tiny_data, tmp_path):
     args = [
         "train",

@@ -2,6 +2,7 @@
 
 import cv2
 import numpy as np
+import pytest
 
 from yolotrain.cli import main
 
@@ -32,6 +33,7 @@ def write_set(root, n=10):
     return y
 
 
+@pytest.mark.slow
 def test_broken_files_are_skipped_and_counted(tmp_path, capsys):
     data = write_set(tmp_path / "ds")
     code = main(

@@ -54,6 +54,7 @@ def test_cfg_file_callbacks_are_not_run(tiny_data, tmp_path, marker_module, caps
     assert load_checkpoint(tmp_path / "runs" / "exp" / "weights" / "last.pt")["config"]["callbacks"] == []
 
 
+@pytest.mark.slow
 def test_command_line_callbacks_run_and_resume_does_not_rerun_recorded_ones(tiny_data, tmp_path, marker_module, capsys):
     entry = f"{marker_module}:on_train_start"
     assert main(train_args(tiny_data, tmp_path / "runs", f"callbacks={entry}")) == 0

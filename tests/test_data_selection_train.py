@@ -24,6 +24,7 @@ def _label_rows(folder: Path) -> list[list[int]]:
     ]
 
 
+@pytest.mark.slow
 def test_single_cls_trains_one_class_and_val_keeps_it(tiny_data, tmp_path, capsys):
     args = ["train", f"data={tiny_data}", "epochs=1", "imgsz=64", "batch=8", "workers=0", f"project={tmp_path}"]
     assert main([*args, "single_cls=true", "verbose=false"]) == 0
@@ -38,6 +39,7 @@ def test_single_cls_trains_one_class_and_val_keeps_it(tiny_data, tmp_path, capsy
     assert out["instances"] == sum(map(len, val_rows))  # every box, as one class
 
 
+@pytest.mark.slow
 def test_classes_and_fraction_through_the_api(tiny_data, tmp_path, capsys):
     seen_cls, seen_files = set(), set()
 
@@ -65,6 +67,7 @@ def test_classes_and_fraction_through_the_api(tiny_data, tmp_path, capsys):
     assert state["model_cfg"]["nc"] == 4  # ids kept: the model keeps the data's classes
 
 
+@pytest.mark.slow
 def test_new_augmentations_reach_the_plotted_batches(tiny_data, tmp_path):
     """A run with every new augmentation: the batches it plots are the augmented samples (flipud=1: upside down)."""
     settings = dict(mixup=1.0, cutmix=0.5, perspective=0.001, flipud=1.0, seed=3, close_mosaic=0)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 from format_helpers import write_voc
 
 from yolotrain.cli import main
 
 
+@pytest.mark.slow
 def test_train_and_val_on_voc_with_difficult_objects(tmp_path):
     y = write_voc(tmp_path / "voc")
     code = main(["train", f"data={y}", "model=n", "epochs=1", "imgsz=64", "batch=4", "workers=0",

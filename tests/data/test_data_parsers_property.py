@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,6 +39,7 @@ numbers = st.one_of(
 label_rows = st.lists(st.lists(numbers, min_size=0, max_size=7).map(" ".join), max_size=12).map("\n".join)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(text=st.one_of(label_rows, st.text(max_size=200)), raw=st.binary(max_size=40))
 def test_label_file_parses_or_is_malformed_in_one_line(text, raw):

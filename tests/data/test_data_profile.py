@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 from data_helpers import default_hyp, make_shapes_split
 from torch.utils.data import Dataset
@@ -120,6 +121,7 @@ def test_advice_nothing_when_data_keeps_up():
     assert len(lines) == 2
 
 
+@pytest.mark.slow
 def test_loader_advice_from_a_real_epoch(tmp_path):
     img_dir = make_shapes_split(tmp_path, n=8, size=64)
     recs, _ = scan_split([str(img_dir)], nc=3, use_cache=False)

@@ -107,6 +107,7 @@ def test_cached_pixels_are_the_decoded_pixels_and_read_only(records):
         ds._ram[0][0][0, 0, 0] = 1  # mapped read-only: no process can change another's pixels
 
 
+@pytest.mark.slow
 def test_memory_flat_over_epochs_and_one_copy_across_workers(records):
     """Main process + 2 persistent workers: after a warm-up epoch, memory per process stays within a few percent
     (and 1 MB of allocator noise) between epoch 1 and epoch 4, and the cache file's pages are counted once

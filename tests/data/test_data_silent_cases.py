@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from data_helpers import write_image
 from format_helpers import write_coco
 from PIL import Image
@@ -51,6 +52,7 @@ def test_data_check_names_and_counts_the_silent_cases(tmp_path, capsys):
     assert rep["dropped_rows"] == {"unknown_image": 1, "unknown_category": 1}
 
 
+@pytest.mark.slow
 def test_training_log_names_the_silent_cases(tmp_path, capsys):
     y, jf, cut = bad_coco(tmp_path)
     args = ["train", f"data={y}", "epochs=1", "imgsz=64", "batch=2", "workers=0", "val=false", "plots=false"]

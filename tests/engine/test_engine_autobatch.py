@@ -138,6 +138,7 @@ def test_autobatch_fraction_setting():
             autobatch_fraction(bad)
 
 
+@pytest.mark.slow
 def test_real_cpu_probe_with_tiny_model():
     from yolotrain.loss import DetectionLoss
     from yolotrain.models import build_model

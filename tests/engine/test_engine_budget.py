@@ -86,6 +86,7 @@ def run_budget(tiny_data, project, *extra):
     return load_checkpoint(project / "exp" / "weights" / "last.pt")
 
 
+@pytest.mark.slow
 def test_time_budget_fits_epochs_warmup_close_mosaic_and_decay(tiny_data, tmp_path, capsys):
     cfg = resolve(parse_cli_args([f"data={tiny_data}", f"project={tmp_path}", *ARGS]))
     trainer, seen = Trainer(cfg), []

@@ -2,12 +2,14 @@
 
 import json
 
+import pytest
 import torch
 
 from yolotrain.cli import main
 from yolotrain.engine.checkpoint import load_checkpoint
 
 
+@pytest.mark.slow
 def test_info_json_and_text(trained_run, capsys):
     last = trained_run / "weights" / "last.pt"
     assert main(["ckpt", "info", str(last), "json=true"]) == 0
@@ -20,6 +22,7 @@ def test_info_json_and_text(trained_run, capsys):
     assert "position: epoch 2" in out and "model: scale n, 4 classes" in out
 
 
+@pytest.mark.slow
 def test_strip_keeps_fp16_ema_and_still_predicts(trained_run, tmp_path, capsys):
     src = trained_run / "weights" / "best.pt"
     out = tmp_path / "slim.pt"
@@ -55,6 +58,7 @@ def test_diff_exit_codes(trained_run, tmp_path, capsys):
     assert main(["ckpt", "bogus"]) == 2
 
 
+@pytest.mark.slow
 def test_finetune_with_other_class_count_reports_counts(trained_run, tiny_data, tmp_path, capsys):
     # a 1-class dataset from the same images: the head's class branch no longer fits
     yaml, root = tmp_path / "one.yaml", tmp_path / "one"

@@ -23,6 +23,7 @@ def cfg_for(cfg_for):
     return functools.partial(cfg_for, amp="off", compile="aot_eager")
 
 
+@pytest.mark.slow
 def test_compiled_bf16_run_saves_plain_weights_and_resumes(tiny_data, tmp_path, cfg_for):
     torch._dynamo.reset()
     t = Trainer(cfg_for(amp="bf16", amp_check=False))
@@ -42,6 +43,7 @@ def test_compiled_bf16_run_saves_plain_weights_and_resumes(tiny_data, tmp_path, 
     assert len(load_checkpoint(last)["history"]) == 2
 
 
+@pytest.mark.slow
 def test_multi_scale_compiles_one_graph_for_every_size(tiny_data, tmp_path, cfg_for):
     torch._dynamo.reset()
     # 96 +/- 50%: 64 to 144 (at 32, a feature map of 1 pixel, torch specialises the graph once more)
@@ -54,6 +56,7 @@ def test_multi_scale_compiles_one_graph_for_every_size(tiny_data, tmp_path, cfg_
     assert t.run.step.compiled is not None  # and no recompilation error made the step fall back to eager
 
 
+@pytest.mark.slow
 def test_a_compile_failure_falls_back_to_eager_with_a_warning(tiny_data, tmp_path, monkeypatch, caplog, cfg_for):
     def broken_backend(gm, example_inputs):
         raise RuntimeError("no C compiler here")

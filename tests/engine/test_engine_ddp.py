@@ -76,6 +76,7 @@ def ddp_runs(ddp_data, tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(ddp_runs):
     a = load_checkpoint(ddp_runs[1]["dir"] / "weights" / "last.pt")
     b = load_checkpoint(ddp_runs[2]["dir"] / "weights" / "last.pt")
@@ -97,6 +98,7 @@ def test_two_processes_match_one_process(ddp_runs):
         assert len(eval(x.split(" ", 1)[1])) == 4
 
 
+@pytest.mark.slow
 def test_sharded_validation_equals_single_process(ddp_runs):
     def last_row(run):
         with (run["dir"] / "results.csv").open() as f:
@@ -109,6 +111,7 @@ def test_sharded_validation_equals_single_process(ddp_runs):
     assert best["images"] == 7  # the padded duplicate counted once
 
 
+@pytest.mark.slow
 def test_rank0_alone_writes_outputs(ddp_runs):
     d = ddp_runs[2]["dir"]
     assert sorted(p.name for p in d.parent.iterdir() if p.name.startswith("p2")) == ["p2"]

@@ -45,6 +45,7 @@ def reads_per_iteration(data, tmp_path, **kw):
     return per_iteration
 
 
+@pytest.mark.slow
 def test_steady_state_iterations_read_nothing_back(tiny_data, tmp_path):
     per_iteration = reads_per_iteration(tiny_data, tmp_path)
     steady = per_iteration[2:]
@@ -76,6 +77,7 @@ def make_step(amp="off", name="AdamW", accumulate=2, **kw):
     return step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("amp", "name"), [("off", "AdamW"), ("fp16", "SGD")])
 def test_train_step_reads_nothing_back_until_sync(amp, name):
     step = make_step(amp, name)

@@ -191,6 +191,7 @@ def _fake_module(name: str, calls: list) -> types.ModuleType:
     return mod
 
 
+@pytest.mark.slow
 def test_wandb_activates_only_when_installed_and_mlflow_only_when_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

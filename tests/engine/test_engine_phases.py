@@ -22,6 +22,7 @@ def record(trainer, event, fn):
     trainer.callbacks.add(event, fn)
 
 
+@pytest.mark.slow
 def test_freeze_phase_switch(tiny_data, tmp_path, cfg_for):
     t = Trainer(
         cfg_for(
@@ -78,6 +79,7 @@ def test_freeze_phase_switch(tiny_data, tmp_path, cfg_for):
     assert any(not torch.equal(snap[0][k], snap[1][k]) for k in snap[0])
 
 
+@pytest.mark.slow
 def test_scale_lr_fits_lr_to_phase_batch(tiny_data, tmp_path, cfg_for):
     t = Trainer(
         cfg_for(
@@ -99,6 +101,7 @@ def test_scale_lr_fits_lr_to_phase_batch(tiny_data, tmp_path, cfg_for):
     assert lrs[1] == (pytest.approx(8 / 64 * 0.01), 1)
 
 
+@pytest.mark.slow
 def test_resume_in_unfrozen_phase_is_exact(tiny_data, tmp_path, cfg_for):
     kw = dict(freeze="backbone", freeze_epochs=1, freeze_batch=4, batch=8, nbs=8, epochs=2, optimizer="SGD")
     Trainer(cfg_for(name="full", **kw)).fit()
@@ -115,6 +118,7 @@ def test_resume_in_unfrozen_phase_is_exact(tiny_data, tmp_path, cfg_for):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kw, allowed",
     [
@@ -132,6 +136,7 @@ def test_multi_scale_sizes(tiny_data, tmp_path, kw, allowed, cfg_for):
     assert len(set(sizes)) > 1  # it does vary
 
 
+@pytest.mark.slow
 def test_autobatch_picks_and_records_a_batch(tiny_data, tmp_path, monkeypatch, cfg_for):
     import yolotrain.engine.autobatch_probe as autobatch_probe
 
@@ -150,12 +155,14 @@ def test_autobatch_picks_and_records_a_batch(tiny_data, tmp_path, monkeypatch, c
     assert load_checkpoint(t.wdir / "last.pt")["config"]["batch"] == 4
 
 
+@pytest.mark.slow
 def test_autobatch_real_probe_on_cpu(tiny_data, tmp_path, cfg_for):
     t = Trainer(cfg_for(batch=-1, epochs=1))
     t.fit()
     assert isinstance(t.run.planner.batch, int) and 1 <= t.run.planner.batch <= 1024
 
 
+@pytest.mark.slow
 def test_oom_is_recovered_with_micro_batches(tiny_data, tmp_path, monkeypatch, cfg_for):
     monkeypatch.setenv("YOLOTRAIN_INJECT_OOM", "1:4,4:2")  # step 1: > 4 images fail; step 4: > 2 fail
     t = Trainer(cfg_for(batch=8, nbs=16, epochs=2))  # accumulate 2: step 1 replays batch 0
@@ -167,12 +174,14 @@ def test_oom_is_recovered_with_micro_batches(tiny_data, tmp_path, monkeypatch, c
         assert torch.isfinite(v.float()).all()
 
 
+@pytest.mark.slow
 def test_oom_below_one_image_is_a_clear_error(tiny_data, tmp_path, monkeypatch, cfg_for):
     monkeypatch.setenv("YOLOTRAIN_INJECT_OOM", "0:0")
     with pytest.raises(TrainingError, match="one image per micro-batch"):
         Trainer(cfg_for(batch=8, epochs=1)).fit()
 
 
+@pytest.mark.slow
 def test_oom_in_validation_halves_the_batch(tiny_data, tmp_path, monkeypatch, cfg_for):
     monkeypatch.setenv("YOLOTRAIN_INJECT_OOM", "val@0:3")
     t = Trainer(cfg_for(batch=8, epochs=1, val=True))
@@ -189,6 +198,7 @@ def scripted_validation(trainer, values):
     trainer.validate = validate
 
 
+@pytest.mark.slow
 def test_early_stopping_and_its_state_across_resume(tiny_data, tmp_path, cfg_for):
     t = Trainer(cfg_for(epochs=6, patience=2, val=True))
     record(t, "on_pretrain_routine_end", lambda tr: scripted_validation(tr, [0.5, 0.4, 0.3, 0.2, 0.1, 0.0]))
@@ -206,6 +216,7 @@ def test_early_stopping_and_its_state_across_resume(tiny_data, tmp_path, cfg_for
     assert r.run.state.stopped_early and r.epoch == 2  # not reset by the resume: stops after one more epoch
 
 
+@pytest.mark.slow
 def test_close_mosaic_applies_after_resume(tiny_data, tmp_path, cfg_for):
     t = Trainer(cfg_for(epochs=3, close_mosaic=1))
     record(t, "on_fit_epoch_end", lambda tr: setattr(tr, "stop", tr.epoch == 1))

@@ -103,6 +103,7 @@ def loss_trajectory(data, tmp_path, amp, steps=4):
     return out
 
 
+@pytest.mark.slow
 def test_bf16_and_fp16_follow_fp32(tiny_data, tmp_path):
     ref = loss_trajectory(tiny_data, tmp_path, "off")
     for amp in ("bf16", "fp16"):

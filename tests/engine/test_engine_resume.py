@@ -146,6 +146,7 @@ def test_sigterm_saves_and_exits_75_then_resume_true(tiny_data, tmp_path, refere
     assert_identical(load_checkpoint(tmp_path / "exp" / "weights" / "last.pt"), reference)
 
 
+@pytest.mark.slow
 def test_finished_run_and_extension(tiny_data, tmp_path, capsys):
     base = [
         "train",
@@ -170,6 +171,7 @@ def test_finished_run_and_extension(tiny_data, tmp_path, capsys):
     assert not (tmp_path / "exp2").exists()  # the resumed run continues in its own folder
 
 
+@pytest.mark.slow
 def test_incompatible_changes_are_refused(tiny_data, tmp_path, capsys):
     assert (
         main(

@@ -35,6 +35,7 @@ class NaNAt:
         return loss, items
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_never_reaches_weights(tiny_data, tmp_path, cfg_for):
     trainer = Trainer(cfg_for(nbs=8, warmup_epochs=0))
     snapshots = []
@@ -68,6 +69,7 @@ def test_repeated_nonfinite_loss_stops_with_clear_error(tiny_data, tmp_path, cfg
     assert seen == [True]
 
 
+@pytest.mark.slow
 def test_callbacks_fire_in_order(tiny_data, tmp_path, cfg_for):
     cbs = Callbacks()
     fired = []
@@ -119,6 +121,7 @@ def write_boxes_set(root, n=32, size=64, seed=0):
     return root / "data.yaml"
 
 
+@pytest.mark.slow
 def test_short_training_learns(tmp_path, cfg_for):
     """From random weights to a clearly useful detector in ~80 optimizer steps on CPU."""
     data = write_boxes_set(tmp_path / "boxes")
@@ -146,6 +149,7 @@ def test_short_training_learns(tmp_path, cfg_for):
     assert rows[0]["metrics/mAP50"] == ""  # not validated at epoch 1 (val_period=20)
 
 
+@pytest.mark.slow
 def test_data_wait_is_logged_and_profile_gives_advice(tiny_data, tmp_path, caplog, cfg_for):
     """A loader made slow on purpose (2 s per batch, in the main process) shows as data wait."""
 

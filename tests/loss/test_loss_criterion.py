@@ -99,6 +99,7 @@ def test_bf16_preds_give_float32_loss(model: torch.nn.Module) -> None:
     model.zero_grad()
 
 
+@pytest.mark.slow
 def test_loss_decreases_when_overfitting() -> None:
     torch.manual_seed(0)
     model = build_model("n", nc=2)

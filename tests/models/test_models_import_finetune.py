@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import re
 
+import pytest
 import torch
 from ultralytics_fixtures import write_ultralytics_checkpoint
 
@@ -14,6 +15,7 @@ from yolotrain.models.transfer import transfer_weights
 from yolotrain.models.weights_io import read_weights
 
 
+@pytest.mark.slow
 def test_cli_finetune_from_imported_file_runs_both_phases(tiny_data, tmp_path, capsys):
     torch.manual_seed(0)
     src = build_model("11n", nc=5).eval()  # the data has 4 classes: the class outputs cannot be kept

@@ -68,6 +68,7 @@ def test_printed_command_opens_the_journal_study_in_the_dashboard(tune_data, tmp
     assert [t["values"][0] for t in shown["best_trials"]] == pytest.approx([stored.best_value])
 
 
+@pytest.mark.slow
 def test_printed_command_for_rdb_storage_opens_it(tmp_path):
     pytest.importorskip("sqlalchemy")
     url = f"sqlite:///{tmp_path / 'tune.db'}"
