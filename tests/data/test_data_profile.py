@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import torch
-from data_helpers import default_hyp, make_shapes_split
+from data_helpers import augment_settings, make_shapes_split
 from torch.utils.data import Dataset
 
 from yolotrain.data.dataset import DetectionDataset
@@ -49,7 +49,7 @@ def test_wait_share_measured():
 def test_stage_times_arrive_from_workers(tmp_path):
     img_dir = make_shapes_split(tmp_path, n=8, size=64)
     recs, _ = scan_split([str(img_dir)], nc=3, use_cache=False)
-    ds = DetectionDataset(recs, 64, True, default_hyp(), buffer=0)
+    ds = DetectionDataset(recs, 64, True, augment_settings(), buffer=0)
     loader = build_dataloader(ds, batch_size=4, workers=2, shuffle=True, seed=0)
     set_loader_epoch(loader, 0)
     batches = list(loader)
@@ -123,7 +123,7 @@ def test_advice_nothing_when_data_keeps_up():
 def test_loader_advice_from_a_real_epoch(tmp_path):
     img_dir = make_shapes_split(tmp_path, n=8, size=64)
     recs, _ = scan_split([str(img_dir)], nc=3, use_cache=False)
-    ds = DetectionDataset(recs, 64, True, default_hyp())
+    ds = DetectionDataset(recs, 64, True, augment_settings())
     loader = build_dataloader(ds, batch_size=4, workers=0, shuffle=True, seed=0)
     set_loader_epoch(loader, 0)
     for _ in loader:
