@@ -9,6 +9,7 @@ import torch
 from data_helpers import augment_settings, make_shapes_split
 from PIL import Image
 
+from yolotrain.config import resolve
 from yolotrain.data.dataset import DetectionDataset, SampleKey
 from yolotrain.data.loader import collate
 from yolotrain.data.records import ImageRecord, xywhn_to_xyxy
@@ -145,6 +146,13 @@ def test_bad_settings():
         DetectionDataset([], imgsz=64, augment=True, augmentation=object())
     with pytest.raises(ConfigError, match="cache"):
         DetectionDataset([], imgsz=64, augment=False, cache="tape")
+
+
+def test_training_takes_the_augmentation_section_not_the_whole_config():
+    with pytest.raises(ConfigError, match="AugmentSettings"):
+        DetectionDataset([], imgsz=64, augment=True, augmentation=resolve({}))
+    with pytest.raises(ConfigError, match="AugmentSettings"):
+        DetectionDataset([], imgsz=64, augment=True)
 
 
 def test_labels_for_eval_in_original_pixels(records):
