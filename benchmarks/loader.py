@@ -85,13 +85,15 @@ def run_ours(img_dir: Path, imgsz: int, batch: int, epochs: int, cache: str) -> 
     import torch
 
     from yolotrain.config import resolve
+    from yolotrain.config_sections import AugmentSettings
     from yolotrain.data import DetectionDataset, build_dataloader, scan_split, set_loader_epoch
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     cfg = resolve({"imgsz": imgsz})
     records, _ = scan_split([str(img_dir)], 80, use_cache=False, log_problems=False)
-    ds = DetectionDataset(records, imgsz, True, hyp=cfg, cache=cache if cache != "off" else False, seed=0)
+    augmentation = AugmentSettings.from_config(cfg)
+    ds = DetectionDataset(records, imgsz, True, augmentation, cache=cache if cache != "off" else False, seed=0)
     loader = build_dataloader(ds, batch, 0, shuffle=True, seed=0)
     set_loader_epoch(loader, 0)
     for _ in loader:  # warm-up epoch

@@ -21,9 +21,9 @@ import json
 import os
 import re
 import tempfile
-import types
 from pathlib import Path
 
+from yolotrain.config_sections import AugmentSettings
 from yolotrain.data.dataset import DetectionDataset
 from yolotrain.data.loader import build_dataloader, set_loader_epoch
 from yolotrain.data.scan import scan_split
@@ -31,9 +31,6 @@ from yolotrain.data.scan import scan_split
 ROOT = Path(__file__).resolve().parents[1]
 # the keys a --smoke run must print (the test suite runs every benchmark's smoke mode and checks them)
 SMOKE_KEYS = ("images", "cache_file_mb", "cache_pss_sum_mb", "uss_sum_mb_epoch1", "uss_mb_epoch1", "pss_mb_epoch1")
-HYP = types.SimpleNamespace(
-    mosaic=1.0, degrees=0.0, translate=0.1, scale=0.5, shear=0.0, fliplr=0.5, hsv_h=0.015, hsv_s=0.7, hsv_v=0.4
-)
 
 
 def smaps_mb(pid: int, name: str) -> dict[str, float]:
@@ -77,10 +74,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not img_dir.is_dir():  # a plain YOLO layout (images/train), as the demo set has
         img_dir = Path(args.data) / "images" / "train"
     records, _ = scan_split([str(img_dir)], nc=80, use_cache=False, log_problems=False)
-    ds = DetectionDataset(records, args.imgsz, True, HYP, cache="ram")
-    if ds._ram is None:
+    ds = DetectionDataset(records, args.imgsz, True, AugmentSettings.defaults(), cache="ram")
+    if ds.images.ram is None:
         raise SystemExit("cache=ram was refused (see the warning)")
-    name, file_mb = ds._ram.path.name, ds._ram.path.stat().st_size / 2**20
+    name, file_mb = ds.images.ram.path.name, ds.images.ram.path.stat().st_size / 2**20
     loader = build_dataloader(ds, batch_size=args.batch, workers=args.workers, shuffle=True, seed=0)
     snaps = {}
     for e in range(args.epochs):

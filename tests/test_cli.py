@@ -77,21 +77,21 @@ def test_val_json_last_line(trained_run, tiny_data, capsys):
 
 def test_val_like_for_like_settings_reach_the_evaluator_and_loader(trained_run, tiny_data, monkeypatch, capsys):
     import yolotrain.engine.validator as validator_module
-    from yolotrain.data.dataset import DetectionDataset
+    from yolotrain.data.image_source import ImageSource
 
     styles, modes = [], []
-    real_evaluator, real_decode = validator_module.DetectionEvaluator, DetectionDataset._decode
+    real_evaluator, real_decode = validator_module.DetectionEvaluator, ImageSource.decode
 
     def evaluator(names, **kw):
         styles.append(kw.get("ap_style"))
         return real_evaluator(names, **kw)
 
     def decode(self, i):
-        modes.append(self._resize_mode())
+        modes.append(self.resize_mode)
         return real_decode(self, i)
 
     monkeypatch.setattr(validator_module, "DetectionEvaluator", evaluator)
-    monkeypatch.setattr(DetectionDataset, "_decode", decode)
+    monkeypatch.setattr(ImageSource, "decode", decode)
     model = f"model={trained_run / 'weights' / 'best.pt'}"
     args = ["val", model, f"data={tiny_data}", "imgsz=64", "workers=0", "json=true"]
     assert main([*args, "ap_style=ultralytics", "val_resize=bilinear", "multi_label=true"]) == 0

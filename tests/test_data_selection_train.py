@@ -12,6 +12,7 @@ import torch
 from yolotrain import Detector
 from yolotrain.cli import main
 from yolotrain.config import resolve
+from yolotrain.config_sections import AugmentSettings
 from yolotrain.data.dataset import DetectionDataset, SampleKey
 from yolotrain.data.scan import scan_split
 
@@ -89,7 +90,8 @@ def test_new_augmentations_reach_the_plotted_batches(tiny_data, tmp_path):
     epoch, indices, files, imgs = captured[0]
     records, _ = scan_split([str(tiny_data.parent / "images" / "train")], 4, use_cache=False)
     assert [records[i].im_file for i in indices] == list(files)  # the same records, in the same order
-    upright = DetectionDataset(records, 64, True, resolve({**settings, "flipud": 0.0, "imgsz": 64}), seed=3)
+    upright_cfg = resolve({**settings, "flipud": 0.0, "imgsz": 64})
+    upright = DetectionDataset(records, 64, True, AugmentSettings.from_config(upright_cfg), seed=3)
     for img, i in zip(imgs, indices):
         want = upright[SampleKey(i, epoch, True)]["img"]
         assert torch.equal(img, want.flip(1)), i  # the plotted image is the sample, upside down

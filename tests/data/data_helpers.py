@@ -6,12 +6,14 @@ cannot be confused with another folder's conftest module.
 
 from __future__ import annotations
 
-import types
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+
+from yolotrain.config_sections import AugmentSettings
 
 
 def write_image(path: Path, h: int = 48, w: int = 64, color: tuple[int, int, int] = (40, 80, 120)) -> Path:
@@ -41,12 +43,9 @@ def make_split(root: Path, split: str, items: dict[str, str | None], h: int = 48
     return img_dir
 
 
-def default_hyp(**overrides: float) -> types.SimpleNamespace:
-    """Typical YOLO augmentation settings."""
-    hyp = dict(mosaic=1.0, degrees=0.0, translate=0.1, scale=0.5, shear=0.0, fliplr=0.5,
-               hsv_h=0.015, hsv_s=0.7, hsv_v=0.4)  # fmt: skip
-    hyp.update(overrides)
-    return types.SimpleNamespace(**hyp)
+def augment_settings(**overrides: float) -> AugmentSettings:
+    """The declared augmentation defaults (typical YOLO settings), with ``overrides``."""
+    return replace(AugmentSettings.defaults(), **{k: float(v) for k, v in overrides.items()})
 
 
 def make_shapes_split(root: Path, n: int = 12, size: int = 64, seed: int = 0) -> Path:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from data_helpers import by_index, default_hyp, make_shapes_split
+from data_helpers import augment_settings, by_index, make_shapes_split
 
 from yolotrain.data.dataset import MOSAIC_GROUP, DetectionDataset, SampleKey, epoch_order
 from yolotrain.data.loader import build_dataloader, set_loader_epoch
@@ -61,7 +61,7 @@ def _sample(ds: DetectionDataset, i: int, epoch: int, mosaic: bool = True):
 
 def _plain(**kw):
     """One image per sample, whole and unscaled (no mosaic, scale or translation), no colour change."""
-    return default_hyp(mosaic=0.0, translate=0.0, scale=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, **kw)
+    return augment_settings(mosaic=0.0, translate=0.0, scale=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, **kw)
 
 
 def _boxes_follow_colours(img, boxes, cls, atol=2.0) -> int:
@@ -77,8 +77,8 @@ def test_perspective_samples_boxes_follow_pixels(colour_records):
     The perspective is 3x the settings' maximum (the dataset takes any value) so that on 128 px samples the
     rectangles become clearly non-rectangular quadrilaterals, which an affine warp cannot make.
     """
-    hyp = default_hyp(perspective=0.003, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)
-    ds = DetectionDataset(colour_records, S, True, hyp, seed=4)
+    augmentation = augment_settings(perspective=0.003, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)
+    ds = DetectionDataset(colour_records, S, True, augmentation, seed=4)
     checked, fills = 0, []
     for epoch in range(4):
         for i in range(len(ds)):
@@ -175,14 +175,14 @@ ALL_ON = dict(mixup=0.5, cutmix=0.5, perspective=0.0005, flipud=0.5, degrees=5.0
 
 def test_new_augmentations_depend_only_on_seed_epoch_index(shapes):
     """Batch size, workers, the buffer, the RAM cache and a mid-epoch resume never change a sample."""
-    hyp = default_hyp(**ALL_ON)
-    alone = DetectionDataset(shapes, 64, True, hyp, seed=5, buffer=0)
+    augmentation = augment_settings(**ALL_ON)
+    alone = DetectionDataset(shapes, 64, True, augmentation, seed=5, buffer=0)
     ref = {i: alone[SampleKey(i, 3, True)] for i in range(len(shapes))}
-    plain = DetectionDataset(shapes, 64, True, default_hyp(), seed=5, buffer=0)
+    plain = DetectionDataset(shapes, 64, True, augment_settings(), seed=5, buffer=0)
     assert sum(not torch.equal(ref[i]["img"], plain[SampleKey(i, 3, True)]["img"]) for i in ref) >= 15
     runs = []
     for batch, workers, kwargs in ((8, 0, {}), (3, 2, {"buffer": 0}), (5, 0, {"cache": "ram"})):
-        ds = DetectionDataset(shapes, 64, True, hyp, seed=5, **kwargs)
+        ds = DetectionDataset(shapes, 64, True, augmentation, seed=5, **kwargs)
         loader = build_dataloader(ds, batch_size=batch, workers=workers, shuffle=True, seed=5)
         set_loader_epoch(loader, 3)
         runs.append(by_index(list(loader)))
@@ -197,10 +197,10 @@ def test_new_augmentations_depend_only_on_seed_epoch_index(shapes):
 
 def test_mix_partners_need_no_extra_decode(shapes, monkeypatch):
     """Mixup and cutmix partners come from the sample's mosaic group: a group is still decoded once."""
-    ds = DetectionDataset(shapes, 64, True, default_hyp(mixup=1.0, cutmix=1.0), seed=1, buffer=0)
+    ds = DetectionDataset(shapes, 64, True, augment_settings(mixup=1.0, cutmix=1.0), seed=1, buffer=0)
     calls = []
-    real = ds._load_from_disk
-    monkeypatch.setattr(ds, "_load_from_disk", lambda i: calls.append(i) or real(i))
+    real = ds.images.load
+    monkeypatch.setattr(ds.images, "load", lambda i: calls.append(i) or real(i))
     order = epoch_order(len(ds), 1, 0).tolist()
     ds.__getitems__([SampleKey(i, 0, True) for i in order[:MOSAIC_GROUP]])
     assert sorted(calls) == sorted(order[:MOSAIC_GROUP])
@@ -210,7 +210,7 @@ def test_trainer_batches_show_the_augmentations(shapes):
     """The loader's batches are what the trainer plots into train_batch*.jpg: each setting changes them."""
 
     def first_batch(**kw):
-        ds = DetectionDataset(shapes, 64, True, default_hyp(**kw), seed=0)
+        ds = DetectionDataset(shapes, 64, True, augment_settings(**kw), seed=0)
         loader = build_dataloader(ds, batch_size=8, workers=0, shuffle=True, seed=0)
         set_loader_epoch(loader, 0)
         return next(iter(loader))

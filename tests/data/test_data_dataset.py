@@ -6,9 +6,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from data_helpers import default_hyp, make_shapes_split
+from data_helpers import augment_settings, make_shapes_split
 from PIL import Image
 
+from yolotrain.config import resolve
 from yolotrain.data.dataset import DetectionDataset, SampleKey
 from yolotrain.data.loader import collate
 from yolotrain.data.records import ImageRecord, xywhn_to_xyxy
@@ -53,7 +54,7 @@ def test_eval_item_geometry(tmp_path):
 
 
 def test_train_items_valid_and_reproducible(records):
-    ds = DetectionDataset(records, imgsz=64, augment=True, hyp=default_hyp(degrees=10, shear=2), seed=3)
+    ds = DetectionDataset(records, imgsz=64, augment=True, augmentation=augment_settings(degrees=10, shear=2), seed=3)
     for i in range(len(ds)):
         it = ds[SampleKey(i, 0, True)]
         assert it["img"].shape == (3, 64, 64) and it["img"].dtype == torch.uint8
@@ -64,7 +65,7 @@ def test_train_items_valid_and_reproducible(records):
     assert torch.equal(a["img"], b["img"]) and torch.equal(a["bboxes"], b["bboxes"])
     other_epoch = ds[SampleKey(5, 3, True)]
     assert not torch.equal(a["img"], other_epoch["img"])
-    other_seed = DetectionDataset(records, 64, True, default_hyp(), seed=4)[SampleKey(5, 2, True)]
+    other_seed = DetectionDataset(records, 64, True, augment_settings(), seed=4)[SampleKey(5, 2, True)]
     assert not torch.equal(a["img"], other_seed["img"])
     # plain int index uses the dataset's own epoch
     ds.set_epoch(2)
@@ -73,8 +74,8 @@ def test_train_items_valid_and_reproducible(records):
 
 def test_train_boxes_follow_pixels_without_mosaic(records):
     # Only geometric augmentation, no colour change: every box must sit on its white rectangle.
-    hyp = default_hyp(mosaic=0.0, degrees=0.0, hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0.5)
-    ds = DetectionDataset(records, 64, True, hyp)
+    augmentation = augment_settings(mosaic=0.0, degrees=0.0, hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0.5)
+    ds = DetectionDataset(records, 64, True, augmentation)
     checked = 0
     for i in range(len(ds)):
         it = ds[SampleKey(i, 0, True)]
@@ -89,8 +90,8 @@ def test_train_boxes_follow_pixels_without_mosaic(records):
 
 def test_mosaic_switch(records):
     # With every augmentation off, a non-mosaic training sample is exactly the eval sample.
-    hyp = default_hyp(mosaic=1.0, translate=0, scale=0, fliplr=0, hsv_h=0, hsv_s=0, hsv_v=0)
-    train = DetectionDataset(records, 64, True, hyp)
+    augmentation = augment_settings(mosaic=1.0, translate=0, scale=0, fliplr=0, hsv_h=0, hsv_s=0, hsv_v=0)
+    train = DetectionDataset(records, 64, True, augmentation)
     ev = DetectionDataset(records, 64, False)
     off = train[SampleKey(1, 0, False)]
     assert torch.equal(off["img"], ev[1]["img"]) and torch.allclose(off["bboxes"], ev[1]["bboxes"])
@@ -101,16 +102,16 @@ def test_mosaic_switch(records):
 
 
 def test_ram_cache_gives_identical_samples(records):
-    hyp = default_hyp()
-    a = DetectionDataset(records, 64, True, hyp, cache="ram")
-    b = DetectionDataset(records, 64, True, hyp, cache=False)
-    assert a._ram is not None and len(a._ram) == len(records)
+    augmentation = augment_settings()
+    a = DetectionDataset(records, 64, True, augmentation, cache="ram")
+    b = DetectionDataset(records, 64, True, augmentation, cache=False)
+    assert a.images.ram is not None and len(a.images.ram) == len(records)
     for i in (0, 3):
         assert torch.equal(a[SampleKey(i, 1, True)]["img"], b[SampleKey(i, 1, True)]["img"])
     # cached arrays are not modified by in-place augmentation
-    before = a._ram[0][0].copy()
+    before = a.images.ram[0][0].copy()
     a[SampleKey(0, 0, False)]
-    np.testing.assert_array_equal(a._ram[0][0], before)
+    np.testing.assert_array_equal(a.images.ram[0][0], before)
 
 
 def test_odd_formats_load_as_rgb_uint8(tmp_path):
@@ -130,11 +131,11 @@ def test_odd_formats_load_as_rgb_uint8(tmp_path):
         it = ds[i]
         assert it["img"].shape == (3, 64, 64) and it["img"].dtype == torch.uint8
         shapes[it["im_file"].rsplit("/", 1)[-1]] = it["ori_shape"]
-        img, shape0 = ds.load_image(i)
+        img, shape0 = ds.images.load_image(i)
         assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8 and max(img.shape[:2]) == 64
         assert shape0 == (recs[i].height, recs[i].width)  # decoder agrees with the scan
     assert shapes == {"deep.png": (30, 40), "exif.jpg": (40, 30), "gray.png": (30, 40), "rgba.png": (30, 40)}
-    deep = ds.load_image([r.im_file.endswith("deep.png") for r in recs].index(True))[0]
+    deep = ds.images.load_image([r.im_file.endswith("deep.png") for r in recs].index(True))[0]
     assert deep[0, 0, 0] == 40000 >> 8
 
 
@@ -142,9 +143,16 @@ def test_bad_settings():
     with pytest.raises(ConfigError, match="imgsz"):
         DetectionDataset([], imgsz=100, augment=False)
     with pytest.raises(ConfigError, match="hyp"):
-        DetectionDataset([], imgsz=64, augment=True, hyp=object())
+        DetectionDataset([], imgsz=64, augment=True, augmentation=object())
     with pytest.raises(ConfigError, match="cache"):
         DetectionDataset([], imgsz=64, augment=False, cache="tape")
+
+
+def test_training_takes_the_augmentation_section_not_the_whole_config():
+    with pytest.raises(ConfigError, match="AugmentSettings"):
+        DetectionDataset([], imgsz=64, augment=True, augmentation=resolve({}))
+    with pytest.raises(ConfigError, match="AugmentSettings"):
+        DetectionDataset([], imgsz=64, augment=True)
 
 
 def test_labels_for_eval_in_original_pixels(records):

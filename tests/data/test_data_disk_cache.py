@@ -9,7 +9,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from data_helpers import default_hyp, make_shapes_split
+from data_helpers import augment_settings, make_shapes_split
 
 from yolotrain.data.dataset import DetectionDataset, SampleKey
 from yolotrain.data.scan import scan_split
@@ -24,16 +24,16 @@ def records(tmp_path, monkeypatch):
 
 
 def test_disk_cache_same_samples_and_reused(records, tmp_path, monkeypatch):
-    plain = DetectionDataset(records, 64, True, default_hyp(), seed=1, buffer=0)
-    first = DetectionDataset(records, 64, True, default_hyp(), seed=1, cache="disk", buffer=0)
+    plain = DetectionDataset(records, 64, True, augment_settings(), seed=1, buffer=0)
+    first = DetectionDataset(records, 64, True, augment_settings(), seed=1, cache="disk", buffer=0)
     keys = [SampleKey(i, 2, True) for i in range(len(records))]
     for k in keys:
         assert torch.equal(first[k]["img"], plain[k]["img"])
     files = sorted((tmp_path / "cache" / "decoded").rglob("*.npy"))
     assert len(files) == len(records)  # one array per image, nothing half-written left behind
     # a new dataset (a new run) reads them back and decodes nothing
-    again = DetectionDataset(records, 64, True, default_hyp(), seed=1, cache="disk", buffer=0)
-    monkeypatch.setattr(again, "_decode", lambda i: pytest.fail("decoded despite cache=disk"))
+    again = DetectionDataset(records, 64, True, augment_settings(), seed=1, cache="disk", buffer=0)
+    monkeypatch.setattr(again.images, "decode", lambda i: pytest.fail("decoded despite cache=disk"))
     for k in keys:
         assert torch.equal(again[k]["img"], plain[k]["img"])
     ev_plain, ev_disk = DetectionDataset(records, 64, False), DetectionDataset(records, 64, False, cache="disk")
@@ -56,7 +56,7 @@ def test_disk_cache_invalidated_when_the_image_changes(records, tmp_path):
 def test_damaged_cache_file_is_decoded_again(records, tmp_path):
     ds = DetectionDataset(records, 64, False, cache="disk", rect=False)
     ref = ds[1]["img"].clone()
-    f = ds._disk_cache_file(1)
+    f = ds.images.disk_cache_file(1)
     f.write_bytes(b"\x93NUMPY garbage")
     fresh = DetectionDataset(records, 64, False, cache="disk", rect=False)
     assert torch.equal(fresh[1]["img"], ref)
@@ -66,14 +66,14 @@ def test_damaged_cache_file_is_decoded_again(records, tmp_path):
 def test_touched_image_gets_a_new_cache_file(records, tmp_path):
     ds = DetectionDataset(records, 64, False, cache="disk", rect=False)
     ds[2]
-    old = ds._disk_cache_file(2)
+    old = ds.images.disk_cache_file(2)
     f = records[2].im_file
     data = open(f, "rb").read()
     with open(f, "wb") as fh:  # same bytes and size, a new modification time: an edit the size cannot show
         fh.write(data)
     st = os.stat(f)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    new = ds._disk_cache_file(2)
+    new = ds.images.disk_cache_file(2)
     assert new != old
     DetectionDataset(records, 64, False, cache="disk", rect=False)[2]
     assert new.is_file()
@@ -85,7 +85,7 @@ def test_refused_ram_cache_keeps_the_buffer(records, monkeypatch):
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: _Tiny())
     ds = DetectionDataset(records, 64, False, cache="ram")
-    assert ds._ram is None and ds.buffer == 128  # refused: recent images are still kept
+    assert ds.images.ram is None and ds.images.buffer == 128  # refused: recent images are still kept
     monkeypatch.undo()
     cached = DetectionDataset(records, 64, False, cache="ram")
-    assert cached._ram is not None and cached.buffer == 0  # all in memory: no second copy
+    assert cached.images.ram is not None and cached.images.buffer == 0  # all in memory: no second copy

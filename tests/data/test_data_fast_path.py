@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from data_helpers import by_index, default_hyp, make_shapes_split
+from data_helpers import augment_settings, by_index, make_shapes_split
 
 from yolotrain.data import augment as A
 from yolotrain.data import mosaic as M
@@ -27,12 +27,12 @@ def records(tmp_path_factory):
 
 def test_sample_depends_only_on_seed_epoch_index(records):
     """Batch size, workers, the buffer, the RAM cache and a mid-epoch resume never change a sample."""
-    hyp = default_hyp()
-    alone = DetectionDataset(records, 64, True, hyp, seed=5, buffer=0)
+    augmentation = augment_settings()
+    alone = DetectionDataset(records, 64, True, augmentation, seed=5, buffer=0)
     ref = {i: alone[SampleKey(i, 3, True)] for i in range(len(records))}  # one at a time, no batch
     runs = []
     for batch, workers, kwargs in ((8, 0, {}), (3, 2, {"buffer": 0}), (5, 0, {"cache": "ram"})):
-        ds = DetectionDataset(records, 64, True, hyp, seed=5, **kwargs)
+        ds = DetectionDataset(records, 64, True, augmentation, seed=5, **kwargs)
         loader = build_dataloader(ds, batch_size=batch, workers=workers, shuffle=True, seed=5)
         set_loader_epoch(loader, 3)
         runs.append(by_index(list(loader)))
@@ -46,10 +46,10 @@ def test_sample_depends_only_on_seed_epoch_index(records):
 
 
 def test_one_decode_per_image_per_batch(records, monkeypatch):
-    ds = DetectionDataset(records, 64, True, default_hyp(mosaic=1.0), seed=1, buffer=0)
+    ds = DetectionDataset(records, 64, True, augment_settings(mosaic=1.0), seed=1, buffer=0)
     calls = []
-    real = ds._load_from_disk
-    monkeypatch.setattr(ds, "_load_from_disk", lambda i: calls.append(i) or real(i))
+    real = ds.images.load
+    monkeypatch.setattr(ds.images, "load", lambda i: calls.append(i) or real(i))
     order = epoch_order(len(ds), 1, 0).tolist()
     keys = [SampleKey(i, 0, True) for i in order[:MOSAIC_GROUP]]  # the first group, whole
     ds.__getitems__(keys)
@@ -63,7 +63,7 @@ def test_one_decode_per_image_per_batch(records, monkeypatch):
 
 
 def test_mosaic_partners_come_from_the_group(records):
-    ds = DetectionDataset(records, 64, True, default_hyp(), seed=2)
+    ds = DetectionDataset(records, 64, True, augment_settings(), seed=2)
     n = len(ds)
     order = epoch_order(n, 2, 4).tolist()
     # 20 samples: groups are positions 0-7 and 8-19 (the last group takes the remainder)
@@ -130,8 +130,8 @@ def test_scale_translate_warp_boxes_follow_pixels(scale, tx, ty):
 
 def test_mosaic_boxes_follow_pixels(records):
     """Every mosaic sample's boxes lie on white pixels (fast path: no rotation, flips included)."""
-    hyp = default_hyp(hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0.5)
-    ds = DetectionDataset(records, 64, True, hyp, seed=3)
+    augmentation = augment_settings(hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0.5)
+    ds = DetectionDataset(records, 64, True, augmentation, seed=3)
     checked = 0
     for i in range(len(ds)):
         it = ds[SampleKey(i, 1, True)]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_helpers import augment_settings
 from format_helpers import (
     CLASSES,
     SPLITS,
@@ -181,9 +182,9 @@ def test_crowd_kept_in_records_but_not_in_training_targets(tmp_path):
     records = list(recs.values())
     i = records.index(rec)
     for augment in (False, True):
-        hyp = type("H", (), dict(mosaic=0.0, degrees=0.0, translate=0.0, scale=0.0, shear=0.0, fliplr=0.0,
-                                 hsv_h=0.0, hsv_s=0.0, hsv_v=0.0))  # fmt: skip
-        ds = DetectionDataset(records, imgsz=64, augment=augment, hyp=hyp)
+        augmentation = augment_settings(mosaic=0.0, degrees=0.0, translate=0.0, scale=0.0, shear=0.0, fliplr=0.0,
+                                        hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)  # fmt: skip
+        ds = DetectionDataset(records, imgsz=64, augment=augment, augmentation=augmentation)
         item = ds[i]
         assert item["cls"].flatten().tolist() == [0.0, 2.0]  # the crowd 'dog' is not a target
     boxes, cls = ds.labels_for_eval(i)  # evaluation still sees all three

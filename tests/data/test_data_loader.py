@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from data_helpers import default_hyp, make_shapes_split
+from data_helpers import augment_settings, make_shapes_split
 
 from yolotrain.data.dataset import DetectionDataset
 from yolotrain.data.loader import EpochSampler, build_dataloader, collate, set_loader_epoch
@@ -49,7 +49,7 @@ def test_collate_shapes_and_batch_index():
 
 
 def test_same_batches_with_0_and_2_workers_and_epochs_differ(records):
-    ds = DetectionDataset(records, 64, True, default_hyp(), seed=7)
+    ds = DetectionDataset(records, 64, True, augment_settings(), seed=7)
     l0 = build_dataloader(ds, batch_size=4, workers=0, shuffle=True, seed=7)
     l2 = build_dataloader(ds, batch_size=4, workers=2, shuffle=True, seed=7)
     e0_w0, e1_w0 = _epoch(l0, 0), _epoch(l0, 1)
@@ -64,13 +64,13 @@ def test_same_batches_with_0_and_2_workers_and_epochs_differ(records):
 
 
 def test_persistent_workers_see_mosaic_switch(records):
-    hyp = default_hyp()
-    ds = DetectionDataset(records, 64, True, hyp, seed=1)
+    augmentation = augment_settings()
+    ds = DetectionDataset(records, 64, True, augmentation, seed=1)
     loader = build_dataloader(ds, batch_size=5, workers=2, shuffle=True, seed=1, persistent_workers=True)
     with_mosaic = _epoch(loader, 3)
     ds.mosaic_enabled = False  # set in the main process only; workers already hold their copies
     without = _epoch(loader, 3)
-    ref_ds = DetectionDataset(records, 64, True, hyp, seed=1)
+    ref_ds = DetectionDataset(records, 64, True, augmentation, seed=1)
     ref_ds.mosaic_enabled = False
     ref = _epoch(build_dataloader(ref_ds, batch_size=5, workers=0, shuffle=True, seed=1), 3)
     assert _same(without, ref)
@@ -78,7 +78,7 @@ def test_persistent_workers_see_mosaic_switch(records):
 
 
 def test_skip_batches_resumes_mid_epoch(records):
-    ds = DetectionDataset(records, 64, True, default_hyp(), seed=2)
+    ds = DetectionDataset(records, 64, True, augment_settings(), seed=2)
     loader = build_dataloader(ds, batch_size=3, workers=0, shuffle=True, seed=2)
     full = _epoch(loader, 4)
     resumed = _epoch(loader, 4, skip=2)

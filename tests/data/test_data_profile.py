@@ -6,12 +6,12 @@ import time
 
 import pytest
 import torch
-from data_helpers import default_hyp, make_shapes_split
+from data_helpers import augment_settings, make_shapes_split
 from torch.utils.data import Dataset
 
 from yolotrain.data.dataset import DetectionDataset
 from yolotrain.data.loader import build_dataloader, set_loader_epoch
-from yolotrain.data.profile import STAGES, LoaderStats, advise, loader_advice
+from yolotrain.data.profile import STAGES, LoaderStats, StageClock, advise, loader_advice
 from yolotrain.data.scan import scan_split
 
 
@@ -50,7 +50,7 @@ def test_wait_share_measured():
 def test_stage_times_arrive_from_workers(tmp_path):
     img_dir = make_shapes_split(tmp_path, n=8, size=64)
     recs, _ = scan_split([str(img_dir)], nc=3, use_cache=False)
-    ds = DetectionDataset(recs, 64, True, default_hyp(), buffer=0)
+    ds = DetectionDataset(recs, 64, True, augment_settings(), buffer=0)
     loader = build_dataloader(ds, batch_size=4, workers=2, shuffle=True, seed=0)
     set_loader_epoch(loader, 0)
     batches = list(loader)
@@ -61,6 +61,40 @@ def test_stage_times_arrive_from_workers(tmp_path):
         assert per[stage] > 0, stage
     assert all("stage_ms" in b for b in batches)
     assert "total" in st.table() and "decode" in st.table()
+
+
+def _burn_cpu(seconds: float) -> None:
+    t0 = time.thread_time()
+    while time.thread_time() - t0 < seconds:
+        pass
+
+
+def test_a_stage_charges_the_cpu_time_spent_inside_it_and_nothing_else():
+    clock = StageClock()
+    with clock.stage("hsv"):
+        _burn_cpu(0.02)
+    _burn_cpu(0.02)  # outside any stage: charged nowhere
+    with clock.stage("hsv"):
+        _burn_cpu(0.01)
+    ms = clock.take()
+    assert 30.0 <= ms["hsv"] < 50.0  # the two intervals inside, not the 20 ms between them
+    assert all(ms[k] == 0.0 for k in STAGES if k != "hsv")
+    assert clock.take()["hsv"] == 0.0  # take resets
+    with pytest.raises(KeyError):
+        clock.stage("nosuch")
+
+
+def test_every_stage_is_reported(tmp_path):
+    """Mosaic on half the samples: the other half take the letterbox path; flipud=1 flips every sample."""
+    img_dir = make_shapes_split(tmp_path, n=8, size=64)
+    recs, _ = scan_split([str(img_dir)], nc=3, use_cache=False)
+    ds = DetectionDataset(recs, 64, True, augment_settings(mosaic=0.5, flipud=1.0), buffer=0)
+    loader = build_dataloader(ds, batch_size=4, workers=0, shuffle=True, seed=0)
+    set_loader_epoch(loader, 0)
+    list(loader)
+    per = loader.stats.ms_per_image()
+    assert loader.stats.stage_images == 8 and sorted(per) == sorted(STAGES)
+    assert [k for k in STAGES if per[k] <= 0] == []
 
 
 def _stats(wait_s: float, busy_s: float, images: int, per_image_ms: dict[str, float]) -> LoaderStats:
@@ -125,7 +159,7 @@ def test_advice_nothing_when_data_keeps_up():
 def test_loader_advice_from_a_real_epoch(tmp_path):
     img_dir = make_shapes_split(tmp_path, n=8, size=64)
     recs, _ = scan_split([str(img_dir)], nc=3, use_cache=False)
-    ds = DetectionDataset(recs, 64, True, default_hyp())
+    ds = DetectionDataset(recs, 64, True, augment_settings())
     loader = build_dataloader(ds, batch_size=4, workers=0, shuffle=True, seed=0)
     set_loader_epoch(loader, 0)
     for _ in loader:

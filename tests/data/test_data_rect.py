@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import types
-
 import cv2
 import numpy as np
 import torch
 
+from yolotrain.config import resolve
+from yolotrain.config_sections import AugmentSettings
 from yolotrain.data.dataset import DetectionDataset
 from yolotrain.data.loader import build_dataloader, set_loader_epoch
 from yolotrain.data.records import ImageRecord, xywhn_to_xyxy
+from yolotrain.engine.build import build_loader
 
 # (h, w) of five images; aspect h/w = 2, 0.5, 0.75, 1.333, 0.625
 SIZES = [(64, 32), (32, 64), (48, 64), (64, 48), (40, 64)]
@@ -64,16 +65,13 @@ def test_square_stays_available(tmp_path):
     recs = _records(tmp_path)
     for ds in (
         DetectionDataset(recs, imgsz=128, augment=False, rect=False),
-        DetectionDataset(recs, imgsz=128, augment=False, hyp=types.SimpleNamespace(rect=False)),  # cfg.rect=false
+        build_loader(recs, resolve({"rect": False, "workers": 0}), 128, 2, train=False).dataset,  # cfg.rect=false
     ):
         batches = _batches(ds, 2)
         assert [b["index"].tolist() for b in batches] == [[0, 1], [2, 3], [4]]
         assert all(b["img"].shape[-2:] == (128, 128) for b in batches)
     # training never uses rect batches
-    assert not DetectionDataset(recs, 128, True, hyp=types.SimpleNamespace(rect=True, **_HYP)).rect
-
-
-_HYP = dict(mosaic=1.0, degrees=0.0, translate=0.1, scale=0.5, shear=0.0, fliplr=0.5, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)
+    assert not DetectionDataset(recs, 128, True, AugmentSettings.defaults(), rect=True).rect
 
 
 def test_rect_under_two_ranks_each_batch_one_shape(tmp_path):

@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 import pytest
-from data_helpers import default_hyp, make_shapes_split
+from data_helpers import augment_settings, make_shapes_split
 
 from yolotrain.data.dataset import DetectionDataset
 from yolotrain.data.loader import build_dataloader, set_loader_epoch
@@ -77,8 +77,8 @@ def _merged(per_rank: list[list[dict[int, str]]]) -> list[dict[int, str]]:
 
 def test_same_pixels_per_step_on_one_and_two_processes(records):
     """Mosaic (with its partners), mixup, cutmix, HSV, affine and flips on: a sample's pixels follow its index."""
-    hyp = default_hyp(mixup=0.5, cutmix=0.5, flipud=0.5)
-    ds = DetectionDataset(records, 64, True, hyp, seed=5)
+    augmentation = augment_settings(mixup=0.5, cutmix=0.5, flipud=0.5)
+    ds = DetectionDataset(records, 64, True, augmentation, seed=5)
     one = build_dataloader(ds, batch_size=4, workers=0, shuffle=True, seed=5)
     ranks = [build_dataloader(ds, 2, 0, True, seed=5, rank=r, world_size=2) for r in (0, 1)]
     for epoch, skip_steps in ((0, 0), (1, 1)):

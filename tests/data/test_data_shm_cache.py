@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import default_hyp, make_shapes_split
+from data_helpers import augment_settings, make_shapes_split
 
 from yolotrain.data import shm_cache
 from yolotrain.data.dataset import DetectionDataset
@@ -66,8 +66,8 @@ def _smaps(pid: int, name: str) -> dict[str, int]:
 
 def _decoded_bytes(records, imgsz: int, augment: bool) -> int:
     """Bytes of every image decoded without any cache (an independent measure of what cache=ram holds)."""
-    plain = DetectionDataset(records, imgsz, augment, default_hyp(), buffer=0)
-    return sum(plain._decode(i)[0].nbytes for i in range(len(records)))
+    plain = DetectionDataset(records, imgsz, augment, augment_settings(), buffer=0)
+    return sum(plain.images.decode(i)[0].nbytes for i in range(len(records)))
 
 
 def test_refused_when_it_does_not_fit_says_need_and_have(records, monkeypatch, caplog):
@@ -75,7 +75,7 @@ def test_refused_when_it_does_not_fit_says_need_and_have(records, monkeypatch, c
     monkeypatch.setattr(shm_cache, "memory_available", lambda: (decoded / 2, 64e9))  # shm too small
     with caplog.at_level(logging.WARNING, logger="yolotrain"):
         ds = DetectionDataset(records, 96, False, cache="ram")
-    assert ds._ram is None
+    assert ds.images.ram is None
     (msg,) = [r.getMessage() for r in caplog.records if "cache=ram" in r.getMessage()]
     assert "\n" not in msg and "refused" in msg and "64.00 GB of RAM" in msg
     need_mb = float(re.search(r"need ([\d.]+) MB", msg).group(1))
@@ -86,25 +86,25 @@ def test_refused_when_it_does_not_fit_says_need_and_have(records, monkeypatch, c
     # RAM too small this time (shm is large): refused too
     monkeypatch.setattr(shm_cache, "memory_available", lambda: (64e9, decoded))
     with caplog.at_level(logging.WARNING, logger="yolotrain"):
-        assert DetectionDataset(records, 96, False, cache="ram")._ram is None
+        assert DetectionDataset(records, 96, False, cache="ram").images.ram is None
     assert any("refused" in r.getMessage() for r in caplog.records)
     # enough of both: cached
     monkeypatch.setattr(shm_cache, "memory_available", lambda: (64e9, 64e9))
-    assert DetectionDataset(records, 96, False, cache="ram")._ram is not None
+    assert DetectionDataset(records, 96, False, cache="ram").images.ram is not None
 
 
 def test_cached_pixels_are_the_decoded_pixels_and_read_only(records):
-    ds = DetectionDataset(records, 96, True, default_hyp(), cache="ram")
-    plain = DetectionDataset(records, 96, True, default_hyp(), buffer=0)
-    assert ds._ram is not None and ds._ram.cached() == len(records)
+    ds = DetectionDataset(records, 96, True, augment_settings(), cache="ram")
+    plain = DetectionDataset(records, 96, True, augment_settings(), buffer=0)
+    assert ds.images.ram is not None and ds.images.ram.cached() == len(records)
     for i in range(len(records)):
-        img, shape = ds._ram[i]
-        ref, ref_shape = plain._decode(i)
+        img, shape = ds.images.ram[i]
+        ref, ref_shape = plain.images.decode(i)
         assert shape == ref_shape == (records[i].height, records[i].width)
         np.testing.assert_array_equal(img, ref)
         assert not img.flags.writeable
     with pytest.raises((ValueError, TypeError)):
-        ds._ram[0][0][0, 0, 0] = 1  # mapped read-only: no process can change another's pixels
+        ds.images.ram[0][0][0, 0, 0] = 1  # mapped read-only: no process can change another's pixels
 
 
 @pytest.mark.slow
@@ -117,10 +117,10 @@ def test_memory_flat_over_epochs_and_one_copy_across_workers(records):
     fork nearly all its pages are shared with the workers, and every page it writes afterwards turns private
     again (copy on write), so its USS grows with whatever pytest and the interpreter's garbage collector
     touch (seen: 10 -> 58 MB in one run) without one byte more in use; a leak grows its RSS."""
-    ds = DetectionDataset(records, 96, True, default_hyp(), cache="ram", seed=3)
-    assert ds._ram is not None
-    name = ds._ram.path.name
-    file_kb = ds._ram.path.stat().st_size / 1024
+    ds = DetectionDataset(records, 96, True, augment_settings(), cache="ram", seed=3)
+    assert ds.images.ram is not None
+    name = ds.images.ram.path.name
+    file_kb = ds.images.ram.path.stat().st_size / 1024
     loader = build_dataloader(ds, batch_size=8, workers=2, shuffle=True, seed=3)
     samples = []
 
@@ -158,18 +158,19 @@ RANK_SCRIPT = textwrap.dedent(
     import json, os, sys
     import torch.distributed as dist
     sys.path.insert(0, sys.argv[3])
-    from data_helpers import default_hyp
+    from data_helpers import augment_settings
     from yolotrain.data.dataset import DetectionDataset
     from yolotrain.data.scan import scan_split
     dist.init_process_group("gloo")
     recs, _ = scan_split([sys.argv[1]], nc=3, use_cache=False)
-    ds = DetectionDataset(recs, 64, True, default_hyp(), cache="ram")  # a size no other test caches
+    ds = DetectionDataset(recs, 64, True, augment_settings(), cache="ram")  # a size no other test caches
     ds[0]  # touch the pixels
-    name = ds._ram.path.name
+    name = ds.images.ram.path.name
     inodes = sorted({line.split()[4] for line in open("/proc/self/maps") if name in line})
     dist.barrier()  # every rank holds its cache before any looks
-    files = sorted(p for p in os.listdir(ds._ram.path.parent) if p.startswith(name.split(".")[0]))
-    out = {"rank": dist.get_rank(), "name": name, "inodes": inodes, "files": files, "px": int(ds._ram[5][0].sum())}
+    files = sorted(p for p in os.listdir(ds.images.ram.path.parent) if p.startswith(name.split(".")[0]))
+    px = int(ds.images.ram[5][0].sum())
+    out = {"rank": dist.get_rank(), "name": name, "inodes": inodes, "files": files, "px": px}
     with open(os.path.join(sys.argv[2], f"rank{dist.get_rank()}.json"), "w") as f:
         json.dump(out, f)
     dist.barrier()  # the owner removes the file only after every rank has looked
@@ -204,12 +205,12 @@ KILLED_SCRIPT = textwrap.dedent(
     """
     import os, sys
     sys.path.insert(0, sys.argv[2])
-    from data_helpers import default_hyp
+    from data_helpers import augment_settings
     from yolotrain.data.dataset import DetectionDataset
     from yolotrain.data.scan import scan_split
     recs, _ = scan_split([sys.argv[1]], nc=3, use_cache=False)
     ds = DetectionDataset(recs, 32, False, cache="ram")
-    print(ds._ram.path, flush=True)
+    print(ds.images.ram.path, flush=True)
     os._exit(0)  # like SIGKILL: no atexit handler runs
     """
 )
@@ -230,8 +231,10 @@ def test_file_left_by_a_killed_process_is_adopted_and_removed(records, tmp_path,
     assert left.is_file()  # nothing cleaned up after the kill
     with caplog.at_level(logging.INFO, logger="yolotrain"):
         ds = DetectionDataset(records, 32, False, cache="ram")
-    assert ds._ram.path == left and "left by an ended process" in caplog.text  # reused, not rebuilt
-    np.testing.assert_array_equal(ds._ram[3][0], DetectionDataset(records, 32, False, buffer=0)._decode(3)[0])
+    assert ds.images.ram.path == left and "left by an ended process" in caplog.text  # reused, not rebuilt
+    np.testing.assert_array_equal(
+        ds.images.ram[3][0], DetectionDataset(records, 32, False, buffer=0).images.decode(3)[0]
+    )
     shm_cache._remove_owned()  # what this process's exit runs
     assert not left.exists() and not left.with_suffix(".lock").exists()
 
@@ -242,7 +245,7 @@ def test_unusable_shared_memory_folder_means_no_cache_not_a_crash(records, tmp_p
     monkeypatch.setenv("YOLOTRAIN_SHM", str(blocker / "shm"))
     with caplog.at_level(logging.WARNING, logger="yolotrain"):
         ds = DetectionDataset(records, 96, False, cache="ram")
-    assert ds._ram is None and ds.buffer > 0  # decodes as without a cache, buffer kept
+    assert ds.images.ram is None and ds.images.buffer > 0  # decodes as without a cache, buffer kept
     (msg,) = [r.getMessage() for r in caplog.records if "cache=ram" in r.getMessage()]
     assert str(blocker / "shm") in msg and "without the image cache" in msg and "\n" not in msg
     assert ds[0]["img"].shape[1:] == (96, 96)
@@ -250,9 +253,9 @@ def test_unusable_shared_memory_folder_means_no_cache_not_a_crash(records, tmp_p
 
 def test_ram_bytes_is_what_the_shared_file_takes(records):
     """The profile's cache=ram advice quotes ram_bytes(): at least the decoded pixels, within the file's size."""
-    ds = DetectionDataset(records, 96, True, default_hyp(), cache="ram")
-    pixels = sum(ds._ram[i][0].nbytes for i in range(len(records)))
-    assert pixels <= ds.ram_bytes() <= ds._ram.path.stat().st_size
+    ds = DetectionDataset(records, 96, True, augment_settings(), cache="ram")
+    pixels = sum(ds.images.ram[i][0].nbytes for i in range(len(records)))
+    assert pixels <= ds.images.ram_bytes() <= ds.images.ram.path.stat().st_size
 
 
 # ------------------------------------------------------------------------------- kills, links, private copies
@@ -353,8 +356,8 @@ def test_reading_every_cached_image_makes_no_private_copy(tmp_path):
     DetectionDataset(recs[:1], 512, False, buffer=0)[0]  # warm-up: the decoder's first allocations
     before = _anon_private_kb("no cache mapped yet")
     ds = DetectionDataset(recs, 512, False, cache="ram", buffer=0)
-    name = ds._ram.path.name
-    file_kb = ds._ram.path.stat().st_size / 1024
+    name = ds.images.ram.path.name
+    file_kb = ds.images.ram.path.stat().st_size / 1024
     assert file_kb > 12_000  # 24 images of up to 512 x 512 x 3: ~15 MB, far above the allocator's noise
     for i in [*range(len(ds)), *range(len(ds))]:
         ds[i]

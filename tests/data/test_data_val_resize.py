@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import types
-
 import cv2
 import numpy as np
 import pytest
-from data_helpers import default_hyp
+from data_helpers import augment_settings
 
 from yolotrain.data.dataset import DetectionDataset
 from yolotrain.data.records import ImageRecord
@@ -27,36 +25,35 @@ def big_jpeg(tmp_path):
 
 
 def test_bilinear_is_a_full_decode_and_bilinear_resize_to_a_rounded_up_size(big_jpeg):
-    hyp = types.SimpleNamespace(val_resize="bilinear")
-    img, shape0 = DetectionDataset([big_jpeg], 64, False, hyp).load_image(0)
+    img, shape0 = DetectionDataset([big_jpeg], 64, False, val_resize="bilinear").images.load_image(0)
     full = cv2.cvtColor(cv2.imread(big_jpeg.im_file), cv2.COLOR_BGR2RGB)
     assert shape0 == (360, 600) and img.shape == (39, 64, 3)
     np.testing.assert_array_equal(img, cv2.resize(full, (64, 39), interpolation=cv2.INTER_LINEAR))
 
 
 def test_area_default_rounds_and_differs(big_jpeg):
-    img, _ = DetectionDataset([big_jpeg], 64, False, types.SimpleNamespace()).load_image(0)
+    img, _ = DetectionDataset([big_jpeg], 64, False).images.load_image(0)
     assert img.shape == (38, 64, 3)
     # the eval sample is letterboxed to 64 x 64 either way; the boxes' scale-back uses the real ratios
-    bilinear = DetectionDataset([big_jpeg], 64, False, types.SimpleNamespace(val_resize="bilinear"))
+    bilinear = DetectionDataset([big_jpeg], 64, False, val_resize="bilinear")
     assert bilinear[0]["img"].shape == (3, 64, 64)
 
 
 def test_training_ignores_val_resize(big_jpeg):
-    train = DetectionDataset([big_jpeg], 64, True, default_hyp(val_resize="bilinear"))
-    img, _ = train.load_image(0)
+    train = DetectionDataset([big_jpeg], 64, True, augment_settings(), val_resize="bilinear")
+    img, _ = train.images.load_image(0)
     assert img.shape == (38, 64, 3)  # training keeps its own (reduced-decode) path
 
 
 def test_bad_val_resize_refused(big_jpeg):
     with pytest.raises(ConfigError, match="val_resize"):
-        DetectionDataset([big_jpeg], 64, False, types.SimpleNamespace(val_resize="nearest"))
+        DetectionDataset([big_jpeg], 64, False, val_resize="nearest")
 
 
 def test_ram_cache_keeps_the_two_resizes_apart(big_jpeg, tmp_path, monkeypatch):
     monkeypatch.setenv("YOLOTRAIN_SHM", str(tmp_path / "shm"))
-    area = DetectionDataset([big_jpeg], 64, False, types.SimpleNamespace(), cache="ram")
-    bilinear = DetectionDataset([big_jpeg], 64, False, types.SimpleNamespace(val_resize="bilinear"), cache="ram")
-    assert area.load_image(0)[0].shape == (38, 64, 3)
-    assert bilinear.load_image(0)[0].shape == (39, 64, 3)  # not the area-resized copy cached first
+    area = DetectionDataset([big_jpeg], 64, False, cache="ram")
+    bilinear = DetectionDataset([big_jpeg], 64, False, val_resize="bilinear", cache="ram")
+    assert area.images.load_image(0)[0].shape == (38, 64, 3)
+    assert bilinear.images.load_image(0)[0].shape == (39, 64, 3)  # not the area-resized copy cached first
     assert len(list((tmp_path / "shm").glob("yolotrain-ram-*.bin"))) == 2

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
+from dataclasses import replace
 
 import pytest
 import torch
 
+from yolotrain.config_sections import LossGains
 from yolotrain.loss.criterion import DetectionLoss
 from yolotrain.models import build_model
 
@@ -30,10 +31,10 @@ def model() -> torch.nn.Module:
     return build_model("n", nc=2)
 
 
-def test_from_model_reads_model_and_hyp(model: torch.nn.Module) -> None:
-    loss_fn = DetectionLoss.from_model(model, SimpleNamespace(box=1.0, cls=2.0, dfl=3.0))
+def test_from_model_reads_model_and_gains(model: torch.nn.Module) -> None:
+    loss_fn = DetectionLoss.from_model(model, LossGains(box=1.0, cls=2.0, dfl=3.0))
     assert (loss_fn.nc, loss_fn.reg_max, loss_fn.strides, loss_fn.gains) == (2, 16, (8.0, 16.0, 32.0), (1.0, 2.0, 3.0))
-    assert DetectionLoss.from_model(model, {"box": 4.0}).gains == (4.0, 0.5, 1.5)
+    assert DetectionLoss.from_model(model, replace(LossGains.defaults(), box=4.0)).gains == (4.0, 0.5, 1.5)
 
 
 def test_loss_is_sum_of_items_times_batch(model: torch.nn.Module) -> None:

@@ -11,19 +11,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from yolotrain.config import SETTINGS
+from yolotrain.config_sections import AugmentSettings
 from yolotrain.data import augment as A
 from yolotrain.data import mix as X
 from yolotrain.data import mosaic as M
-from yolotrain.data.image_source import ImageSource, disk_cache_dir
+from yolotrain.data.image_source import ImageSource
 from yolotrain.data.profile import CLOCK
 from yolotrain.data.records import ImageRecord, xywhn_to_xyxy, xyxy_to_xywhn
 from yolotrain.errors import ConfigError
 
 LOGGER = logging.getLogger("yolotrain")
 
-_HYP_KEYS = (
-    "mosaic", "degrees", "translate", "scale", "shear", "fliplr", "hsv_h", "hsv_s", "hsv_v"
-)  # fmt: skip
 # Mosaic partners come from a group of this many consecutive samples of the epoch's order, so a
 # batch (default 16) decodes each of its images once; see DetectionDataset.mosaic_partners.
 MOSAIC_GROUP = 8
@@ -57,7 +56,7 @@ class SampleKey(NamedTuple):
     shape: tuple[int, int] | None = None  # evaluation letterbox (h, w) of a rectangular batch
 
 
-class DetectionDataset(ImageSource, Dataset):
+class DetectionDataset(Dataset):
     """YOLO detection samples from :class:`ImageRecord` lists.
 
     Each item is a dict: ``img`` uint8 (3, H, W) RGB (a channels-last view; ``collate`` stacks
@@ -68,17 +67,16 @@ class DetectionDataset(ImageSource, Dataset):
 
     Training randomness comes from ``np.random.default_rng([seed, epoch, index])`` and the mosaic
     partners from the epoch's order (a function of (seed, epoch)), so a sample is the same whatever
-    the number of workers, the batch size or the order of requests.
+    the number of workers, the batch size or the order of requests. The decoded images come from
+    :attr:`images`, an :class:`~yolotrain.data.image_source.ImageSource` (caches, buffer, decode).
 
     Args:
         records: Images and labels.
         imgsz: Output side length (a multiple of ``stride``).
         augment: Training augmentation (mosaic, affine, mixup, cutmix, HSV, flips) when True; plain
             letterbox otherwise.
-        hyp: Object with attributes mosaic, degrees, translate, scale, shear, fliplr, hsv_h, hsv_s,
-            hsv_v (only needed when ``augment``); mixup, cutmix, perspective and flipud are optional
-            (missing means 0); optional ``rect`` and ``val_resize`` (``area`` or ``bilinear``: how
-            evaluation shrinks images, see the ``val_resize`` setting).
+        augmentation: The augmentation settings (``AugmentSettings.from_config(cfg)``); needed when
+            ``augment``, unused otherwise.
         stride: Model stride.
         cache: ``"ram"`` or True keeps the resized images in shared memory, one copy per machine
             mapped by every process (:mod:`yolotrain.data.shm_cache`); ``"disk"`` stores them as
@@ -89,7 +87,12 @@ class DetectionDataset(ImageSource, Dataset):
             peers keep the same kind of buffer (Ultralytics: ``min(n, 8 * batch, 1000)`` images).
         rect: Evaluation only: rectangular batches (images sorted by aspect ratio, each batch
             letterboxed to its smallest stride-multiple shape; the loader's sampler plans them).
-            None: ``hyp.rect`` when ``hyp`` has it, else True. Ignored when ``augment``.
+            Ignored when ``augment``. Default: the ``rect`` setting's.
+        val_resize: Evaluation only: how images are shrunk to ``imgsz``, ``area`` or ``bilinear`` (see the
+            ``val_resize`` setting, whose default is this one's).
+
+    Attributes:
+        images: Where the decoded, resized images come from (:class:`~yolotrain.data.image_source.ImageSource`).
     """
 
     def __init__(
@@ -97,52 +100,41 @@ class DetectionDataset(ImageSource, Dataset):
         records: list[ImageRecord],
         imgsz: int,
         augment: bool,
-        hyp: Any = None,
+        augmentation: AugmentSettings | None = None,
         stride: int = 32,
         cache: str | bool = False,
         seed: int = 0,
         buffer: int = 128,
-        rect: bool | None = None,
+        rect: bool = SETTINGS["rect"].default,
+        val_resize: str = SETTINGS["val_resize"].default,
     ) -> None:
         if imgsz <= 0 or imgsz % stride:
             raise ConfigError(f"imgsz: {imgsz} must be a positive multiple of the model stride {stride}")
-        if augment:
-            missing = [k for k in _HYP_KEYS if not hasattr(hyp, k)]
-            if missing:
-                raise ConfigError(f"hyp: augmentation settings missing: {', '.join(missing)}")
+        if augment and not isinstance(augmentation, AugmentSettings):
+            raise ConfigError(
+                f"augment: training needs the augmentation hyperparameters as AugmentSettings, got {augmentation!r}"
+            )
         if cache not in (False, True, None, "ram", "disk", "off", ""):
             raise ConfigError(f"cache: expected 'ram', 'disk' or 'off', got {cache!r}")
-        if rect is None:
-            rect = bool(getattr(hyp, "rect", True))
+        if val_resize not in ("area", "bilinear"):
+            raise ConfigError(f"val_resize: expected 'area' or 'bilinear', got {val_resize!r}")
         self.rect = bool(rect) and not augment
-        self.val_resize = str(getattr(hyp, "val_resize", "area"))
-        if self.val_resize not in ("area", "bilinear"):
-            raise ConfigError(f"val_resize: expected 'area' or 'bilinear', got {self.val_resize!r}")
         self.records = list(records)
         self.imgsz = int(imgsz)
         self.augment = bool(augment)
-        self.hyp = hyp
+        self.augmentation = augmentation
         self.stride = int(stride)
         self.seed = int(seed)
         self.epoch = 0
         self.mosaic_enabled = True
-        self._ram = None  # cache=ram: the machine's shared copy (data/shm_cache.py SharedImages)
-        # The last `buffer` decoded images, per process (like the peers' mosaic buffer, but only a
+        # The last `buffer` decoded images are kept per process (like the peers' mosaic buffer, but only a
         # cache: partners are chosen by mosaic_partners, never by what happens to be buffered).
-        self.buffer = max(0, int(buffer))
-        self._recent: OrderedDict[int, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
+        self.images = ImageSource(self.records, self.imgsz, "train" if self.augment else val_resize, cache, buffer)
         # Pixel boxes of recently used images, keyed by (index, width, height): a mosaic uses each image
         # about four times an epoch, and converting its boxes each time cost ~5% of a 320 px sample.
         self._labels_px: OrderedDict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._order_epoch = -1  # epoch whose order (and its inverse) is held for mosaic groups
         self._order = self._pos = np.zeros(0, dtype=np.int64)
-        # cache=disk: decoded, resized arrays in $YOLOTRAIN_CACHE/decoded (or ~/.cache/yolotrain/decoded),
-        # reused across runs; an image that changes gets a new file (its size and mtime are in the key).
-        self._disk_dir = disk_cache_dir() if cache == "disk" else None
-        if cache in (True, "ram"):
-            self._cache_in_ram()
-            if self._ram is not None:
-                self.buffer = 0  # everything is in memory already
 
     def __len__(self) -> int:
         return len(self.records)
@@ -197,7 +189,7 @@ class DetectionDataset(ImageSource, Dataset):
             boxes, cls = xywhn_to_xyxy(rec.bboxes, w, h), rec.cls.copy()
         boxes.flags.writeable = cls.flags.writeable = False  # shared by every sample that uses the image
         self._labels_px[key] = (boxes, cls)
-        if len(self._labels_px) > max(self.buffer, 64):
+        if len(self._labels_px) > max(self.images.buffer, 64):
             self._labels_px.popitem(last=False)  # least recently used
         return boxes, cls
 
@@ -238,34 +230,32 @@ class DetectionDataset(ImageSource, Dataset):
             img, boxes, cls, shape0, ratio_pad = self._train_sample(index, epoch, mosaic, memo)
         else:
             img, boxes, cls, shape0, ratio_pad = self._letterboxed(index, memo, shape)
-        t = CLOCK.now()
-        if not img.flags.writeable:  # a shared decoded image that needed no letterbox: the batch owns a copy
-            img = img.copy()
-        h, w = img.shape[:2]
-        out = {
-            # A CHW view of the HWC array: collate's stack makes the one contiguous copy.
-            "img": torch.from_numpy(img).permute(2, 0, 1),
-            "cls": torch.from_numpy(np.asarray(cls, dtype=np.float32).reshape(-1, 1)),
-            "bboxes": torch.from_numpy(xyxy_to_xywhn(boxes, w, h)),
-            "im_file": self.records[index].im_file,
-            "ori_shape": shape0,
-            "ratio_pad": ratio_pad,
-            "index": index,
-        }
-        CLOCK.add("format", t)
+        with CLOCK.stage("format"):
+            if not img.flags.writeable:  # a shared decoded image that needed no letterbox: the batch owns a copy
+                img = img.copy()
+            h, w = img.shape[:2]
+            out = {
+                # A CHW view of the HWC array: collate's stack makes the one contiguous copy.
+                "img": torch.from_numpy(img).permute(2, 0, 1),
+                "cls": torch.from_numpy(np.asarray(cls, dtype=np.float32).reshape(-1, 1)),
+                "bboxes": torch.from_numpy(xyxy_to_xywhn(boxes, w, h)),
+                "im_file": self.records[index].im_file,
+                "ori_shape": shape0,
+                "ratio_pad": ratio_pad,
+                "index": index,
+            }
         CLOCK.images += 1
         return out
 
     def _letterboxed(self, i: int, memo: dict | None = None, shape: tuple[int, int] | None = None) -> _Sample:
         """Image ``i`` letterboxed to ``shape`` ``(h, w)`` (default ``imgsz`` square): the eval pipeline."""
-        img, (h0, w0) = self._image(i, memo)
+        img, (h0, w0) = self.images.image(i, memo)
         boxes, cls = self._pixel_labels(i, img)
         h, w = img.shape[:2]
-        t = CLOCK.now()
-        img, (rw, rh), (pw, ph) = A.letterbox(img, shape or self.imgsz, stride=self.stride)
-        boxes = boxes * np.float32([rw, rh, rw, rh]) + np.float32([pw, ph, pw, ph])
-        ratio_pad = ((w / w0 * rw, h / h0 * rh), (pw, ph))
-        CLOCK.add("letterbox", t)
+        with CLOCK.stage("letterbox"):
+            img, (rw, rh), (pw, ph) = A.letterbox(img, shape or self.imgsz, stride=self.stride)
+            boxes = boxes * np.float32([rw, rh, rw, rh]) + np.float32([pw, ph, pw, ph])
+            ratio_pad = ((w / w0 * rw, h / h0 * rh), (pw, ph))
         return img, boxes, cls, (h0, w0), ratio_pad
 
     def _group(self, i: int, epoch: int) -> np.ndarray:
@@ -307,15 +297,14 @@ class DetectionDataset(ImageSource, Dataset):
         setting is non-zero: with the new settings at 0 nothing extra runs and the sample is the
         one it was before they existed.
         """
-        hyp = self.hyp
+        aug = self.augmentation
         epoch = max(epoch, 0)
         # SeedSequence needs non-negative ints; the triple makes each (seed, epoch, index) stream
         # independent of every other and of worker scheduling.
         seed = self.seed % 2**63
         rng = np.random.default_rng([seed, epoch, i])
         img, boxes, cls, shape0, ratio_pad = self._base_sample(i, epoch, mosaic, memo, rng)
-        for k, name in enumerate(("mixup", "cutmix"), 1):
-            p = float(getattr(hyp, name, 0.0))
+        for k, (name, p) in enumerate((("mixup", aug.mixup), ("cutmix", aug.cutmix)), 1):
             if not (p and mosaic):
                 continue
             sub = np.random.default_rng([seed, epoch, i, k])  # its own stream: the base's draws stay as they were
@@ -323,20 +312,17 @@ class DetectionDataset(ImageSource, Dataset):
                 continue
             j = int(sub.choice(self._group(i, epoch)))
             img2, boxes2, cls2, _, _ = self._base_sample(j, epoch, mosaic, memo, sub)
-            t = CLOCK.now()
-            if name == "mixup":
-                img, boxes, cls = X.mixup(img, boxes, cls, img2, boxes2, cls2, X.mixup_ratio(sub))
-            else:
-                region = X.cutmix_region(*img.shape[:2], sub)
-                img, boxes, cls = X.cutmix(img, boxes, cls, img2, boxes2, cls2, region)
-            CLOCK.add("mosaic", t)  # mixing is charged to the mosaic stage (the partner to its own stages)
-        t = CLOCK.now()
-        A.random_hsv(img, float(hyp.hsv_h), float(hyp.hsv_s), float(hyp.hsv_v), rng)
-        t = CLOCK.add("hsv", t)
-        flipud = float(getattr(hyp, "flipud", 0.0))
-        if flipud and rng.random() < flipud:
-            img, boxes = A.flip_ud(img, boxes)
-            CLOCK.add("flip", t)
+            with CLOCK.stage("mosaic"):  # mixing is charged to the mosaic stage (the partner to its own stages)
+                if name == "mixup":
+                    img, boxes, cls = X.mixup(img, boxes, cls, img2, boxes2, cls2, X.mixup_ratio(sub))
+                else:
+                    region = X.cutmix_region(*img.shape[:2], sub)
+                    img, boxes, cls = X.cutmix(img, boxes, cls, img2, boxes2, cls2, region)
+        with CLOCK.stage("hsv"):
+            A.random_hsv(img, aug.hsv_h, aug.hsv_s, aug.hsv_v, rng)
+        if aug.flipud and rng.random() < aug.flipud:
+            with CLOCK.stage("flip"):
+                img, boxes = A.flip_ud(img, boxes)
         return img, boxes, cls, shape0, ratio_pad
 
     def _base_sample(self, i: int, epoch: int, mosaic: bool, memo: dict | None, rng: np.random.Generator) -> _Sample:
@@ -349,13 +335,13 @@ class DetectionDataset(ImageSource, Dataset):
         (:func:`~yolotrain.data.augment.scale_translate_warp`) and the flip a mirror of its output.
         The returned image is always a new array (later steps modify it in place).
         """
-        hyp = self.hyp
+        aug = self.augmentation
         size = self.imgsz
-        use_mosaic = rng.random() < float(hyp.mosaic) and mosaic  # always draw: keeps streams aligned
+        use_mosaic = rng.random() < aug.mosaic and mosaic  # always draw: keeps streams aligned
         if use_mosaic:
             items, shapes = [], []
             for j in (i, *self.mosaic_partners(i, epoch, rng)):
-                img_j, shape_j = self._image(j, memo)
+                img_j, shape_j = self.images.image(j, memo)
                 b, c = self._pixel_labels(j, img_j)
                 items.append((img_j, b, c))
                 shapes.append(shape_j)
@@ -366,44 +352,41 @@ class DetectionDataset(ImageSource, Dataset):
         else:
             src, boxes, cls, shape0, ratio_pad = self._letterboxed(i, memo)
             src_size = src.shape[:2]
-        t = CLOCK.now()
-        m, s = A.affine_matrix(
-            src_size, (size, size), float(hyp.degrees), float(hyp.translate), float(hyp.scale), float(hyp.shear), rng,
-            float(getattr(hyp, "perspective", 0.0)),
-        )  # fmt: skip
-        flip = rng.random() < float(hyp.fliplr)
-        fast = A.is_scale_translate(m)  # no rotation, shear or perspective (the default): crop + resize, then mirror
-        m_img = m
-        if flip and not fast:
-            # Boxes are continuous (x -> size - x); pixel indices mirror as x -> size - 1 - x.
-            m, m_img = A.hflip_matrix(size) @ m, A.hflip_matrix(size - 1) @ m
+        with CLOCK.stage("affine"):
+            m, s = A.affine_matrix(
+                src_size, (size, size), aug.degrees, aug.translate, aug.scale, aug.shear, rng, aug.perspective
+            )
+            flip = rng.random() < aug.fliplr
+            fast = A.is_scale_translate(m)  # no rotation, shear or perspective (the default): crop + resize, mirror
+            m_img = m
+            if flip and not fast:
+                # Boxes are continuous (x -> size - x); pixel indices mirror as x -> size - 1 - x.
+                m, m_img = A.hflip_matrix(size) @ m, A.hflip_matrix(size - 1) @ m
         if use_mosaic and fast:
-            # No canvas: each tile's visible part is resized straight into the output.
-            img, new, cls, before = M.mosaic4_scaled(items, size, center, m, (size, size))
-            t = CLOCK.add("mosaic", t)
-            if flip:
-                img = cv2.flip(img, 1)
-                new[:, [0, 2]] = size - new[:, [2, 0]]
-            np.minimum(np.maximum(new, 0, out=new), size, out=new)  # square output: x and y share the bounds
-            keep = A.box_candidates(before * s, new)
-            CLOCK.add("affine", t)
+            with CLOCK.stage("mosaic"):  # no canvas: each tile's visible part is resized straight into the output
+                img, new, cls, before = M.mosaic4_scaled(items, size, center, m, (size, size))
+            with CLOCK.stage("affine"):
+                if flip:
+                    img = cv2.flip(img, 1)
+                    new[:, [0, 2]] = size - new[:, [2, 0]]
+                np.minimum(np.maximum(new, 0, out=new), size, out=new)  # square output: x and y share the bounds
+                keep = A.box_candidates(before * s, new)
             return img, new[keep], cls[keep], shape0, ratio_pad
         if use_mosaic:
-            t = CLOCK.add("affine", t)
-            x0, y0, x1, y1 = A.source_window(m_img, (size, size), src_size)
-            src, boxes, cls = M.mosaic4(items, size, center=center, window=(x0, y0, x1, y1))
-            shift = np.eye(3)
-            shift[:2, 2] = (x0, y0)  # window pixel (u, v) is canvas pixel (u + x0, v + y0)
-            m_img = m_img @ shift
-            t = CLOCK.add("mosaic", t)
-        if fast:
-            img, applied = A.scale_translate_warp(src, m_img, (size, size))
-            m = applied @ np.linalg.inv(m_img) @ m  # the mapping applied, in source (canvas) pixels
-            if flip:
-                img = cv2.flip(img, 1)
-                m = A.hflip_matrix(size) @ m
-        else:
-            img = A.warp(src, m_img, (size, size))
-        boxes, cls = A.affine_boxes(boxes, cls, m, s, (size, size))
-        CLOCK.add("affine", t)
+            with CLOCK.stage("mosaic"):
+                x0, y0, x1, y1 = A.source_window(m_img, (size, size), src_size)
+                src, boxes, cls = M.mosaic4(items, size, center=center, window=(x0, y0, x1, y1))
+                shift = np.eye(3)
+                shift[:2, 2] = (x0, y0)  # window pixel (u, v) is canvas pixel (u + x0, v + y0)
+                m_img = m_img @ shift
+        with CLOCK.stage("affine"):
+            if fast:
+                img, applied = A.scale_translate_warp(src, m_img, (size, size))
+                m = applied @ np.linalg.inv(m_img) @ m  # the mapping applied, in source (canvas) pixels
+                if flip:
+                    img = cv2.flip(img, 1)
+                    m = A.hflip_matrix(size) @ m
+            else:
+                img = A.warp(src, m_img, (size, size))
+            boxes, cls = A.affine_boxes(boxes, cls, m, s, (size, size))
         return img, boxes, cls, shape0, ratio_pad

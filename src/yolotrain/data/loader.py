@@ -52,21 +52,20 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
         ``index`` int64 (B,); ``stage_ms``: milliseconds per data stage spent by the process that
         built the batch since its previous batch (see :mod:`yolotrain.data.profile`).
     """
-    t = CLOCK.now()
-    counts = [int(b["cls"].shape[0]) for b in batch]
-    out = {
-        "img": _stack_images([b["img"] for b in batch]),
-        "cls": torch.cat([b["cls"].reshape(-1, 1) for b in batch]).float(),
-        "bboxes": torch.cat([b["bboxes"].reshape(-1, 4) for b in batch]).float(),
-        "batch_idx": torch.repeat_interleave(
-            torch.arange(len(batch), dtype=torch.float32), torch.tensor(counts, dtype=torch.long)
-        ),
-        "im_file": [b["im_file"] for b in batch],
-        "ori_shape": [b["ori_shape"] for b in batch],
-        "ratio_pad": [b["ratio_pad"] for b in batch],
-        "index": torch.tensor([b["index"] for b in batch], dtype=torch.long),
-    }
-    CLOCK.add("collate", t)
+    with CLOCK.stage("collate"):
+        counts = [int(b["cls"].shape[0]) for b in batch]
+        out = {
+            "img": _stack_images([b["img"] for b in batch]),
+            "cls": torch.cat([b["cls"].reshape(-1, 1) for b in batch]).float(),
+            "bboxes": torch.cat([b["bboxes"].reshape(-1, 4) for b in batch]).float(),
+            "batch_idx": torch.repeat_interleave(
+                torch.arange(len(batch), dtype=torch.float32), torch.tensor(counts, dtype=torch.long)
+            ),
+            "im_file": [b["im_file"] for b in batch],
+            "ori_shape": [b["ori_shape"] for b in batch],
+            "ratio_pad": [b["ratio_pad"] for b in batch],
+            "index": torch.tensor([b["index"] for b in batch], dtype=torch.long),
+        }
     # The stage times of this process (a worker, or the main process) since the last batch.
     out["stage_ms"] = CLOCK.take()
     return out

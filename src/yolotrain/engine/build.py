@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from yolotrain import __version__
 from yolotrain.config import Config
+from yolotrain.config_sections import AugmentSettings, LossGains
 from yolotrain.data import DetectionDataset, build_dataloader, ensure_demo_dataset, load_data_yaml, scan_split
 from yolotrain.data.class_balance import class_weights, epoch_length, repeat_factors
 from yolotrain.data.select import select_records, single_class_names
@@ -150,10 +151,12 @@ def build_loader(
         records,
         imgsz=imgsz,
         augment=train,
-        hyp=cfg,
+        augmentation=AugmentSettings.from_config(cfg) if train else None,
         stride=MAX_STRIDE,
         cache=cfg.cache if cfg.cache != "off" else False,
         seed=cfg.seed,
+        rect=cfg.rect,
+        val_resize=cfg.val_resize,
     )
     return build_dataloader(
         dataset,
@@ -355,7 +358,9 @@ def build_run(
         f"model: scale {model.scale}, {info['params']:,} parameters, {info['layers']} layers, "
         f"{info['gflops']:.1f} GFLOPs at {imgsz}"
     )
-    criterion = DetectionLoss.from_model(model, cfg, cls_weights=train_class_weights(cfg, train_records, names))
+    criterion = DetectionLoss.from_model(
+        model, LossGains.from_config(cfg), cfg.max_boxes, cls_weights=train_class_weights(cfg, train_records, names)
+    )
 
     # precision: checked on rank 0 alone, so before anything that needs the other ranks (SyncBN)
     if state_in:

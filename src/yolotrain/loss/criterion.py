@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import astuple
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from yolotrain.config_sections import LossGains
 from yolotrain.loss.assigner import TaskAlignedAssigner
 from yolotrain.loss.boxes import bbox2dist, bbox_iou, dist2bbox, make_anchors, xywh2xyxy
 from yolotrain.loss.targets import DEFAULT_MAX_BOXES, pad_targets
@@ -31,9 +33,7 @@ class DetectionLoss:
         nc: Number of classes.
         reg_max: DFL bins per box side.
         strides: Stride of each output level.
-        box: Gain of the CIoU box loss.
-        cls: Gain of the classification loss.
-        dfl: Gain of the distribution focal loss.
+        gains: The ``box``, ``cls`` and ``dfl`` gains; None: the settings' defaults.
         tal_topk: Positives per gt in the assigner.
         max_boxes: Cap on labels per image (see :mod:`yolotrain.loss.targets`).
         cls_weights: Optional (nc,) weight per class, multiplied into each class's BCE term (positive and
@@ -45,9 +45,7 @@ class DetectionLoss:
         nc: int,
         reg_max: int = 16,
         strides: Sequence[float] = (8, 16, 32),
-        box: float = 7.5,
-        cls: float = 0.5,
-        dfl: float = 1.5,
+        gains: LossGains | None = None,
         tal_topk: int = 10,
         max_boxes: int = DEFAULT_MAX_BOXES,
         cls_weights: Sequence[float] | torch.Tensor | None = None,
@@ -57,18 +55,25 @@ class DetectionLoss:
         self.cls_weights = None if cls_weights is None else torch.as_tensor(cls_weights, dtype=torch.float32)
         self.reg_max = reg_max
         self.strides = tuple(float(s) for s in strides)
-        self.gains = (box, cls, dfl)
+        self.gains = astuple(gains or LossGains.defaults())  # (box, cls, dfl)
         self.assigner = TaskAlignedAssigner(topk=tal_topk, num_classes=nc, alpha=0.5, beta=6.0)
 
     @classmethod
     def from_model(
-        cls, model: nn.Module, hyp: Any = None, tal_topk: int = 10, cls_weights: Sequence[float] | None = None
+        cls,
+        model: nn.Module,
+        gains: LossGains | None = None,
+        max_boxes: int = DEFAULT_MAX_BOXES,
+        tal_topk: int = 10,
+        cls_weights: Sequence[float] | None = None,
     ) -> DetectionLoss:
         """Build the loss matching a model's classes, bins and strides.
 
         Args:
             model: A ``Detector`` (a DDP wrapper is looked through, read-only).
-            hyp: Object or mapping with ``box``, ``cls`` and ``dfl`` gains; missing ones use defaults.
+            gains: The ``box``, ``cls`` and ``dfl`` gains (``LossGains.from_config(cfg)``); None: the settings'
+                defaults.
+            max_boxes: Cap on labels per image (the ``max_boxes`` setting).
             tal_topk: Positives per gt in the assigner.
             cls_weights: Optional weight per class for the classification loss.
 
@@ -76,22 +81,13 @@ class DetectionLoss:
             The loss.
         """
         model = getattr(model, "module", model)
-
-        def gain(name: str, default: float) -> float:
-            if hyp is None:
-                return default
-            value = hyp.get(name, default) if isinstance(hyp, Mapping) else getattr(hyp, name, default)
-            return float(value)
-
         return cls(
             nc=model.nc,
             reg_max=model.reg_max,
             strides=model.stride.tolist(),
-            box=gain("box", 7.5),
-            cls=gain("cls", 0.5),
-            dfl=gain("dfl", 1.5),
+            gains=gains,
             tal_topk=tal_topk,
-            max_boxes=int(gain("max_boxes", DEFAULT_MAX_BOXES)),
+            max_boxes=max_boxes,
             cls_weights=cls_weights,
         )
 

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from yolotrain.config import SETTINGS
 from yolotrain.utils.host_sync import host_data
 
-DEFAULT_MAX_BOXES = 512
+# for parts built without a config (tests, benchmarks): the setting's own default, declared once in config.py
+DEFAULT_MAX_BOXES = SETTINGS["max_boxes"].default
 
 
 def bucket(count: int, cap: int) -> int:
