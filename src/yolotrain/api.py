@@ -83,7 +83,7 @@ class Detector:
 
 def _best_result(wdir: Path):
     """The best epoch's EvalResult recorded in ``wdir``'s checkpoint (after a multi-process run)."""
-    from yolotrain.engine.checkpoint import load_checkpoint  # noqa: PLC0415 - torch and the engine load only when a method runs
+    from yolotrain.checkpoint_file import load_checkpoint  # noqa: PLC0415 - torch and the engine load only when a method runs
     from yolotrain.eval import EvalResult  # noqa: PLC0415 - torch and the engine load only when a method runs
 
     last = wdir / "last.pt"
