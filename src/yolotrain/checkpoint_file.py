@@ -5,7 +5,8 @@
     ckpt.run["names"], ckpt.part("train")["position"], ckpt["position"]
 
 Both ``models/`` (reading weights) and ``engine/`` (the checkpointer) read and write through this module,
-so it sits below both and imports neither.
+so it sits below both: of them it imports only the restricted unpickler (``models/safe_pickle.py``, which
+needs nothing of the models themselves), and nothing of the engine.
 
 Two layouts carry the ``format`` tag that says which one a file is:
 
