@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from yolotrain.checkpoint_file import Checkpoint
 from yolotrain.cli import main
 
 
@@ -28,7 +29,7 @@ def test_train_writes_run_folder(trained_run):
     ):
         assert col in rows[0] and rows[-1][col] != ""
     for name in ("last.pt", "best.pt"):
-        state = torch.load(trained_run / "weights" / name, weights_only=True)  # plain data only
+        state = Checkpoint(torch.load(trained_run / "weights" / name, weights_only=True))  # plain data only
         assert state["model_cfg"]["nc"] == 4 and state["ema"] and state["names"][0] == "circle"
         assert state["epoch"] == (1 if name == "last.pt" else state["epoch"])
     args = (trained_run / "args.yaml").read_text()

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.cli import main
 from yolotrain.config import GIVEN, parse_cli_args, resolve
-from yolotrain.engine.checkpoint import load_checkpoint
 from yolotrain.engine.launch import worker_args
 from yolotrain.utils.logging import setup_logging
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from yolotrain import Detector
+from yolotrain.checkpoint_file import Checkpoint
 from yolotrain.cli import main
 from yolotrain.config import resolve
 from yolotrain.config_sections import AugmentSettings
@@ -29,7 +30,7 @@ def _label_rows(folder: Path) -> list[list[int]]:
 def test_single_cls_trains_one_class_and_val_keeps_it(tiny_data, tmp_path, capsys):
     args = ["train", f"data={tiny_data}", "epochs=1", "imgsz=64", "batch=8", "workers=0", f"project={tmp_path}"]
     assert main([*args, "single_cls=true", "verbose=false"]) == 0
-    state = torch.load(tmp_path / "exp" / "weights" / "best.pt", weights_only=True)
+    state = Checkpoint(torch.load(tmp_path / "exp" / "weights" / "best.pt", weights_only=True))
     assert state["model_cfg"]["nc"] == 1 and state["names"] == ["object"]
     capsys.readouterr()
     # the checkpoint's single_cls is kept by val, on the 4-class data YAML
@@ -64,7 +65,7 @@ def test_classes_and_fraction_through_the_api(tiny_data, tmp_path, capsys):
     assert "train: classes=[0, 2]: dropped" in err
     assert seen_cls <= {0, 2} and seen_cls  # mosaic brings partners' boxes: still only these classes
     assert len(seen_files) == 12  # the main images of one epoch: the subset
-    state = torch.load(tmp_path / "exp" / "weights" / "last.pt", weights_only=True)
+    state = Checkpoint(torch.load(tmp_path / "exp" / "weights" / "last.pt", weights_only=True))
     assert state["model_cfg"]["nc"] == 4  # ids kept: the model keeps the data's classes
 
 
@@ -133,10 +134,10 @@ def test_resume_with_selection_and_new_augmentations_is_exact(tiny_data, tmp_pat
     )  # 12 images / batch 4: 3 iterations per epoch; stopped after the first iteration of epoch 2
     assert stopped.returncode == 75, stopped.stderr[-2000:]
     last = tmp_path / "cut" / "exp" / "weights" / "last.pt"
-    assert torch.load(last, weights_only=True)["position"]["epoch"] == 1  # mid-epoch 2 (0-based 1)
+    assert Checkpoint(torch.load(last, weights_only=True))["position"]["epoch"] == 1  # mid-epoch 2 (0-based 1)
     assert main(["train", f"resume={last}"]) == 0
-    ref = torch.load(tmp_path / "ref" / "exp" / "weights" / "last.pt", weights_only=True)
-    got = torch.load(last, weights_only=True)
+    ref = Checkpoint(torch.load(tmp_path / "ref" / "exp" / "weights" / "last.pt", weights_only=True))
+    got = Checkpoint(torch.load(last, weights_only=True))
     for part in ("model", "ema"):
         diff = [k for k in ref[part] if not torch.equal(ref[part][k], got[part][k])]
         assert not diff, f"{part}: {len(diff)} tensors differ, e.g. {diff[:3]}"

@@ -13,9 +13,9 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from yolotrain import Detector  # noqa: E402
+from yolotrain.checkpoint_file import save_checkpoint  # noqa: E402
 from yolotrain.cli import main  # noqa: E402
 from yolotrain.config import resolve  # noqa: E402
-from yolotrain.engine.checkpoint import save_checkpoint  # noqa: E402
 from yolotrain.errors import ConfigError  # noqa: E402
 from yolotrain.export import DecodedDetector, export_onnx  # noqa: E402
 from yolotrain.models import build_model  # noqa: E402

@@ -20,11 +20,11 @@ import os
 import signal
 import sys
 
+from yolotrain.commands import run
 from yolotrain.config import COMMANDS as SETTING_COMMANDS
 from yolotrain.config import SETTINGS, Config, parse_cli_args, resolve
 from yolotrain.config_help import help_text, setting_text
 from yolotrain.errors import Preempted, YoloTrainError
-from yolotrain.runners import load_for_inference, run_predict_cfg, run_val
 from yolotrain.utils.logging import setup_logging
 
 COMMANDS = ("train", "val", "predict", "info", "export", "tune", "data", "ckpt", "help")
@@ -35,16 +35,8 @@ USAGE = (
 
 
 def cmd_train(cfg: Config) -> int:
-    from yolotrain.engine.launch import launch, processes_wanted  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
-    from yolotrain.engine.trainer import Trainer  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
-
-    n = processes_wanted(cfg)
-    if n > 1:  # nproc=N or device=0,1: torchrun starts the workers, which come back here with WORLD_SIZE set
-        launch(cfg, n)  # rank 0 prints the summary
-        return 0
-    trainer = Trainer(cfg)
-    trainer.fit()
-    if not trainer.is_main:
+    trainer, _ = run("train", cfg)
+    if trainer is None or not trainer.is_main:  # worker processes trained: rank 0 printed the summary
         return 0
     print(f"run folder: {trainer.save_dir}")
     best = trainer.best_metrics
@@ -54,10 +46,8 @@ def cmd_train(cfg: Config) -> int:
 
 
 def cmd_val(cfg: Config) -> int:
-    from yolotrain.eval import format_table  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
-
-    result = run_val(cfg)
-    print(format_table(result, result.names), file=sys.stderr if cfg.json else sys.stdout)
+    result = run("val", cfg)
+    print(run("val_table", result, result.names), file=sys.stderr if cfg.json else sys.stdout)
     if cfg.json:
         out = result.to_dict()
         out["seconds"] = round(result.seconds, 3)
@@ -66,17 +56,13 @@ def cmd_val(cfg: Config) -> int:
 
 
 def cmd_predict(cfg: Config) -> int:
-    _, save_dir = run_predict_cfg(cfg)
+    _, save_dir = run("predict", cfg)
     print(f"results saved to {save_dir}")
     return 0
 
 
 def cmd_info(cfg: Config) -> int:
-    from yolotrain.models import model_info  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
-
-    model, _, _, _ = load_for_inference(cfg.replace(device="cpu") if not cfg.device else cfg)
-    imgsz = cfg.imgsz if "imgsz" in cfg.explicit else 640
-    info = model_info(model, imgsz=imgsz)
+    model, imgsz, info = run("info", cfg)
     line = (
         f"model {model.scale}: {info['params']:,} parameters, {info['gradients']:,} gradients, "
         f"{info['layers']} layers, {info['gflops']:.1f} GFLOPs at imgsz {imgsz}, {model.nc} classes"
@@ -88,17 +74,13 @@ def cmd_info(cfg: Config) -> int:
 
 
 def cmd_export(cfg: Config) -> int:
-    from yolotrain.export import export_from_config  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
-
-    print(f"exported to {export_from_config(cfg)}")
+    print(f"exported to {run('export', cfg)}")
     return 0
 
 
 def cmd_tune(args: dict) -> int:
-    from yolotrain.tune import run_tune  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
-
     setup_logging(True)  # the tuner's trial lines always show; verbose=false still quiets the progress bars
-    result = run_tune(args)
+    result = run("tune", args)
     print(result.summary)
     return 0
 
@@ -126,16 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command '{command}'; commands are {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
-        if command == "ckpt":  # positional paths: ckpt info PATH | strip PATH OUT | diff A B
-            from yolotrain.engine.ckpt_tools import run_ckpt_command  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
-
+        if command in ("ckpt", "data"):  # their own positional paths and keys (ckpt info PATH, data convert to=)
             setup_logging(True)
-            return run_ckpt_command(rest)
-        if command == "data":  # check/convert take their own keys (src, to, out...), not settings
-            from yolotrain.data.commands import run_data_command  # noqa: PLC0415 - each command loads only what it runs (fast start, no torch for help/data)
-
-            setup_logging(True)
-            return run_data_command(rest)
+            return run(command, rest)
         if command == "tune":  # tune's own keys (trials, space, pruner...) are not training settings
             return cmd_tune(parse_cli_args(rest))
         setup_logging(True)  # resolve may warn (callbacks a cfg= file names are not run); level set below

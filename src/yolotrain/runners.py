@@ -1,29 +1,72 @@
 """What the commands run, shared by the command line (:mod:`yolotrain.cli`) and the Python API
-(:mod:`yolotrain.api`): loading a model for inference, validation and prediction from a resolved config.
+(:mod:`yolotrain.api`): training, loading a model for inference, validation, prediction and model info
+from a resolved config.
+
+Both reach these functions through :mod:`yolotrain.commands` when a command runs, never at start-up,
+so torch and the engine are imported here at the top.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.config import Config
+from yolotrain.data import load_data_yaml
+from yolotrain.data.select import select_records
+from yolotrain.engine.build import (
+    build_loader,
+    build_records,
+    check_imgsz,
+    inference_imgsz,
+    resolve_data,
+    single_class_data,
+)
+from yolotrain.engine.callbacks import Callbacks
+from yolotrain.engine.launch import launch, processes_wanted
+from yolotrain.engine.precision import Precision, inference_dtype
+from yolotrain.engine.trainer import Trainer
+from yolotrain.engine.validator import Validator
 from yolotrain.errors import ConfigError
+from yolotrain.eval import EvalResult
+from yolotrain.models import model_info
+from yolotrain.models.weights_io import load_model_spec
+from yolotrain.predict import run_predict
+from yolotrain.utils.files import increment_path
 from yolotrain.utils.logging import LOGGER
+from yolotrain.utils.torch_utils import select_device
+
+
+def run_train(cfg: Config, callbacks: Callbacks | None = None) -> tuple[Trainer | None, Path]:
+    """Train as ``cfg`` says: in this process, or in worker processes (``nproc=N``, ``device=0,1``).
+
+    Returns:
+        The trainer after ``fit`` (None when worker processes trained) and the run's weights folder.
+    """
+    n = processes_wanted(cfg)
+    if n > 1:  # torchrun starts the workers, which come back here with WORLD_SIZE set
+        # they re-import the callbacks by name; ones that cannot be are refused up front
+        return None, launch(cfg, n, callbacks.items() if callbacks else ()) / "weights"
+    trainer = Trainer(cfg, callbacks=callbacks)
+    trainer.fit()
+    return trainer, trainer.wdir
+
+
+def best_result(wdir: Path) -> EvalResult | None:
+    """The best epoch's EvalResult recorded in ``wdir``'s checkpoint (after a multi-process run)."""
+    last = wdir / "last.pt"
+    best = load_checkpoint(last).get("best_metrics") if last.is_file() else None
+    return EvalResult.from_dict(best) if best else None
 
 
 def load_for_inference(cfg: Config):
     """Model, device and precision for val/predict from ``model=`` (a checkpoint or a fresh scale)."""
-    from yolotrain.engine.precision import Precision  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
-    from yolotrain.models.weights_io import load_model_spec  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
-    from yolotrain.utils.torch_utils import select_device  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
-
     device = select_device(cfg.device)
     model, state = load_model_spec(cfg.model)
     model = model.to(device)
     precision = Precision(device, cfg.amp)
     if cfg.half:
-        from yolotrain.engine.precision import inference_dtype  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
-
         dtype = inference_dtype(device)
         if dtype is None:
             LOGGER.warning(f"half=true: {device.type} has no fast fp16/bf16 here; running in fp32")
@@ -36,18 +79,6 @@ def load_for_inference(cfg: Config):
 
 def run_val(cfg: Config):
     """Validate ``cfg.model`` on ``cfg.split``; returns the EvalResult (with ``seconds`` set)."""
-    from yolotrain.data import load_data_yaml  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
-    from yolotrain.data.select import select_records  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
-    from yolotrain.engine.build import (  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
-        build_loader,
-        build_records,
-        check_imgsz,
-        inference_imgsz,
-        resolve_data,
-        single_class_data,
-    )
-    from yolotrain.engine.validator import Validator  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
-
     model, device, precision, state = load_for_inference(cfg)
     if cfg.data:
         data = load_data_yaml(cfg.data)
@@ -87,11 +118,7 @@ def run_val(cfg: Config):
 
 
 def run_predict_cfg(cfg: Config):
-    """Predict as ``cfg`` says; returns the list of Prediction and sets ``save_dir`` on the list."""
-    from yolotrain.engine.build import check_imgsz, inference_imgsz  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
-    from yolotrain.predict import run_predict  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
-    from yolotrain.utils.files import increment_path  # noqa: PLC0415 - torch and the engine load only when a command runs (fast CLI start)
-
+    """Predict as ``cfg`` says; returns the list of Prediction and the folder they were saved in."""
     if not cfg.source:
         raise ConfigError("setting 'source' is required for predict (an image, folder or glob)")
     model, device, precision, state = load_for_inference(cfg)
@@ -113,3 +140,11 @@ def run_predict_cfg(cfg: Config):
         autocast=precision.autocast,
     )
     return preds, save_dir
+
+
+def run_info(cfg: Config) -> tuple[Any, int, dict[str, Any]]:
+    """The model ``model=`` names (on the CPU unless ``device`` is given), the image size its cost is
+    counted at (``imgsz`` when given, else 640), and :func:`~yolotrain.models.model_info` of it."""
+    model, _, _, _ = load_for_inference(cfg.replace(device="cpu") if not cfg.device else cfg)
+    imgsz = cfg.imgsz if "imgsz" in cfg.explicit else 640
+    return model, imgsz, model_info(model, imgsz=imgsz)

@@ -12,10 +12,10 @@ import pytest
 import torch
 from state_helpers import flat_tensors
 
+from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.cli import main
 from yolotrain.config import parse_cli_args, resolve
 from yolotrain.engine.budget import FittedSchedule, TimeBudget, epoch_estimate, fit_schedule, plan_epochs
-from yolotrain.engine.checkpoint import load_checkpoint
 from yolotrain.engine.trainer import Trainer
 from yolotrain.utils.logging import setup_logging
 

@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from yolotrain import checkpoint_file
+from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.engine import checkpoint as ckpt
-from yolotrain.engine.checkpoint import Checkpointer, load_checkpoint
+from yolotrain.engine.checkpoint import Checkpointer
 from yolotrain.errors import CheckpointError
 from yolotrain.utils import files
 
@@ -45,7 +47,7 @@ class Progress:
 
 def checkpointer(wdir: Path, nbytes: int = 4096) -> tuple[Checkpointer, Progress]:
     part = Progress(nbytes)
-    return Checkpointer(wdir, [part], {"model_cfg": {"scale": "n", "nc": 1}}), part
+    return Checkpointer(wdir, {"progress": part}, {"model_cfg": {"scale": "n", "nc": 1}}), part
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:
@@ -102,7 +104,7 @@ def test_injected_enospc_at_each_write_step(tmp_path, monkeypatch, failing, step
     if step == "write":
         orig = files.atomic_write
         monkeypatch.setattr(
-            ckpt, "atomic_write", lambda path, write: orig(path, lambda f: fake_write(f, _captured(write)))
+            checkpoint_file, "atomic_write", lambda path, write: orig(path, lambda f: fake_write(f, _captured(write)))
         )
     elif step == "fsync":
         monkeypatch.setattr(files.os, "fsync", lambda fd: _raise(full) if fails(_path_of(fd)) else real["fsync"](fd))

@@ -9,8 +9,8 @@ import pytest
 import torch
 from packaging.specifiers import SpecifierSet
 
+from yolotrain.checkpoint_file import load_checkpoint, save_checkpoint, torch_release
 from yolotrain.cli import main
-from yolotrain.engine.checkpoint import load_checkpoint, save_checkpoint, torch_release
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from yolotrain.checkpoint_file import Checkpoint, load_checkpoint
 from yolotrain.cli import main
-from yolotrain.engine.checkpoint import load_checkpoint
 
 
 @pytest.mark.slow
@@ -46,9 +46,10 @@ def test_diff_exit_codes(trained_run, tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("identical")
     state = torch.load(last, weights_only=True)
     state.pop("integrity")
-    first = next(iter(state["model"]))
-    state["model"][first] = state["model"][first] + 0.5
-    from yolotrain.engine.checkpoint import save_checkpoint
+    model = Checkpoint(state)["model"]  # the weights, wherever the file's layout keeps them
+    first = next(iter(model))
+    model[first] = model[first] + 0.5
+    from yolotrain.checkpoint_file import save_checkpoint
 
     other = tmp_path / "other.pt"
     save_checkpoint({k: v for k, v in state.items() if k != "format"}, other)

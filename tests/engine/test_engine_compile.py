@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch._dynamo
 
+from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.config import resolve
 from yolotrain.engine import step as step_module
-from yolotrain.engine.checkpoint import load_checkpoint
 from yolotrain.engine.trainer import Trainer
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from yolotrain.engine.checkpoint import load_checkpoint
+from yolotrain.checkpoint_file import load_checkpoint
 
 CALLBACKS = Path(__file__).with_name("ddp_callbacks.py")
 # SGD: Adam's first steps are ~lr*sign(grad), which turns float noise in near-zero gradients into lr-sized

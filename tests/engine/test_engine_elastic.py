@@ -17,8 +17,8 @@ import pytest
 import torch
 from elastic_callbacks import rows, steps
 
+from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.cli import main
-from yolotrain.engine.checkpoint import load_checkpoint
 
 CALLBACKS = Path(__file__).with_name("elastic_callbacks.py")
 RECORD = f"callbacks=on_train_batch_end={CALLBACKS}:record_and_stop"  # given again on resume (never inherited)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.config import resolve
-from yolotrain.engine.checkpoint import load_checkpoint
 from yolotrain.engine.trainer import Trainer
 
 mlflow = pytest.importorskip("mlflow")  # in the dev extra, so `make test` runs these

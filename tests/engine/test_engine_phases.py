@@ -5,8 +5,8 @@ import functools
 import pytest
 import torch
 
+from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.config import resolve
-from yolotrain.engine.checkpoint import load_checkpoint
 from yolotrain.engine.trainer import Trainer
 from yolotrain.errors import TrainingError
 from yolotrain.eval import EvalResult

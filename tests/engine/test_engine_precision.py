@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from yolotrain.checkpoint_file import load_checkpoint, save_checkpoint
 from yolotrain.config import coerce, resolve
 from yolotrain.engine import amp_check
-from yolotrain.engine.checkpoint import load_checkpoint, save_checkpoint
 from yolotrain.engine.precision import Precision, choose_amp
 from yolotrain.engine.trainer import Trainer
 from yolotrain.loss import DetectionLoss

@@ -12,7 +12,7 @@ import psutil
 import pytest
 import torch
 
-from yolotrain.engine.checkpoint import load_checkpoint
+from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.engine.preempt import Preemption
 from yolotrain.errors import Preempted
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from state_helpers import flat_tensors
 
+from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.cli import main
 from yolotrain.config import resolve
-from yolotrain.engine.checkpoint import load_checkpoint
 from yolotrain.engine.resume import ELASTIC_MARKER, elastic_resume, mark_elastic_run
 
 ARGS = [
@@ -88,7 +88,7 @@ def reference(tiny_data, tmp_path_factory):
     """The uninterrupted run's last.pt, with its batch order under ``"batches"``."""
     project = tmp_path_factory.mktemp("ref")
     assert main_recording(["train", f"data={tiny_data}", f"project={project}", *ARGS], project / "batches.txt") == 0
-    state = load_checkpoint(project / "exp" / "weights" / "last.pt")
+    state = dict(load_checkpoint(project / "exp" / "weights" / "last.pt"))  # a copy the batch order is added to
     state["batches"] = recorded(project / "batches.txt")
     assert len(state["batches"]) == 3 * 6  # 24 images / batch 4, three epochs
     return state
@@ -200,7 +200,7 @@ def test_incompatible_changes_are_refused(tiny_data, tmp_path, capsys):
 
 
 def test_tampered_checkpoint_is_refused(tiny_data, tmp_path):
-    from yolotrain.engine.checkpoint import save_checkpoint
+    from yolotrain.checkpoint_file import save_checkpoint
     from yolotrain.errors import CheckpointError
 
     path = tmp_path / "c.pt"

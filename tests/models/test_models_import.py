@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from ultralytics_fixtures import write_ultralytics_checkpoint
 
-from yolotrain.engine.checkpoint import save_checkpoint
+from yolotrain.checkpoint_file import save_checkpoint
 from yolotrain.engine.ckpt_tools import run_ckpt_command
 from yolotrain.errors import CheckpointError
 from yolotrain.models import build_model

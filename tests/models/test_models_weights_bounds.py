@@ -16,7 +16,7 @@ import torch
 import weights_bombs as bombs
 from ultralytics_fixtures import write_ultralytics_checkpoint
 
-from yolotrain.engine.checkpoint import save_checkpoint
+from yolotrain.checkpoint_file import save_checkpoint
 from yolotrain.errors import CheckpointError
 from yolotrain.models import build_model, safe_pickle, torch_zip
 from yolotrain.models.safe_pickle import safe_load

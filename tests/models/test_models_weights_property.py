@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from yolotrain.engine.checkpoint import save_checkpoint
+from yolotrain.checkpoint_file import save_checkpoint
 from yolotrain.errors import CheckpointError
 from yolotrain.models import build_model
 from yolotrain.models.weights_io import read_weights

@@ -27,7 +27,6 @@ from yolotrain.engine import distributed as dist
 from yolotrain.engine.amp_check import choose_checked_precision
 from yolotrain.engine.autobatch_probe import choose_batch
 from yolotrain.engine.budget import TimeBudget
-from yolotrain.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from yolotrain.engine.checkpoint import Checkpointer, StatefulModule
 from yolotrain.engine.ema import ModelEMA
 from yolotrain.engine.freeze import resolve_freeze
@@ -438,18 +437,21 @@ def build_run(
 
     # the checkpoint: the run description and the union of the parts' states
     rngs = RngStreams(dist.rank(), world, cfg.seed, lambda: state.position)
-    parts = [StatefulModule("model", model, copy=True), StatefulModule("optimizer", optimizer), precision, state, rngs]
+    parts = {
+        "model": StatefulModule("model", model, copy=True), "optimizer": StatefulModule("optimizer", optimizer),
+        "precision": precision, "train": state, "rng": rngs,
+    }  # fmt: skip
     if ema is not None:
-        parts.append(ema)
+        parts["ema"] = ema
     budget = None
     if cfg.time > 0:
         budget = TimeBudget(cfg.time, cfg.epochs, warmup, cfg.warmup_epochs, cfg.close_mosaic, cfg.val_period, cfg.val)
-        parts.append(budget)
+        parts["budget"] = budget
     mlflow_record = MlflowRunRecord() if cfg.mlflow else None
     if mlflow_record is not None:
-        parts.append(mlflow_record)
+        parts["mlflow"] = mlflow_record
     run_info = {
-        "format": CHECKPOINT_FORMAT, "model_cfg": model.config(), "names": list(names), "config": cfg.to_dict(),
+        "model_cfg": model.config(), "names": list(names), "config": cfg.to_dict(),
         "data_yaml": data["yaml_file"], "optimizer_name": optimizer_name, "base_lr": base_lr,
         "versions": {"yolotrain": __version__, "torch": torch.__version__},
     }  # fmt: skip

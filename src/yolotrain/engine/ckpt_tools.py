@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from yolotrain.engine.checkpoint import load_checkpoint, save_checkpoint
+from yolotrain.checkpoint_file import load_checkpoint, save_checkpoint
 from yolotrain.errors import ConfigError
 from yolotrain.models.weights_io import read_weights, save_safetensors
 
 TENSOR_GROUPS = ("model", "ema", "optimizer", "precision", "rng")
 
 
-def flat_tensors(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Every tensor in the checkpoint by a path like ``model/backbone.stem.conv.weight``."""
+def flat_tensors(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Every tensor in the checkpoint by a path like ``model/backbone.stem.conv.weight``.
+
+    The paths start at the checkpoint's keys (:class:`~yolotrain.checkpoint_file.Checkpoint`), not its
+    layout, so files of either version compare tensor by tensor.
+    """
     out: dict[str, torch.Tensor] = {}
 
     def walk(prefix: str, obj: Any) -> None:
@@ -63,6 +68,8 @@ def info(path: str | Path) -> dict[str, Any]:
     return {
         "file": str(path),
         "bytes": Path(path).stat().st_size,
+        "format": state.version,
+        "parts": sorted(state.parts),
         "keys": sorted(state),
         "position": state.get("position"),
         "resumable": "position" in state,
@@ -83,6 +90,7 @@ def format_info(d: dict[str, Any]) -> str:
     pos = d["position"]
     lines = [
         f"{d['file']}: {d['bytes'] / 2**20:.1f} MB, {'resumable training state' if d['resumable'] else 'weights only'}",
+        f"  format: version {d['format']}" + (f", parts: {', '.join(d['parts'])}" if d["parts"] else ""),
         f"  keys: {', '.join(d['keys'])}",
     ]
     if pos:
@@ -120,9 +128,11 @@ def strip(src: str | Path, out: str | Path, fmt: str = "pt") -> Path:
     weights = state.get("ema") or state.get("model")
     if not weights:
         raise ConfigError(f"checkpoint '{src}' holds no weights to keep")
-    slim = {k: state[k] for k in ("model_cfg", "names", "config", "versions", "best_metrics", "metrics") if k in state}
-    slim["model"] = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    slim["stripped_from"] = str(src)
+    run = {k: state.run[k] for k in ("model_cfg", "names", "config", "versions") if k in state.run}
+    progress = {k: state[k] for k in ("best_metrics", "metrics") if k in state}
+    half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    # the training part keeps only its results: without a position the file is not resumable
+    slim = {"run": run, "parts": {"model": {"model": half}, "train": progress}, "stripped_from": str(src)}
     save_checkpoint(slim, out)
     return Path(out)
 
@@ -131,10 +141,11 @@ def resave(src: str | Path, out: str | Path, trust: bool = False) -> Path:
     """Re-write ``src`` with an integrity record; ``trust=True`` accepts a file that has none.
 
     Checkpoints written before the record was mandatory load only this way: the user vouches for the file
-    once (``trust=true``) and every later load checks the new file's digest.
+    once (``trust=true``) and every later load checks the new file's digest. The file keeps its layout and
+    its format tag (a version-1 file stays one).
     """
     state = load_checkpoint(src, trust=trust)
-    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "integrity")}, out)
+    save_checkpoint(state.content, out)
     return Path(out)
 
 

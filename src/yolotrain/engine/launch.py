@@ -31,11 +31,11 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.config import Config
 from yolotrain.engine import distributed as dist
 from yolotrain.engine.build import per_process_batch, run_dir
 from yolotrain.engine.callbacks import callback_reference
-from yolotrain.engine.checkpoint import load_checkpoint
 from yolotrain.engine.resume import checkpoint_path
 from yolotrain.errors import Preempted, TrainingError
 from yolotrain.utils.files import release_dir

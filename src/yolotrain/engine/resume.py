@@ -13,8 +13,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.config import MAY_CHANGE, REFUSED, SETTINGS, Config, resolve
-from yolotrain.engine.checkpoint import load_checkpoint
 from yolotrain.engine.distributed import restart_count
 from yolotrain.errors import CheckpointError
 from yolotrain.utils.files import atomic_write

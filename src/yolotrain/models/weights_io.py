@@ -8,13 +8,15 @@ Each gives a :class:`LoadedWeights`: the validated model description, the (EMA w
 under our names, the class names and the training image size. The kind is decided from the file itself:
 a ``.safetensors`` header, else a torch.save file read by the bounded, restricted unpickler
 (:mod:`yolotrain.models.safe_pickle`, nothing runs) whose structure says which: an object of an
-``ultralytics.nn.tasks`` class under ``model``/``ema`` is Ultralytics', a dict tagged with our format is ours.
+``ultralytics.nn.tasks`` class under ``model``/``ema`` is Ultralytics', a dict tagged with our format is ours
+(either checkpoint version, read through :class:`~yolotrain.checkpoint_file.Checkpoint`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from yolotrain.engine.checkpoint import checkpoint_from
+from yolotrain.checkpoint_file import checkpoint_from
 from yolotrain.errors import CheckpointError, ConfigError
 from yolotrain.models.registry import available_scales, build_model, validate_model_cfg
 from yolotrain.models.safe_pickle import safe_load
@@ -66,10 +68,10 @@ class LoadedWeights:
     weights: dict[str, torch.Tensor]
     names: list[str] | None = None
     imgsz: int | None = None
-    state: dict[str, Any] = field(default_factory=dict)
+    state: Mapping[str, Any] = field(default_factory=dict)
     summary: str = ""
 
-    def inference_state(self) -> dict[str, Any]:
+    def inference_state(self) -> Mapping[str, Any]:
         """The checkpoint-like dict val/predict/export read (``names``, ``config.imgsz``, ``data_yaml``)."""
         if self.state:
             return self.state
@@ -181,7 +183,7 @@ def _check_spec(spec: str) -> None:
         )
 
 
-def load_model_spec(spec: str, nc: int = 80) -> tuple[nn.Module, dict[str, Any]]:
+def load_model_spec(spec: str, nc: int = 80) -> tuple[nn.Module, Mapping[str, Any]]:
     """The model ``model=`` names for val/predict/export/info, and its checkpoint-like state (empty for a scale)."""
     spec = str(spec)
     if is_scale(spec):
