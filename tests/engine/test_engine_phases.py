@@ -255,4 +255,5 @@ def test_build_run_returns_autobatch_choice_without_touching_the_callers_config(
     run = build_run(cfg, None, tmp_path / "exp", torch.device("cpu"))
     assert cfg.batch == 0.7 and run.cfg.batch == 4 and run.planner.batch == 4
     assert run.loaders.train_loader.batch_size == 4 and (tmp_path / "exp" / "args.yaml").is_file()
-    assert {type(p).__name__ for p in run.checkpointer.parts} >= {"TrainState", "RngStreams", "Precision", "ModelEMA"}
+    parts = {type(p).__name__ for p in run.checkpointer.parts.values()}
+    assert parts >= {"TrainState", "RngStreams", "Precision", "ModelEMA"}
