@@ -29,7 +29,8 @@ from yolotrain.engine.budget import TimeBudget
 from yolotrain.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from yolotrain.engine.checkpoint import Checkpointer, StatefulModule
 from yolotrain.engine.ema import ModelEMA
-from yolotrain.engine.freeze import resolve_freeze
+from yolotrain.engine.freeze import Freezer, resolve_freeze
+from yolotrain.engine.horizon import FixedHorizon, Horizon, warmup_iters
 from yolotrain.engine.mlflow_logger import MlflowRunRecord
 from yolotrain.engine.multiscale import MultiScale
 from yolotrain.engine.oom import OOMInjector
@@ -273,16 +274,22 @@ class Run:
     state: TrainState
     rngs: RngStreams
     step: TrainStep
+    freezer: Freezer
     planner: PhasePlanner
     validator: Validator | None
     checkpointer: Checkpointer
     first_epoch: int  # where training (re)starts
-    budget: TimeBudget | None = None  # time=: the epoch count and schedule fitted to the budget
+    horizon: FixedHorizon | TimeBudget  # the epoch count and what is fitted to it (time=: refitted)
     mlflow: MlflowRunRecord | None = None  # mlflow=: the MLflow run this run logs to (kept in checkpoints)
 
     @property
     def wdir(self) -> Path:
         return self.save_dir / "weights"
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation scores: the EMA, or the model when there is none."""
+        return self.ema.ema if self.ema is not None else self.model
 
 
 def resolve_run(cfg: Config) -> tuple[Config, dict[str, Any] | None, Path]:
@@ -392,7 +399,7 @@ def build_run(
     spec = cfg.freeze
     if isinstance(spec, str) and "," in spec:
         spec = [s.strip() for s in spec.split(",") if s.strip()]
-    freeze_prefixes = resolve_freeze(model, spec)
+    freezer = Freezer(model, resolve_freeze(model, spec))
     # on resume, the optimizer that optimizer=auto chose then (extending epochs could change its choice)
     name, lr0 = (state_in["optimizer_name"], state_in["base_lr"]) if state_in else (cfg.optimizer, cfg.lr0)
     total_iters = math.ceil(len(train_records) / max(batch, cfg.nbs)) * cfg.epochs
@@ -401,9 +408,9 @@ def build_run(
     optimizer, optimizer_name, base_lr = build_optimizer(
         model, name, lr0, cfg.momentum, cfg.weight_decay, total_iters, data["nc"]
     )
-    planner = PhasePlanner(cfg, freeze_prefixes, batch, base_lr, optimizer_name)
-    nb = loaders.use_batch(planner.plan(first_epoch).batch)  # the loader of the phase training starts in
-    warmup = max(round(cfg.warmup_epochs * nb), cfg.warmup_min_iters) if cfg.warmup_epochs > 0 else 0
+    planner = PhasePlanner(cfg, freezer.prefixes, batch, base_lr, optimizer_name)
+    nb = loaders.use_batch(planner.batch_at(first_epoch))  # the loader of the phase training starts in
+    warmup = warmup_iters(cfg, nb)
     schedule = Schedule(
         cfg.epochs, nb, cfg.lrf, cfg.cos_lr, warmup, cfg.warmup_bias_lr, cfg.warmup_momentum, cfg.momentum
     )
@@ -436,10 +443,11 @@ def build_run(
     parts = [StatefulModule("model", model, copy=True), StatefulModule("optimizer", optimizer), precision, state, rngs]
     if ema is not None:
         parts.append(ema)
-    budget = None
     if cfg.time > 0:
-        budget = TimeBudget(cfg.time, cfg.epochs, warmup, cfg.warmup_epochs, cfg.close_mosaic, cfg.val_period, cfg.val)
-        parts.append(budget)
+        horizon = TimeBudget(cfg.time, cfg.epochs, warmup, cfg.warmup_epochs, cfg.close_mosaic, cfg.val_period, cfg.val)
+        parts.append(horizon)
+    else:
+        horizon = FixedHorizon(Horizon(cfg.epochs, warmup, cfg.close_mosaic))
     mlflow_record = MlflowRunRecord() if cfg.mlflow else None
     if mlflow_record is not None:
         parts.append(mlflow_record)
@@ -459,7 +467,7 @@ def build_run(
         cfg.dump(save_dir / "args.yaml")
     return Run(
         cfg, save_dir, data, names, imgsz, device, model, criterion, precision, loaders, optimizer, optimizer_name,
-        base_lr, schedule, ema, state, rngs, step, planner, validator, checkpointer, first_epoch, budget,
+        base_lr, schedule, ema, state, rngs, step, freezer, planner, validator, checkpointer, first_epoch, horizon,
         mlflow_record,
     )  # fmt: skip
 
