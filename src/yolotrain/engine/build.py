@@ -21,6 +21,7 @@ from yolotrain import __version__
 from yolotrain.config import Config
 from yolotrain.data import DetectionDataset, build_dataloader, ensure_demo_dataset, load_data_yaml, scan_split
 from yolotrain.data.class_balance import class_weights, epoch_length, repeat_factors
+from yolotrain.data.profile import loader_advice
 from yolotrain.data.select import select_records, single_class_names
 from yolotrain.engine import distributed as dist
 from yolotrain.engine.amp_check import choose_checked_precision
@@ -37,6 +38,7 @@ from yolotrain.engine.oom import OOMInjector
 from yolotrain.engine.optim import Schedule, build_optimizer
 from yolotrain.engine.phases import PhasePlanner
 from yolotrain.engine.precision import Precision, choose_amp
+from yolotrain.engine.preempt import shutdown_workers
 from yolotrain.engine.resume import elastic_resume, mark_elastic_run, note_world_change, prepare_resume
 from yolotrain.engine.state import Position, RngStreams, TrainState
 from yolotrain.engine.step import TrainStep
@@ -250,6 +252,22 @@ class TrainLoaders:
                 self.train_records, self.cfg, self.imgsz, rank_batch, True, self.rank, self.world, self.pin
             )
         return len(self.train_loader)
+
+    def data_wait(self, advise: bool) -> float:
+        """The last training pass's share of step time spent waiting for batches; ``advise`` logs the
+        ``profile=true`` advice on it (rank 0, once)."""
+        loader = self.train_loader
+        if advise and self.cfg.profile and dist.is_main():
+            cfg = self.cfg
+            for line in loader_advice(loader, workers=cfg.workers, imgsz=cfg.imgsz, cache=cfg.cache):
+                LOGGER.info(f"profile: {line}")
+        stats = getattr(loader, "stats", None)  # the loader measures how long each batch was waited for
+        return stats.wait_share if stats is not None else 0.0
+
+    def shutdown(self) -> None:
+        """Stop the loaders' worker processes now (they would otherwise be stopped at exit)."""
+        shutdown_workers(self.train_loader)
+        shutdown_workers(self.val_loader)
 
 
 @dataclass

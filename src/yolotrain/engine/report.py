@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from yolotrain.engine import distributed as dist
+from yolotrain.engine.build import Run
 from yolotrain.engine.phases import PhasePlan
 from yolotrain.eval import EvalResult, format_table
 from yolotrain.loss import LOSS_NAMES
 from yolotrain.utils.files import append_csv_row
 from yolotrain.utils.torch_utils import memory_mb
-
-if TYPE_CHECKING:  # build.py builds the run the trainer reports on
-    from yolotrain.engine.build import Run
 
 LOGGER = logging.getLogger("yolotrain")
 

@@ -21,14 +21,13 @@ import torch
 from tqdm import tqdm
 
 from yolotrain.config import Config
-from yolotrain.data.profile import loader_advice
 from yolotrain.engine import distributed as dist
 from yolotrain.engine.build import Run, build_run, resolve_run
 from yolotrain.engine.callbacks import Callbacks, load_callbacks
 from yolotrain.engine.horizon import Horizon
 from yolotrain.engine.loggers import register_default_loggers
 from yolotrain.engine.phases import PhasePlan
-from yolotrain.engine.preempt import Preemption, fork_safe_iter, raise_worker_death, shutdown_workers
+from yolotrain.engine.preempt import Preemption, fork_safe_iter, raise_worker_death
 from yolotrain.engine.report import epoch_line, final_report, progress_text, results_row, rewrite_results, run_line
 from yolotrain.engine.resume import resume_point
 from yolotrain.engine.state import Position
@@ -124,7 +123,7 @@ class Trainer:
         nb = run.loaders.use_batch(plan.batch)  # a new training loader when the batch changes
         run.schedule.fit(run.horizon.current, nb)
         run.step.enter_phase(plan, nb)  # the DDP wrap, accumulation, the optimizer's lr and weight decay
-        run.state.phase = plan.record()
+        run.state.enter_phase(plan)  # the record checkpoints keep
         if self.phase is not None or run.freezer.prefixes:
             LOGGER.info(plan.describe(nb))
         self.phase = plan
@@ -177,8 +176,7 @@ class Trainer:
             raise
         finally:
             if self.run is not None:  # stop the loader processes now, after any save
-                shutdown_workers(self.run.loaders.train_loader)
-                shutdown_workers(self.run.loaders.val_loader)
+                self.run.loaders.shutdown()
             if self.owns_group:
                 dist.cleanup(together)
 
@@ -216,11 +214,7 @@ class Trainer:
         self.images_per_s = seen / max(time.perf_counter() - t0, 1e-9)
         mean = self.log_point(bar, self.current_batch, self.images_per_s)  # the epoch's end is a log point
         run.horizon.share_ran_out()  # validation_due() must agree on every rank
-        stats = getattr(loader, "stats", None)  # the loader measures how long each batch was waited for
-        self.data_wait = stats.wait_share if stats is not None else 0.0
-        if cfg.profile and epoch == run.first_epoch and dist.is_main():
-            for line in loader_advice(loader, workers=cfg.workers, imgsz=cfg.imgsz, cache=cfg.cache):
-                LOGGER.info(f"profile: {line}")
+        self.data_wait = run.loaders.data_wait(advise=epoch == run.first_epoch)
         return dict(zip(LOSS_NAMES, mean))
 
     def log_point(self, bar: tqdm, batch: dict[str, Any] | None, images_per_s: float) -> tuple[float, ...]:
