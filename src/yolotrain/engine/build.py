@@ -237,6 +237,7 @@ class TrainLoaders:
         self.pin = device.type == "cuda"
         self.rank_batch = 0
         self.train_loader = None
+        self.iters_per_epoch = 0  # batches per epoch of the training loader
         self.val_loader = (
             build_loader(val_records, cfg, imgsz, val_batch, False, self.rank, self.world, self.pin)
             if val_records
@@ -251,7 +252,9 @@ class TrainLoaders:
             self.train_loader = build_loader(
                 self.train_records, self.cfg, self.imgsz, rank_batch, True, self.rank, self.world, self.pin
             )
-        return len(self.train_loader)
+            # counted before any set_epoch: a resumed epoch's skipped batches shorten that epoch, not the others
+            self.iters_per_epoch = len(self.train_loader)
+        return self.iters_per_epoch
 
     def data_wait(self, advise: bool) -> float:
         """The last training pass's share of step time spent waiting for batches; ``advise`` logs the
