@@ -19,8 +19,8 @@ def records(tmp_path_factory):
     return recs
 
 
-def _epoch(loader, epoch: int, skip: int = 0) -> list[dict]:
-    set_loader_epoch(loader, epoch, skip)
+def _epoch(loader, epoch: int, skip: int = 0, mosaic: bool = True) -> list[dict]:
+    set_loader_epoch(loader, epoch, skip, mosaic)
     return list(loader)
 
 
@@ -68,11 +68,9 @@ def test_persistent_workers_see_mosaic_switch(records):
     ds = DetectionDataset(records, 64, True, augmentation, seed=1)
     loader = build_dataloader(ds, batch_size=5, workers=2, shuffle=True, seed=1, persistent_workers=True)
     with_mosaic = _epoch(loader, 3)
-    ds.mosaic_enabled = False  # set in the main process only; workers already hold their copies
-    without = _epoch(loader, 3)
+    without = _epoch(loader, 3, mosaic=False)  # given in the main process only; workers already hold their copies
     ref_ds = DetectionDataset(records, 64, True, augmentation, seed=1)
-    ref_ds.mosaic_enabled = False
-    ref = _epoch(build_dataloader(ref_ds, batch_size=5, workers=0, shuffle=True, seed=1), 3)
+    ref = _epoch(build_dataloader(ref_ds, batch_size=5, workers=0, shuffle=True, seed=1), 3, mosaic=False)
     assert _same(without, ref)
     assert not _same(with_mosaic, without)
 
@@ -142,3 +140,16 @@ def test_a_forked_worker_freezes_what_it_inherited():
     before, after = queue.get(timeout=60)
     proc.join(timeout=60)
     assert before == 0 and after > 1000  # the test process's modules, functions, ... are inherited objects
+
+
+def test_the_mosaic_switch_is_an_argument_of_set_epoch(records):
+    ds = DetectionDataset(records, 64, True, augment_settings(), seed=1)
+    loader = build_dataloader(ds, batch_size=5, workers=0, shuffle=True, seed=1)
+    ds.mosaic_enabled = False  # the dataset's own switch (plain int indices) is not read back by the sampler
+    set_loader_epoch(loader, 2, mosaic=True)
+    assert {key.mosaic for key in loader.sampler} == {True}
+    set_loader_epoch(loader, 2, 1, mosaic=False)  # the tail of the run: off, and a mid-epoch skip keeps it
+    keys = list(loader.sampler)
+    assert len(keys) == 5 and {key.mosaic for key in keys} == {False} and {key.epoch for key in keys} == {2}
+    set_loader_epoch(loader, 3)  # each call sets it: on unless told otherwise
+    assert {key.mosaic for key in loader.sampler} == {True}

@@ -15,7 +15,8 @@ from state_helpers import flat_tensors
 from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.cli import main
 from yolotrain.config import parse_cli_args, resolve
-from yolotrain.engine.budget import FittedSchedule, TimeBudget, epoch_estimate, fit_schedule, plan_epochs
+from yolotrain.engine.budget import TimeBudget, epoch_estimate, fit_schedule, plan_epochs
+from yolotrain.engine.horizon import Horizon
 from yolotrain.engine.trainer import Trainer
 from yolotrain.utils.logging import setup_logging
 
@@ -52,11 +53,11 @@ def test_epoch_estimate_leaves_out_the_first_epoch_and_averages_the_recent():
 
 def test_fit_schedule_keeps_the_recipe_shares_on_a_shorter_run():
     # 20 of a 100-epoch recipe: warmup 3 epochs * 100 iterations -> 60, close_mosaic 10 -> 2
-    assert fit_schedule(20, 100, 300, 3.0, 10, 100) == FittedSchedule(20, 60, 2)
+    assert fit_schedule(20, 100, 300, 3.0, 10, 100) == Horizon(20, 60, 2)
     # a longer run keeps the configured lengths
-    assert fit_schedule(150, 100, 300, 3.0, 10, 100) == FittedSchedule(150, 300, 10)
+    assert fit_schedule(150, 100, 300, 3.0, 10, 100) == Horizon(150, 300, 10)
     # a short run keeps at least one close-mosaic epoch (0.7 rounds up); no warmup stays none
-    assert fit_schedule(7, 100, 0, 3.0, 10, 100) == FittedSchedule(7, 0, 1)
+    assert fit_schedule(7, 100, 0, 3.0, 10, 100) == Horizon(7, 0, 1)
 
 
 def test_budget_counts_the_training_of_every_launch_not_the_time_between(caplog):
@@ -67,7 +68,7 @@ def test_budget_counts_the_training_of_every_launch_not_the_time_between(caplog)
     with caplog.at_level(logging.INFO, logger="yolotrain"):
         plan = b.end_epoch(1, 24.0, 100)
     # 6984 s usable, 6840 left at 144 s per epoch: 47 more
-    assert plan == FittedSchedule(48, 144, 5)
+    assert plan == Horizon(48, 144, 5)
     assert "time budget 2 h: 48 epochs at 2.4 min/epoch" in caplog.text
     now[0] = 200.0
     state = b.state_dict()
@@ -77,7 +78,7 @@ def test_budget_counts_the_training_of_every_launch_not_the_time_between(caplog)
     resumed.load_state_dict(state)
     resumed.start(lambda: later[0], 5000.0)
     later[0] = 5030.0
-    assert resumed.spent() == 230.0 and resumed.plan == plan
+    assert resumed.spent() == 230.0 and resumed.current == plan
 
 
 # ------------------------------------------------------------------------------------------ through the trainer
@@ -93,7 +94,7 @@ def test_time_budget_fits_epochs_warmup_close_mosaic_and_decay(tiny_data, tmp_pa
     # mosaic is set when the epoch starts; the first batch sees it
     trainer.callbacks.add(
         "on_train_batch_start",
-        lambda t: seen.append((t.epoch, t.train_loader.dataset.mosaic_enabled, t.epochs)),
+        lambda t: seen.append((t.epoch, t.train_loader.sampler.mosaic, t.epochs)),
     )
     setup_logging(True)  # the plan is logged at INFO
     try:

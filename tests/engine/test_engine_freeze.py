@@ -111,3 +111,25 @@ def test_scale_lr_clamps_per_optimizer():
 def test_phase_is_a_function_of_the_epoch():
     assert [phase_at(e, 2) for e in range(4)] == ["frozen", "frozen", "unfrozen", "unfrozen"]
     assert phase_at(0, 0) == "unfrozen"
+
+
+def test_freezer_applies_the_models_share_of_a_plan(caplog):
+    from yolotrain.engine.freeze import Freezer
+    from yolotrain.engine.phases import PhasePlan
+
+    net = build_model("n", nc=3)
+    freezer = Freezer(net, ["backbone"])
+    with caplog.at_level("INFO", logger="yolotrain"):
+        freezer.enter_phase(PhasePlan("frozen", ("backbone",), 4, 16, 0.01, 0.0), 0)
+    assert not any(p.requires_grad for p in net.backbone.parameters())
+    assert all(p.requires_grad for p in net.neck.parameters())
+    assert "phase: frozen from epoch 1" in caplog.text
+    freezer.train(net)  # train mode, with the frozen part's BatchNorm statistics kept fixed
+    bns = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(m.training != n.startswith("backbone.") for n, m in bns)
+    freezer.enter_phase(PhasePlan("unfrozen", (), 16, 4, 0.01, 0.0), 2)
+    freezer.train(net)
+    assert all(p.requires_grad for p in net.parameters()) and all(m.training for _, m in bns)
+    nothing = Freezer(net, [])  # freeze= unset: a plan never touches the model
+    nothing.enter_phase(PhasePlan("frozen", ("backbone",), 4, 16, 0.01, 0.0), 0)
+    assert all(p.requires_grad for p in net.parameters())

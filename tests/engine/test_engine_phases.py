@@ -224,24 +224,39 @@ def test_close_mosaic_applies_after_resume(tiny_data, tmp_path, cfg_for):
     r = Trainer(cfg_for(resume=str(t.wdir / "last.pt"), epochs=3))
     mosaic = []
     record(r, "on_train_epoch_start", lambda tr: None)
-    record(r, "on_train_batch_start", lambda tr: mosaic.append(tr.train_loader.dataset.mosaic_enabled))
+    record(r, "on_train_batch_start", lambda tr: mosaic.append(tr.train_loader.sampler.mosaic))
     r.fit()
     assert mosaic and not any(mosaic)
 
 
 def test_phase_plan_is_a_pure_function_of_the_epoch():
+    from yolotrain.engine.horizon import Horizon
     from yolotrain.engine.phases import PhasePlan, PhasePlanner
 
     cfg = resolve(dict(data="x", epochs=5, freeze_epochs=2, freeze_batch=4, nbs=64, weight_decay=0.0005))
+    horizon = Horizon(epochs=5, warmup_iters=0, close_mosaic=0)  # mosaic in every epoch
     planner = PhasePlanner(cfg, ["backbone"], batch=16, base_lr=0.01, optimizer_name="SGD")
     # frozen: batch 4 accumulates 16 batches to the nominal 64; decay 0.0005 * 4 * 16 / 64
-    assert planner.plan(0) == PhasePlan("frozen", ("backbone",), 4, 16, 0.01, 0.0005)
-    assert planner.plan(1) == planner.plan(0)
+    assert planner.plan(0, horizon) == PhasePlan("frozen", ("backbone",), 4, 16, 0.01, 0.0005)
+    assert planner.plan(1, horizon) == planner.plan(0, horizon)
     # unfrozen from epoch 2: batch 16, accumulate 4, decay 0.0005 * 16 * 4 / 64
-    assert planner.plan(2) == PhasePlan("unfrozen", (), 16, 4, 0.01, 0.0005)
+    assert planner.plan(2, horizon) == PhasePlan("unfrozen", (), 16, 4, 0.01, 0.0005)
     scaled = PhasePlanner(cfg.replace(scale_lr=True), ["backbone"], 16, 0.01, "SGD")
-    assert scaled.plan(3) == PhasePlan("unfrozen", (), 16, 1, pytest.approx(16 / 64 * 0.01), 0.0005 * 16 / 64)
-    assert PhasePlanner(cfg, [], 16, 0.01, "SGD").plan(0).name == "unfrozen"  # nothing to freeze
+    assert scaled.plan(3, horizon) == PhasePlan("unfrozen", (), 16, 1, pytest.approx(16 / 64 * 0.01), 0.0005 * 16 / 64)
+    assert PhasePlanner(cfg, [], 16, 0.01, "SGD").plan(0, horizon).name == "unfrozen"  # nothing to freeze
+
+
+def test_phase_plan_turns_mosaic_off_in_the_horizons_close_mosaic_tail():
+    from yolotrain.engine.horizon import Horizon
+    from yolotrain.engine.phases import PhasePlanner
+
+    planner = PhasePlanner(resolve(dict(data="x", epochs=5)), [], batch=16, base_lr=0.01, optimizer_name="SGD")
+    # 5 epochs, the last 2 without mosaic: epochs 0, 1, 2 (0-based) with it
+    assert [planner.plan(e, Horizon(5, 0, 2)).mosaic for e in range(5)] == [True, True, True, False, False]
+    # the same epoch in a longer (refitted) horizon still has mosaic
+    assert planner.plan(3, Horizon(8, 0, 2)).mosaic
+    # close_mosaic=0: mosaic in every epoch, the last included
+    assert all(planner.plan(e, Horizon(5, 0, 0)).mosaic for e in range(5))
 
 
 def test_build_run_returns_autobatch_choice_without_touching_the_callers_config(

@@ -176,3 +176,24 @@ def test_validation_oom_frees_the_failed_forward_before_the_smaller_one(monkeypa
     out = val._forward(FitsTwoImages(), torch.ones(8, 3, 4, 4))
     assert val.chunk == 2 and out[0].shape[0] == 8
     assert alive_at_free == [0, 0]  # after the 8-image and the 4-image attempts
+
+
+def test_enter_phase_applies_the_steps_share_of_a_plan(model, monkeypatch):
+    from yolotrain.engine.phases import PhasePlan
+
+    step = make_step(model, accumulate=1, iters=10)
+    rewraps = []
+    monkeypatch.setattr(step, "rewrap", lambda: rewraps.append(step.frozen))
+    frozen = PhasePlan("frozen", ("backbone",), 4, 16, 0.02, 0.0005)
+    step.enter_phase(frozen, 6)
+    group = step.optimizer.param_groups[0]
+    assert (step.accumulate, step.iters_per_epoch) == (16, 6) and rewraps == [("backbone",)]
+    assert (group["initial_lr"], group["weight_decay"]) == (0.02, 0.0005)
+    # the close-mosaic epoch changes only what the loader does: no new wrap, the window (and graphs) kept
+    step.window = ["pending"]
+    step.enter_phase(PhasePlan("frozen", ("backbone",), 4, 16, 0.02, 0.0005, mosaic=False), 6)
+    assert step.window == ["pending"] and rewraps == [("backbone",)]
+    # unfrozen: wrapped again for the new trainable set, a new accumulation and window
+    step.enter_phase(PhasePlan("unfrozen", (), 16, 4, 0.01, 0.001), 2)
+    assert rewraps == [("backbone",), ()] and (step.accumulate, step.iters_per_epoch) == (4, 2) and step.window == []
+    assert (group["initial_lr"], group["weight_decay"]) == (0.01, 0.001)

@@ -1,7 +1,8 @@
 """Batching: collate, an epoch-aware sampler and the DataLoader factory.
 
 Reproducibility design: the sampler runs in the main process and yields
-``SampleKey(index, epoch, mosaic)``. The epoch and the mosaic switch therefore reach the dataset
+``SampleKey(index, epoch, mosaic)``; the trainer hands it the epoch and the mosaic switch of the epoch's
+phase plan (``set_epoch(epoch, skip, mosaic=...)``). They therefore reach the dataset
 copies inside worker processes (including persistent ones) with every index, and each sample's
 augmentation depends only on (seed, epoch, index). The shuffle order of epoch ``e`` depends only on
 (seed, e). Hence batches are identical for any number of workers and after a resume. Training step k of
@@ -12,7 +13,7 @@ Usage::
 
     loader = build_dataloader(dataset, batch_size=16, workers=2, shuffle=True, seed=0)
     for epoch in range(start_epoch, epochs):
-        set_loader_epoch(loader, epoch)
+        set_loader_epoch(loader, epoch, mosaic=epoch < epochs - close_mosaic)
         for batch in loader: ...
 """
 
@@ -93,8 +94,7 @@ class EpochSampler(Sampler[SampleKey]):
     """Yields ``SampleKey(index, epoch, mosaic)``; the order depends only on (seed, epoch).
 
     Args:
-        dataset: The dataset (its ``mosaic_enabled`` attribute, if any, is read when an epoch's
-            iteration starts, in the main process).
+        dataset: The dataset.
         shuffle: Random order per epoch.
         seed: Base seed of the order.
         rank: This process's rank when distributed.
@@ -127,6 +127,7 @@ class EpochSampler(Sampler[SampleKey]):
         self.seed = int(seed)
         self.epoch = 0
         self.skip = 0
+        self.mosaic = True
         self.rank, self.world = max(rank, 0), max(int(world_size), 1)
         self.global_batch = int(global_batch) or self.world
         if self.global_batch % self.world:
@@ -152,10 +153,12 @@ class EpochSampler(Sampler[SampleKey]):
                 dataset, num_replicas=world_size, rank=max(rank, 0), shuffle=shuffle, seed=self.seed
             )
 
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Select the epoch; ``skip`` drops that many leading samples (mid-epoch resume)."""
+    def set_epoch(self, epoch: int, skip: int = 0, mosaic: bool = True) -> None:
+        """Select the epoch; ``skip`` drops that many leading samples (mid-epoch resume); ``mosaic`` is the
+        epoch's mosaic switch (off in the ``close_mosaic`` tail), carried by every key."""
         self.epoch = int(epoch)
         self.skip = max(0, int(skip))
+        self.mosaic = bool(mosaic)
         if self.dist is not None:
             self.dist.set_epoch(self.epoch)
 
@@ -175,8 +178,7 @@ class EpochSampler(Sampler[SampleKey]):
         return rank_share(order, self.global_batch, self.world, self.rank, steps)[extra:].tolist()
 
     def __iter__(self) -> Iterator[SampleKey]:
-        mosaic = bool(getattr(self.dataset, "mosaic_enabled", True))
-        epoch = self.epoch
+        epoch, mosaic = self.epoch, self.mosaic
         if self.rect is not None:
             order, shapes = self.rect
             return iter([SampleKey(i, epoch, mosaic, s) for i, s in zip(order[self.skip :], shapes[self.skip :])])
@@ -218,12 +220,12 @@ class DetectionLoader(DataLoader):
             stats.add_batch(t_got - t_ask, int(batch["img"].shape[0]), batch.get("stage_ms"))
             yield batch
 
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        """Shortcut for ``set_loader_epoch(self, epoch, skip_batches)``."""
-        set_loader_epoch(self, epoch, skip_batches)
+    def set_epoch(self, epoch: int, skip_batches: int = 0, mosaic: bool = True) -> None:
+        """Shortcut for ``set_loader_epoch(self, epoch, skip_batches, mosaic)``."""
+        set_loader_epoch(self, epoch, skip_batches, mosaic)
 
 
-def set_loader_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> None:
+def set_loader_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0, mosaic: bool = True) -> None:
     """Prepare ``loader`` for epoch ``epoch``; call before iterating it.
 
     Args:
@@ -231,10 +233,12 @@ def set_loader_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> N
         epoch: Epoch number (selects the shuffle order and the augmentation randomness).
         skip_batches: Leading batches to skip, to resume exactly in the middle of an epoch. The
             next call resets it.
+        mosaic: Whether the epoch's training samples may be mosaics (the phase plan turns it off for
+            ``close_mosaic``); it reaches the samples through an :class:`EpochSampler`'s keys.
     """
     sampler = loader.sampler
     if isinstance(sampler, EpochSampler):
-        sampler.set_epoch(epoch, skip_batches * (loader.batch_size or 1))
+        sampler.set_epoch(epoch, skip_batches * (loader.batch_size or 1), mosaic)
     elif hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
     if hasattr(loader.dataset, "set_epoch"):

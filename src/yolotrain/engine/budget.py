@@ -2,16 +2,19 @@
 
 After every epoch, :func:`plan_epochs` sets the number of epochs from the measured epoch times so the run
 ends within the budget, and :func:`fit_schedule` fits the lr decay, warmup and ``close_mosaic`` to that
-number, so the run ends on a fully decayed schedule instead of being cut off mid-schedule.
+number (a :class:`~yolotrain.engine.horizon.Horizon`), so the run ends on a fully decayed schedule instead
+of being cut off mid-schedule.
 
 What counts: the training time of every launch of the run (set-up, epochs, validation, saves), measured
 from the start of ``fit``. On resume the time the earlier launches trained counts (it is in the
 checkpoint); the time between launches (a preempted job waiting in the queue) does not. So ``time=2``
 on a preemptible cluster still means two hours of training in total, however often the job restarts.
 
-:class:`TimeBudget` is the checkpoint part that holds the plan (``budget`` key): the fitted epoch count,
-warmup and close-mosaic length, and the measurements they came from, so a resumed run continues the
-same plan. Its clock is the trainer's ``clock`` attribute (``time.monotonic``), the seam tests replace.
+:class:`TimeBudget` is the run's horizon keeper under ``time=`` (the trainer asks it what it asks
+:class:`~yolotrain.engine.horizon.FixedHorizon` otherwise) and the checkpoint part that holds the plan
+(``budget`` key): the fitted epoch count, warmup and close-mosaic length, and the measurements they came
+from, so a resumed run continues the same plan. Its clock is the trainer's ``clock`` attribute
+(``time.monotonic``), the seam tests replace.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+from yolotrain.engine import distributed as dist
+from yolotrain.engine.horizon import Horizon
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -89,18 +94,9 @@ def plan_epochs(
     return done + n
 
 
-@dataclass(frozen=True)
-class FittedSchedule:
-    """What the schedule depends on, fitted to ``epochs``."""
-
-    epochs: int
-    warmup_iters: int
-    close_mosaic: int
-
-
 def fit_schedule(
     epochs: int, recipe_epochs: int, warmup_iters: int, warmup_epochs: float, close_mosaic: int, iters_per_epoch: int
-) -> FittedSchedule:
+) -> Horizon:
     """Fit warmup and close-mosaic to a run of ``epochs`` epochs.
 
     ``recipe_epochs`` (the ``epochs=`` setting) is the length the recipe was written for: a run the
@@ -119,15 +115,18 @@ def fit_schedule(
     run = min(epochs, recipe_epochs)  # multiply before dividing: 20/100 * 300 must give 60, not 60.000...1
     warm = min(warmup_iters, math.ceil(warmup_epochs * iters_per_epoch * run / recipe_epochs - 1e-9))
     close = min(close_mosaic, -(-close_mosaic * run // recipe_epochs))
-    return FittedSchedule(epochs, warm, close)
+    return Horizon(epochs, warm, close)
 
 
 class TimeBudget:
-    """The run's plan under ``time=``: measurements, the fitted epoch count and schedule (checkpoint key ``budget``).
+    """The run's horizon under ``time=``: measurements and the horizon fitted to them (checkpoint key ``budget``).
+
+    It answers the trainer's questions as :class:`~yolotrain.engine.horizon.FixedHorizon` does, from the
+    measured times; a refitted horizon is rank 0's on every rank (its clock decides for all).
 
     Args:
         hours: The budget.
-        recipe_epochs: ``epochs=``, the plan until the first epoch is measured.
+        recipe_epochs: ``epochs=``, the horizon until the first epoch is measured.
         warmup_iters: The configured warmup in iterations.
         warmup_epochs: ``warmup_epochs=``.
         close_mosaic: ``close_mosaic=``.
@@ -136,6 +135,8 @@ class TimeBudget:
     """
 
     KEYS = ("budget",)
+    # raising epochs= only changes the recipe the fitted horizon is scaled from
+    finished_hint = ""
 
     def __init__(
         self,
@@ -150,9 +151,10 @@ class TimeBudget:
         self.hours, self.recipe_epochs = hours, recipe_epochs
         self.warmup_iters, self.warmup_epochs, self.close_mosaic = warmup_iters, warmup_epochs, close_mosaic
         self.val_period, self.validate = val_period, validate
-        self.plan = FittedSchedule(recipe_epochs, warmup_iters, close_mosaic)  # provisional
+        self.current = Horizon(recipe_epochs, warmup_iters, close_mosaic)  # provisional
         self.fitted = False  # planned from a whole epoch
         self.estimated = False  # planned from the first tenth of the first epoch
+        self.ran_out = False  # spent mid-epoch: training stops and validates
         self.first_begin = 0.0  # spent seconds when the first epoch's first batch started
         self.train_seconds: list[float] = []
         self.val_seconds: list[float] = []
@@ -177,22 +179,23 @@ class TimeBudget:
         """Whether the budget is spent (training stops at the next optimizer step, then validates)."""
         return self.spent() >= self.seconds
 
-    def begin_first_epoch(self) -> None:
-        """Mark the first epoch's first batch (the early plan measures its pace from here)."""
-        self.first_begin = self.spent()
+    def begin_epoch(self, epoch: int, start: int) -> None:
+        """At an epoch's first batch: mark the run's first (the early refit measures its pace from there)."""
+        if epoch == 0 and start == 0:
+            self.first_begin = self.spent()
 
-    def _fitted(self, epochs: int, iters_per_epoch: int) -> FittedSchedule:
-        """The configured schedule fitted to ``epochs`` (:func:`fit_schedule`)."""
+    def _fitted(self, epochs: int, iters_per_epoch: int) -> Horizon:
+        """The configured horizon fitted to ``epochs`` (:func:`fit_schedule`)."""
         return fit_schedule(
             epochs, self.recipe_epochs, self.warmup_iters, self.warmup_epochs, self.close_mosaic, iters_per_epoch
         )
 
-    def early_plan(self, epoch: int, done_iters: int, iters_per_epoch: int) -> FittedSchedule | None:
-        """A provisional plan from the pace of the first tenth of the first epoch; None at other iterations.
+    def refit_early(self, epoch: int, done_iters: int, iters_per_epoch: int) -> Horizon | None:
+        """A provisional horizon from the pace of the first tenth of the first epoch; None at other iterations.
 
         A long first epoch would otherwise run on the recipe's schedule for all of it (or, on a budget
-        shorter than an epoch, past the budget). The plan is corrected after the epoch, when its
-        validation time is known too.
+        shorter than an epoch, past the budget). The horizon is refitted after the epoch, when its
+        validation time is known too. Every rank calls it at the same step (a collective when it refits).
         """
         if self.fitted or self.estimated or epoch != 0 or done_iters != max(iters_per_epoch // 10, 1):
             return None
@@ -201,16 +204,36 @@ class TimeBudget:
         pace = (now - self.first_begin) / done_iters
         end = now + pace * (iters_per_epoch - done_iters)  # when the first epoch is expected to end
         epochs = plan_epochs(self.seconds, end, 1, max(pace * iters_per_epoch, 1e-6), 0.0, validate=False)
-        plan = self._fitted(epochs, iters_per_epoch)
         LOGGER.info(
             f"time budget {self.hours:g} h: {epochs} epochs at {pace * iters_per_epoch / 60:.1f} min/epoch "
             f"(estimated from the first {done_iters} iterations; refitted after each epoch)"
         )
-        self.plan = plan
-        return plan
+        self.current = dist.broadcast_object(self._fitted(epochs, iters_per_epoch))
+        return self.current
 
-    def end_epoch(self, done: int, val_seconds: float | None, iters_per_epoch: int) -> FittedSchedule:
-        """Record the epoch that just ended (``done`` epochs finished) and plan the rest of the run.
+    def runs_out(self, epoch: int, done: int, iters_per_epoch: int) -> bool:
+        """At an optimizer step: whether the budget is spent; rank 0's clock decides (others answer False).
+
+        Rank 0's stop reaches every rank through the flag agreement at this step (no collective of its own),
+        and :meth:`share_ran_out` tells them why at the epoch's end.
+        """
+        if not dist.is_main() or not self.exhausted():
+            return False
+        LOGGER.warning(
+            f"time budget {self.hours:g} h spent at epoch {epoch + 1}, iteration {done}/{iters_per_epoch}: "
+            "stopping (the plan expected more time per epoch)"
+        )
+        self.ran_out = True
+        return True
+
+    def share_ran_out(self) -> None:
+        """At an epoch's end, on every rank: rank 0's ``ran_out`` (whether the last epoch validates must agree)."""
+        self.ran_out = dist.broadcast_object(self.ran_out)
+
+    def end_epoch(self, done: int, val_seconds: float | None, iters_per_epoch: int) -> Horizon:
+        """Record the epoch that just ended (``done`` epochs finished) and refit the horizon to the rest of the run.
+
+        Every rank calls it (rank 0's horizon is broadcast).
 
         Args:
             done: Epochs finished, this one included.
@@ -226,23 +249,23 @@ class TimeBudget:
         t, v = epoch_estimate(self.train_seconds, self.val_seconds)
         epochs = plan_epochs(self.seconds, now, done, max(t, 1e-6), v, self.val_period, self.validate)
         plan = self._fitted(epochs, iters_per_epoch)
-        if plan != self.plan or not self.fitted:
+        if plan != self.current or not self.fitted:
             LOGGER.info(
                 f"time budget {self.hours:g} h: {epochs} epochs at {(t + v) / 60:.1f} min/epoch "
                 f"({now / 60:.1f} min spent; warmup {plan.warmup_iters} iterations, "
                 f"close_mosaic {plan.close_mosaic})"
             )
-        self.plan, self.fitted = plan, True
-        return plan
+        self.current, self.fitted = dist.broadcast_object(plan), True
+        return self.current
 
     def state_dict(self) -> dict[str, Any]:
-        p = self.plan
+        h = self.current
         return {
             "budget": {
                 "hours": self.hours,
-                "epochs": p.epochs,
-                "warmup_iters": p.warmup_iters,
-                "close_mosaic": p.close_mosaic,
+                "epochs": h.epochs,
+                "warmup_iters": h.warmup_iters,
+                "close_mosaic": h.close_mosaic,
                 "fitted": self.fitted,
                 "estimated": self.estimated,
                 "first_begin": self.first_begin,
@@ -255,7 +278,7 @@ class TimeBudget:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         b = state["budget"]
-        self.plan = FittedSchedule(int(b["epochs"]), int(b["warmup_iters"]), int(b["close_mosaic"]))
+        self.current = Horizon(int(b["epochs"]), int(b["warmup_iters"]), int(b["close_mosaic"]))
         self.fitted, self.estimated = bool(b["fitted"]), bool(b["estimated"])
         self.first_begin = float(b["first_begin"])
         self.train_seconds = [float(x) for x in b["train_seconds"]]

@@ -22,6 +22,7 @@ from yolotrain.config import Config
 from yolotrain.config_sections import AugmentSettings, LossGains
 from yolotrain.data import DetectionDataset, build_dataloader, ensure_demo_dataset, load_data_yaml, scan_split
 from yolotrain.data.class_balance import class_weights, epoch_length, repeat_factors
+from yolotrain.data.profile import loader_advice
 from yolotrain.data.select import select_records, single_class_names
 from yolotrain.engine import distributed as dist
 from yolotrain.engine.amp_check import choose_checked_precision
@@ -29,13 +30,15 @@ from yolotrain.engine.autobatch_probe import choose_batch
 from yolotrain.engine.budget import TimeBudget
 from yolotrain.engine.checkpoint import Checkpointer, StatefulModule
 from yolotrain.engine.ema import ModelEMA
-from yolotrain.engine.freeze import resolve_freeze
+from yolotrain.engine.freeze import Freezer, resolve_freeze
+from yolotrain.engine.horizon import FixedHorizon, Horizon, warmup_iters
 from yolotrain.engine.mlflow_logger import MlflowRunRecord
 from yolotrain.engine.multiscale import MultiScale
 from yolotrain.engine.oom import OOMInjector
 from yolotrain.engine.optim import Schedule, build_optimizer
 from yolotrain.engine.phases import PhasePlanner
 from yolotrain.engine.precision import Precision, choose_amp
+from yolotrain.engine.preempt import shutdown_workers
 from yolotrain.engine.resume import elastic_resume, mark_elastic_run, note_world_change, prepare_resume
 from yolotrain.engine.state import Position, RngStreams, TrainState
 from yolotrain.engine.step import TrainStep
@@ -236,6 +239,7 @@ class TrainLoaders:
         self.pin = device.type == "cuda"
         self.rank_batch = 0
         self.train_loader = None
+        self.iters_per_epoch = 0  # batches per epoch of the training loader
         self.val_loader = (
             build_loader(val_records, cfg, imgsz, val_batch, False, self.rank, self.world, self.pin)
             if val_records
@@ -250,7 +254,25 @@ class TrainLoaders:
             self.train_loader = build_loader(
                 self.train_records, self.cfg, self.imgsz, rank_batch, True, self.rank, self.world, self.pin
             )
-        return len(self.train_loader)
+            # counted before any set_epoch: a resumed epoch's skipped batches shorten that epoch, not the others
+            self.iters_per_epoch = len(self.train_loader)
+        return self.iters_per_epoch
+
+    def data_wait(self, advise: bool) -> float:
+        """The last training pass's share of step time spent waiting for batches; ``advise`` logs the
+        ``profile=true`` advice on it (rank 0, once)."""
+        loader = self.train_loader
+        if advise and self.cfg.profile and dist.is_main():
+            cfg = self.cfg
+            for line in loader_advice(loader, workers=cfg.workers, imgsz=cfg.imgsz, cache=cfg.cache):
+                LOGGER.info(f"profile: {line}")
+        stats = getattr(loader, "stats", None)  # the loader measures how long each batch was waited for
+        return stats.wait_share if stats is not None else 0.0
+
+    def shutdown(self) -> None:
+        """Stop the loaders' worker processes now (they would otherwise be stopped at exit)."""
+        shutdown_workers(self.train_loader)
+        shutdown_workers(self.val_loader)
 
 
 @dataclass
@@ -275,16 +297,22 @@ class Run:
     state: TrainState
     rngs: RngStreams
     step: TrainStep
+    freezer: Freezer
     planner: PhasePlanner
     validator: Validator | None
     checkpointer: Checkpointer
     first_epoch: int  # where training (re)starts
-    budget: TimeBudget | None = None  # time=: the epoch count and schedule fitted to the budget
+    horizon: FixedHorizon | TimeBudget  # the epoch count and what is fitted to it (time=: refitted)
     mlflow: MlflowRunRecord | None = None  # mlflow=: the MLflow run this run logs to (kept in checkpoints)
 
     @property
     def wdir(self) -> Path:
         return self.save_dir / "weights"
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation scores: the EMA, or the model when there is none."""
+        return self.ema.ema if self.ema is not None else self.model
 
 
 def resolve_run(cfg: Config) -> tuple[Config, dict[str, Any] | None, Path]:
@@ -396,7 +424,7 @@ def build_run(
     spec = cfg.freeze
     if isinstance(spec, str) and "," in spec:
         spec = [s.strip() for s in spec.split(",") if s.strip()]
-    freeze_prefixes = resolve_freeze(model, spec)
+    freezer = Freezer(model, resolve_freeze(model, spec))
     # on resume, the optimizer that optimizer=auto chose then (extending epochs could change its choice)
     name, lr0 = (state_in["optimizer_name"], state_in["base_lr"]) if state_in else (cfg.optimizer, cfg.lr0)
     total_iters = math.ceil(len(train_records) / max(batch, cfg.nbs)) * cfg.epochs
@@ -405,9 +433,9 @@ def build_run(
     optimizer, optimizer_name, base_lr = build_optimizer(
         model, name, lr0, cfg.momentum, cfg.weight_decay, total_iters, data["nc"]
     )
-    planner = PhasePlanner(cfg, freeze_prefixes, batch, base_lr, optimizer_name)
-    nb = loaders.use_batch(planner.plan(first_epoch).batch)  # the loader of the phase training starts in
-    warmup = max(round(cfg.warmup_epochs * nb), cfg.warmup_min_iters) if cfg.warmup_epochs > 0 else 0
+    planner = PhasePlanner(cfg, freezer.prefixes, batch, base_lr, optimizer_name)
+    nb = loaders.use_batch(planner.batch_at(first_epoch))  # the loader of the phase training starts in
+    warmup = warmup_iters(cfg, nb)
     schedule = Schedule(
         cfg.epochs, nb, cfg.lrf, cfg.cos_lr, warmup, cfg.warmup_bias_lr, cfg.warmup_momentum, cfg.momentum
     )
@@ -443,10 +471,11 @@ def build_run(
     }  # fmt: skip
     if ema is not None:
         parts["ema"] = ema
-    budget = None
     if cfg.time > 0:
-        budget = TimeBudget(cfg.time, cfg.epochs, warmup, cfg.warmup_epochs, cfg.close_mosaic, cfg.val_period, cfg.val)
-        parts["budget"] = budget
+        horizon = TimeBudget(cfg.time, cfg.epochs, warmup, cfg.warmup_epochs, cfg.close_mosaic, cfg.val_period, cfg.val)
+        parts["budget"] = horizon
+    else:
+        horizon = FixedHorizon(Horizon(cfg.epochs, warmup, cfg.close_mosaic))
     mlflow_record = MlflowRunRecord() if cfg.mlflow else None
     if mlflow_record is not None:
         parts["mlflow"] = mlflow_record
@@ -466,7 +495,7 @@ def build_run(
         cfg.dump(save_dir / "args.yaml")
     return Run(
         cfg, save_dir, data, names, imgsz, device, model, criterion, precision, loaders, optimizer, optimizer_name,
-        base_lr, schedule, ema, state, rngs, step, planner, validator, checkpointer, first_epoch, budget,
+        base_lr, schedule, ema, state, rngs, step, freezer, planner, validator, checkpointer, first_epoch, horizon,
         mlflow_record,
     )  # fmt: skip
 

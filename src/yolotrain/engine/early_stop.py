@@ -2,16 +2,18 @@
 
 Patience is measured in epochs since the best one, not in calls, so validating only every few epochs
 (``val_period``) still counts epochs. The state is plain data for the checkpoint; ``patience`` itself
-comes from the config, so a resumed run may raise it. Under DDP, decide on rank 0 and broadcast::
+comes from the config, so a resumed run may raise it. Under DDP, :meth:`EarlyStopping.decide` updates on
+rank 0 and broadcasts its decision::
 
-    stop = early_stop.update(epoch, fitness) if dist.is_main() else False
-    stop = dist.broadcast_object(stop)
+    stop = early_stop.decide(epoch, fitness)  # every rank
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from yolotrain.engine import distributed as dist
 
 
 class EarlyStopping:
@@ -61,6 +63,10 @@ class EarlyStopping:
             # Never validated yet: nothing to compare with, and stopping blind would be wrong.
             return False
         return epoch - self.best_epoch >= self.patience
+
+    def decide(self, epoch: int, fitness: float | None) -> bool:
+        """:meth:`update` on rank 0, whose decision every rank returns (call it on every rank)."""
+        return dist.broadcast_object(self.update(epoch, fitness) if dist.is_main() else False)
 
     def message(self) -> str:
         """One line saying why training stopped, the best epoch (1-based, as logged) and how to go on."""

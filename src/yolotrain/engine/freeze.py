@@ -9,6 +9,8 @@ by calling the same idempotent functions again::
     model.train()
     if frozen:
         keep_frozen_bn_eval(model, prefixes)                  # after every model.train()
+
+:class:`Freezer` is the trainer's part that does this for each phase plan.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch.nn as nn
 
 from yolotrain.errors import ConfigError
+
+if TYPE_CHECKING:  # phases.py imports this module
+    from yolotrain.engine.phases import PhasePlan
 
 LOGGER = logging.getLogger("yolotrain")
 
@@ -207,3 +213,34 @@ def scale_lr(batch: int, nbs: int, lr0: float, optimizer_name: str) -> float:
 def phase_at(epoch: int, freeze_epochs: int) -> str:
     """The training phase at 0-based ``epoch``: ``"frozen"`` for the first ``freeze_epochs``, then ``"unfrozen"``."""
     return FROZEN if epoch < freeze_epochs else UNFROZEN
+
+
+class Freezer:
+    """The model's share of a phase plan: which parameters train, and frozen BatchNorm kept in eval mode.
+
+    Args:
+        model: The plain detector.
+        prefixes: From :func:`resolve_freeze` (empty: nothing is ever frozen).
+    """
+
+    def __init__(self, model: nn.Module, prefixes: Sequence[str]):
+        self.model, self.prefixes = model, tuple(prefixes)
+        self.frozen = False  # whether the prefixes are frozen now
+
+    def enter_phase(self, plan: PhasePlan, epoch: int) -> None:
+        """Freeze or unfreeze the prefixes as ``plan`` says (idempotent), logging a change from ``epoch``."""
+        if not self.prefixes:
+            return
+        self.frozen = bool(plan.frozen)
+        n = set_frozen(self.model, self.prefixes, self.frozen)
+        if n:
+            LOGGER.info(
+                f"phase: {plan.name} from epoch {epoch + 1} ({n:,} parameters "
+                f"{'frozen' if self.frozen else 'unfrozen'}: {', '.join(self.prefixes)})"
+            )
+
+    def train(self, train_model: nn.Module) -> None:
+        """``train()`` the model being trained (it holds this model), keeping a frozen part's BatchNorm in eval."""
+        train_model.train()
+        if self.frozen:
+            keep_frozen_bn_eval(self.model, self.prefixes)

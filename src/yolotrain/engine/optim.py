@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from yolotrain.engine.horizon import Horizon
 from yolotrain.errors import ConfigError
 
 LOGGER = logging.getLogger("yolotrain")
@@ -95,6 +96,12 @@ def build_optimizer(
     return opt, name, lr
 
 
+def set_group_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    """Every group's initial lr; weight decay on the decayed group only (norms and biases get none)."""
+    for g, wd in zip(optimizer.param_groups, (weight_decay, 0.0, 0.0)):
+        g["initial_lr"], g["weight_decay"] = lr, wd
+
+
 FUSED_DEVICES = ("cpu", "cuda")  # where torch has fused SGD/Adam/AdamW kernels that honour found_inf
 
 
@@ -152,6 +159,13 @@ class Schedule:
     warmup_bias_lr: float
     warmup_momentum: float
     momentum: float
+
+    def fit(self, horizon: Horizon, iters_per_epoch: int) -> None:
+        """Decay over the horizon's epochs after its warmup, at the phase's batches per epoch.
+
+        The one place the schedule changes: when a phase changes the batch, and when ``time=`` refits the horizon.
+        """
+        self.epochs, self.warmup_iters, self.iters_per_epoch = horizon.epochs, horizon.warmup_iters, iters_per_epoch
 
     def factor(self, epoch_pos: float) -> float:
         """Decay factor at a fractional epoch position."""

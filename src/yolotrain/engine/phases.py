@@ -1,9 +1,12 @@
-"""Training phases: what the model, batch, accumulation, lr and weight decay are at an epoch.
+"""Training phases: what the model, batch, accumulation, lr, weight decay and mosaic are at an epoch.
 
-``PhasePlanner.plan(epoch)`` is a pure function of the epoch (freeze/unfreeze with ``freeze=``,
-``freeze_epochs=``, ``freeze_batch=``, ``scale_lr=``), so a resumed run lands in the right phase.
-:func:`apply_phase` puts a plan into effect; the trainer calls it at every epoch start when the plan
-differs from the one applied.
+``PhasePlanner.plan(epoch, horizon)`` is a pure function of the epoch and the run's
+:class:`~yolotrain.engine.horizon.Horizon` (freeze/unfreeze with ``freeze=``, ``freeze_epochs=``,
+``freeze_batch=``, ``scale_lr=``; mosaic off in the horizon's ``close_mosaic`` tail), so a resumed run lands
+in the right phase. Each part puts its own share of a plan into effect (the trainer's ``enter_phase`` calls
+them in turn when the plan differs from the one in effect): the freezer the trainable parameters, the
+loaders the batch, the schedule the batches per epoch, the step the accumulation and the optimizer's lr and
+weight decay, the train state the record; the loader gets the mosaic switch with its epoch.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import torch.nn as nn
-
 from yolotrain.config import Config
-from yolotrain.engine.freeze import FROZEN, keep_frozen_bn_eval, phase_at, scale_lr, set_frozen
+from yolotrain.engine.freeze import FROZEN, phase_at, scale_lr
+from yolotrain.engine.horizon import Horizon
 from yolotrain.engine.optim import accumulation, scaled_weight_decay
 
 LOGGER = logging.getLogger("yolotrain")
+
+# freeze= without freeze_epochs keeps the part frozen for the whole run, however long time= makes it
+WHOLE_RUN = 2**31
 
 
 @dataclass(frozen=True)
@@ -30,10 +35,18 @@ class PhasePlan:
     accumulate: int  # batches per optimizer step
     lr: float  # every group's initial lr (the schedule multiplies it)
     weight_decay: float  # of the decayed group
+    mosaic: bool = True  # off only in the horizon's close_mosaic tail
 
     def record(self) -> dict:
         """The plan as plain data, for the checkpoint (inspection with ``yolotrain ckpt info``)."""
         return {"name": self.name, "freeze": list(self.frozen), "batch": self.batch, "accumulate": self.accumulate}
+
+    def describe(self, iters_per_epoch: int) -> str:
+        """The plan for the log."""
+        return (
+            f"phase: {self.name}, batch {self.batch}, accumulate {self.accumulate}, lr {self.lr:g}, weight decay "
+            f"{self.weight_decay:g}, {iters_per_epoch} iterations/epoch" + ("" if self.mosaic else ", mosaic off")
+        )
 
 
 class PhasePlanner:
@@ -50,62 +63,21 @@ class PhasePlanner:
     def __init__(self, cfg: Config, freeze_prefixes: list[str], batch: int, base_lr: float, optimizer_name: str):
         self.cfg, self.freeze_prefixes, self.batch = cfg, tuple(freeze_prefixes), batch
         self.base_lr, self.optimizer_name = base_lr, optimizer_name
-        # freeze= without freeze_epochs keeps the part frozen for the whole run (time= may fit more than epochs=)
-        whole_run = cfg.epochs if not cfg.time else 2**31
-        self.freeze_until = (cfg.freeze_epochs or whole_run) if freeze_prefixes else 0
+        self.freeze_until = (cfg.freeze_epochs or WHOLE_RUN) if freeze_prefixes else 0
 
-    def plan(self, epoch: int) -> PhasePlan:
-        """The phase of 0-based ``epoch``."""
+    def batch_at(self, epoch: int) -> int:
+        """The global batch of 0-based ``epoch`` (``freeze_batch`` in the frozen phase)."""
+        frozen = phase_at(epoch, self.freeze_until) == FROZEN
+        return self.cfg.freeze_batch if frozen and self.cfg.freeze_batch else self.batch
+
+    def plan(self, epoch: int, horizon: Horizon) -> PhasePlan:
+        """The phase of 0-based ``epoch`` in a run of ``horizon``."""
         cfg = self.cfg
-        name = phase_at(epoch, self.freeze_until)
-        batch = cfg.freeze_batch if name == FROZEN and cfg.freeze_batch else self.batch
+        name, batch = phase_at(epoch, self.freeze_until), self.batch_at(epoch)
         if cfg.scale_lr:  # bubbliiiing-style: fit the lr to the batch, one optimizer step per batch
             accumulate, lr = 1, scale_lr(batch, cfg.nbs, self.base_lr, self.optimizer_name)
         else:  # accumulate to the nominal batch; the lr stays
             accumulate, lr = accumulation(batch, cfg.nbs), self.base_lr
         wd = scaled_weight_decay(cfg.weight_decay, batch, accumulate, cfg.nbs)
         frozen = self.freeze_prefixes if name == FROZEN else ()
-        return PhasePlan(name, frozen, batch, accumulate, lr, wd)
-
-
-def apply_phase(plan: PhasePlan, applied: PhasePlan | None, epoch: int, run) -> None:
-    """Put ``plan`` into effect on the run's model, DDP wrapper, loader, schedule, step and optimizer.
-
-    Args:
-        plan: The phase to enter.
-        applied: The phase in effect (None before the first).
-        epoch: The epoch it starts at (for the log).
-        run: The :class:`~yolotrain.engine.build.Run` whose parts change.
-    """
-    prefixes = run.planner.freeze_prefixes
-    if prefixes and (applied is None or plan.frozen != applied.frozen):
-        n = set_frozen(run.model, prefixes, bool(plan.frozen))
-        run.step.rewrap()  # DDP registers the trainable parameters when it wraps
-        if n:
-            LOGGER.info(
-                f"phase: {plan.name} from epoch {epoch + 1} ({n:,} parameters "
-                f"{'frozen' if plan.frozen else 'unfrozen'}: {', '.join(prefixes)})"
-            )
-    nb = run.loaders.use_batch(plan.batch)
-    run.schedule.iters_per_epoch = nb
-    run.step.configure(plan.accumulate, nb)
-    set_group_hyperparameters(run.optimizer, plan.lr, plan.weight_decay)
-    run.state.phase = plan.record()
-    if applied is not None or prefixes:
-        LOGGER.info(
-            f"phase: {plan.name}, batch {plan.batch}, accumulate {plan.accumulate}, lr {plan.lr:g}, weight decay "
-            f"{plan.weight_decay:g}, {nb} iterations/epoch"
-        )
-
-
-def set_group_hyperparameters(optimizer, lr: float, weight_decay: float) -> None:
-    """Every group's initial lr; weight decay on the decayed group only (norms and biases get none)."""
-    for g, wd in zip(optimizer.param_groups, (weight_decay, 0.0, 0.0)):
-        g["initial_lr"], g["weight_decay"] = lr, wd
-
-
-def set_train_mode(train_model: nn.Module, model: nn.Module, plan: PhasePlan) -> None:
-    """``train()`` the model, keeping the BatchNorm of a frozen part in eval mode (its statistics fixed)."""
-    train_model.train()
-    if plan.frozen:
-        keep_frozen_bn_eval(model, plan.frozen)
+        return PhasePlan(name, frozen, batch, accumulate, lr, wd, horizon.mosaic(epoch))

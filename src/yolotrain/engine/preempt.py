@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 from yolotrain.data.loader import STOP_SIGNALS
 from yolotrain.engine import distributed as dist
-from yolotrain.errors import Preempted
+from yolotrain.errors import Preempted, TrainingError
 
 LOGGER = logging.getLogger("yolotrain")
 REPEAT_WINDOW_S = 1.0  # a stop signal repeated within this many seconds is the same event delivered twice
@@ -61,6 +61,12 @@ def shutdown_workers(loader) -> None:
     iterator = getattr(loader, "_iterator", None)  # DataLoader keeps its persistent workers' iterator here
     if iterator is not None and hasattr(iterator, "_shutdown_workers"):
         iterator._shutdown_workers()
+
+
+def raise_worker_death(e: BaseException) -> None:
+    """Raise a loader process's death (killed, out of memory, crashed) as a :class:`TrainingError` saying so."""
+    if isinstance(e, RuntimeError) and "DataLoader worker" in str(e):
+        raise TrainingError(f"a data loader worker died: {str(e).splitlines()[0]}") from None
 
 
 class Preemption:

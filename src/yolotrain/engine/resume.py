@@ -16,6 +16,7 @@ from typing import Any
 from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.config import MAY_CHANGE, REFUSED, SETTINGS, Config, resolve
 from yolotrain.engine.distributed import restart_count
+from yolotrain.engine.state import Position
 from yolotrain.errors import CheckpointError
 from yolotrain.utils.files import atomic_write
 
@@ -198,3 +199,20 @@ def elastic_resume(cfg: Config) -> Config:
         LOGGER.info(f"resume=auto: no checkpoint in {folder} yet; starting the run there")
         return cfg.replace(resume="", name=folder.name, project=str(folder.parent), exist_ok=True)
     return cfg.replace(resume="")
+
+
+def resume_point(position: Position, iters_per_epoch: int) -> tuple[int, int]:
+    """The (epoch, iteration) a run continues at from its checkpoint's ``position``.
+
+    Mid-epoch, the position counts batches of the loader it was saved with; at an epoch's end the next epoch
+    may be in another phase (``freeze_batch``) with another batch count, so only a mid-epoch position must match.
+
+    Raises:
+        CheckpointError: When the data now gives another number of batches per epoch than the mid-epoch position.
+    """
+    if not position.complete and position.iters_per_epoch != iters_per_epoch:
+        raise CheckpointError(
+            f"cannot resume: the run had {position.iters_per_epoch} iterations per epoch, the data now gives "
+            f"{iters_per_epoch} (images were added or removed)"
+        )
+    return position.next_start()

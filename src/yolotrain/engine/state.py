@@ -26,6 +26,7 @@ import torch
 
 from yolotrain.engine import distributed as dist
 from yolotrain.engine.early_stop import EarlyStopping
+from yolotrain.engine.phases import PhasePlan
 from yolotrain.errors import CheckpointError
 from yolotrain.eval import EvalResult
 
@@ -113,6 +114,10 @@ class TrainState:
 
     def __post_init__(self) -> None:
         self.early_stop = EarlyStopping(self.patience)
+
+    def enter_phase(self, plan: PhasePlan) -> None:
+        """The state's share of a phase plan: its record, kept in checkpoints for inspection."""
+        self.phase = plan.record()
 
     def record_epoch(self, row: dict[str, Any], result: EvalResult | None) -> bool:
         """Add an epoch's results row; returns whether ``result`` is the best so far (by mAP50-95)."""

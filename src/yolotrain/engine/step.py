@@ -42,7 +42,9 @@ from yolotrain.engine.normaliser import (
     split_items,
 )
 from yolotrain.engine.oom import OOMInjector, RankOutOfMemory, free_memory, is_oom, split_batch
+from yolotrain.engine.optim import set_group_hyperparameters
 from yolotrain.engine.optimizer_step import OptimizerStep
+from yolotrain.engine.phases import PhasePlan
 from yolotrain.engine.precision import Precision
 from yolotrain.engine.state import TrainState
 from yolotrain.engine.step_counters import CounterValues, StepCounters
@@ -126,6 +128,7 @@ class TrainStep:
         self.train_model = dist.wrap(model if self.compiled is None else self.compiled, device)
         self.graphs = GraphedForward.create(cuda_graphs, model, device, compiled=self.compiled is not None)
         self.accumulate, self.iters_per_epoch = 1, 1  # set for each phase by configure()
+        self.frozen: tuple[str, ...] = ()  # the prefixes frozen when the model was last wrapped
         self.window: list[tuple[dict[str, Any], int]] = []  # the window's batches, kept for an OOM replay
         # every BatchNorm's running statistics, and a copy of them taken at each window's start (restored
         # before an OOM replay); one fused copy per optimizer step, into buffers allocated once
@@ -165,6 +168,17 @@ class TrainStep:
         return self.prep.multiscale
 
     # --------------------------------------------------------------------------------------- set-up
+    def enter_phase(self, plan: PhasePlan, iters_per_epoch: int) -> None:
+        """The step's share of a phase plan: the wrap of the trainable parameters, the optimizer groups' lr and
+        weight decay, the accumulation and batches per epoch (the freezer has set the trainable parameters)."""
+        if plan.frozen != self.frozen:
+            self.frozen = plan.frozen
+            self.rewrap()
+        set_group_hyperparameters(self.optimizer, plan.lr, plan.weight_decay)
+        # a plan that changes only what the loader does (mosaic) keeps the window and the captured graphs
+        if (plan.accumulate, iters_per_epoch) != (self.accumulate, self.iters_per_epoch):
+            self.configure(plan.accumulate, iters_per_epoch)
+
     def configure(self, accumulate: int, iters_per_epoch: int) -> None:
         """Set the phase's accumulation and batches per epoch (a new phase starts with an empty window)."""
         self.accumulate, self.iters_per_epoch = accumulate, iters_per_epoch

@@ -14,30 +14,36 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
+from operator import attrgetter
 from typing import Any
 
 import torch
-import torch.nn as nn
 from tqdm import tqdm
 
 from yolotrain.config import Config
-from yolotrain.data import set_loader_epoch
-from yolotrain.data.profile import loader_advice
 from yolotrain.engine import distributed as dist
 from yolotrain.engine.build import Run, build_run, resolve_run
 from yolotrain.engine.callbacks import Callbacks, load_callbacks
+from yolotrain.engine.horizon import Horizon
 from yolotrain.engine.loggers import register_default_loggers
-from yolotrain.engine.phases import PhasePlan, apply_phase, set_train_mode
-from yolotrain.engine.preempt import Preemption, fork_safe_iter, shutdown_workers
+from yolotrain.engine.phases import PhasePlan
+from yolotrain.engine.preempt import Preemption, fork_safe_iter, raise_worker_death
+from yolotrain.engine.report import epoch_line, final_report, progress_text, results_row, rewrite_results, run_line
+from yolotrain.engine.resume import resume_point
 from yolotrain.engine.state import Position
-from yolotrain.errors import CheckpointError, Preempted, TrainingError
-from yolotrain.eval import EvalResult, format_table
+from yolotrain.errors import Preempted
+from yolotrain.eval import EvalResult
 from yolotrain.loss import LOSS_NAMES
 from yolotrain.utils.files import append_csv_row, release_dir
-from yolotrain.utils.torch_utils import memory_mb, select_device
+from yolotrain.utils.torch_utils import select_device
 
 LOGGER = logging.getLogger("yolotrain")
+
+
+def run_view(path: str, doc: str | None = None) -> property:
+    """A read-only trainer property that reads ``trainer.run.<path>`` (the part that owns it stays the owner)."""
+    read = attrgetter(path)
+    return property(lambda trainer: read(trainer.run), doc=doc)
 
 
 class Trainer:
@@ -69,7 +75,6 @@ class Trainer:
         self.train_seconds = 0.0
         self.clock = time.monotonic  # what time= measures with (tests put a fake clock here)
         self.val_seconds: float | None = None  # the last epoch's validation time, by ``clock``
-        self.budget_spent = False  # time= ran out mid-epoch: stop and validate
         self.images_per_s = 0.0
         self.data_wait = 0.0  # share of the last epoch's step time spent waiting for the next batch
         self.summary = ""
@@ -97,41 +102,31 @@ class Trainer:
         self.enter_phase(self.epoch)
         if resume_state:
             self.restore(resume_state)
-        run = self.run
-        LOGGER.info(
-            f"train: {len(run.loaders.train_records)} images, batch {self.phase.batch}"
-            + (f" ({run.loaders.rank_batch} per process x {dist.world_size()})" if dist.world_size() > 1 else "")
-            + f", accumulate {self.phase.accumulate} (nominal batch {cfg.nbs}), weight decay "
-            f"{self.phase.weight_decay:g}, {self.nb} iterations/epoch, warmup {run.schedule.warmup_iters} "
-            f"iterations, device {run.device}"
-        )
+        LOGGER.info(run_line(self.run, self.phase, self.nb))
 
     def restore(self, state: dict[str, Any]) -> None:
         """Put a checkpoint's whole state back and continue from its position."""
         self.run.checkpointer.load_state_dict(state)
-        if self.run.budget is not None:  # the plan the run had fitted (the schedule depends on it)
-            self.apply_budget(self.run.budget.plan)
-        pos = self.run.state.position
-        # mid-epoch, the position counts batches of this loader; at an epoch end the next epoch may be in
-        # another phase (freeze_batch) with another batch count
-        if not pos.complete and pos.iters_per_epoch != self.nb:
-            raise CheckpointError(
-                f"cannot resume: the run had {pos.iters_per_epoch} iterations per epoch, the data now gives "
-                f"{self.nb} (images were added or removed)"
-            )
-        self.epoch, self.start_iter = pos.next_start()
+        self.adopt_horizon(self.run.horizon.current)  # the horizon the run had (time= fitted it)
+        self.epoch, self.start_iter = resume_point(self.run.state.position, self.nb)
         if dist.is_main():  # the checkpoint's history is authoritative: drop rows written after it
-            (self.save_dir / "results.csv").unlink(missing_ok=True)
-            for row in self.run.state.history:
-                append_csv_row(self.save_dir / "results.csv", row)
+            rewrite_results(self.save_dir / "results.csv", self.run.state.history)
         LOGGER.info(f"resume: at epoch {self.epoch + 1}, iteration {self.start_iter} of {self.nb}")
 
     def enter_phase(self, epoch: int) -> None:
-        """Apply ``epoch``'s phase when it differs from the one in effect (idempotent)."""
-        plan = self.run.planner.plan(epoch)
-        if plan != self.phase:
-            apply_phase(plan, self.phase, epoch, self.run)
-            self.phase = plan
+        """Enter ``epoch``'s phase when it differs from the one in effect: each part applies its share."""
+        run = self.run
+        plan = run.planner.plan(epoch, run.horizon.current)
+        if plan == self.phase:
+            return
+        run.freezer.enter_phase(plan, epoch)  # the trainable parameters
+        nb = run.loaders.use_batch(plan.batch)  # a new training loader when the batch changes
+        run.schedule.fit(run.horizon.current, nb)
+        run.step.enter_phase(plan, nb)  # the DDP wrap, accumulation, the optimizer's lr and weight decay
+        run.state.enter_phase(plan)  # the record checkpoints keep
+        if self.phase is not None or run.freezer.prefixes:
+            LOGGER.info(plan.describe(nb))
+        self.phase = plan
 
     # ----------------------------------------------------------------------------------------- loop
     def fit(self) -> EvalResult | None:
@@ -141,23 +136,20 @@ class Trainer:
             self.callbacks.run("on_pretrain_routine_start", self)
             launch_t0 = self.clock()  # time= counts the set-up too
             self.setup()
-            if self.run.budget is not None:
-                self.run.budget.start(self.clock, launch_t0)
+            self.run.horizon.start(self.clock, launch_t0)
             self.callbacks.run("on_pretrain_routine_end", self)
             self.callbacks.run("on_train_start", self)
             t0 = time.perf_counter()
             if self.epoch >= self.epochs:
-                LOGGER.info(
-                    f"resume: this run already finished its {self.epochs} epochs"
-                    + ("" if self.run.budget else "; raise epochs= to train longer")
-                )
+                hint = self.run.horizon.finished_hint
+                LOGGER.info(f"resume: this run already finished its {self.epochs} epochs{hint}")
                 together = True
                 return self.best
             with self.preemption.handling_signals():
                 epoch = self.epoch
                 while epoch < self.epochs:  # time= may change the count after each epoch
                     self.epoch = epoch
-                    self.enter_phase(epoch)  # freeze/unfreeze, its batch, lr and accumulation
+                    self.enter_phase(epoch)  # freeze/unfreeze, its batch, lr and accumulation, mosaic
                     self.callbacks.run("on_train_epoch_start", self)
                     t_epoch = time.perf_counter()
                     losses = self.train_one_epoch(epoch, self.start_iter if epoch == self.run.first_epoch else 0)
@@ -173,22 +165,18 @@ class Trainer:
                     epoch += 1
             self.train_seconds = time.perf_counter() - t0
             self.callbacks.run("on_train_end", self)
-            self.final_report()
+            if dist.is_main():
+                self.summary = final_report(self.run, self.epoch + 1, self.train_seconds, self.cfg.verbose)
             together = True
             return self.best
-        except RuntimeError as e:
-            self.callbacks.run("on_exception", self)
-            if "DataLoader worker" in str(e):  # a loader process died (killed, out of memory, crashed)
-                raise TrainingError(f"a data loader worker died: {str(e).splitlines()[0]}") from None
-            raise
         except BaseException as e:
             together = isinstance(e, Preempted)  # raised on every rank right after the flags were agreed
             self.callbacks.run("on_exception", self)
+            raise_worker_death(e)
             raise
         finally:
             if self.run is not None:  # stop the loader processes now, after any save
-                shutdown_workers(self.run.loaders.train_loader)
-                shutdown_workers(self.run.loaders.val_loader)
+                self.run.loaders.shutdown()
             if self.owns_group:
                 dist.cleanup(together)
 
@@ -196,15 +184,10 @@ class Trainer:
         """One pass over the training loader from batch ``start``; returns the epoch's mean losses."""
         run, cfg = self.run, self.cfg
         loader = run.loaders.train_loader
-        # a function of the epoch, so a run resumed in its last epochs has mosaic off too
-        close = self.run.budget.plan.close_mosaic if self.run.budget is not None else cfg.close_mosaic
-        loader.dataset.mosaic_enabled = not (close and epoch >= self.epochs - close)
-        set_loader_epoch(loader, epoch, skip_batches=start)
-        set_train_mode(run.step.train_model, run.model, self.phase)
+        loader.set_epoch(epoch, start, mosaic=self.phase.mosaic)
+        run.freezer.train(run.step.train_model)
         run.state.epoch_skipped = 0
-        budget = run.budget
-        if budget is not None and epoch == 0 and start == 0:
-            budget.begin_first_epoch()
+        run.horizon.begin_epoch(epoch, start)
         run.step.counters.new_epoch()
         seen, t0, steps_since_log = 0, time.perf_counter(), 0
         bar = tqdm(
@@ -224,63 +207,36 @@ class Trainer:
                 steps_since_log = 0
                 self.log_point(bar, batch, seen / (time.perf_counter() - t0))
             self.callbacks.run("on_train_batch_end", self)
-            if outcome.boundary and budget is not None:
-                self.check_budget(epoch, i + 1)
             if outcome.boundary:
-                self.stop, save_due = self.preemption.agree(self.stop, i + 1)
-                if i + 1 < self.nb and (save_due or self.preemption.signal_received):
-                    self.save_within_epoch(epoch, i + 1)
+                self.at_optimizer_step(epoch, i + 1)
             if self.stop and (outcome.boundary or dist.world_size() == 1):  # ranks leave at the same step
                 break
         self.images_per_s = seen / max(time.perf_counter() - t0, 1e-9)
         mean = self.log_point(bar, self.current_batch, self.images_per_s)  # the epoch's end is a log point
-        if budget is not None:  # validation_due() must agree on every rank
-            self.budget_spent = dist.broadcast_object(self.budget_spent)
-        stats = getattr(loader, "stats", None)  # the loader measures how long each batch was waited for
-        self.data_wait = stats.wait_share if stats is not None else 0.0
-        if cfg.profile and epoch == self.run.first_epoch and dist.is_main():
-            for line in loader_advice(loader, workers=cfg.workers, imgsz=cfg.imgsz, cache=cfg.cache):
-                LOGGER.info(f"profile: {line}")
+        run.horizon.share_ran_out()  # validation_due() must agree on every rank
+        self.data_wait = run.loaders.data_wait(advise=epoch == run.first_epoch)
         return dict(zip(LOSS_NAMES, mean))
 
     def log_point(self, bar: tqdm, batch: dict[str, Any] | None, images_per_s: float) -> tuple[float, ...]:
-        """Read the step's device counters (one host read), act on them, refresh the progress bar.
-
-        Returns the epoch's mean losses so far. Raises :class:`TrainingError` when too many consecutive losses
-        were not finite (the limit is checked here, so a run stops at the log point after it was reached).
-        """
-        values = self.run.step.sync()
-        mean = values.mean_losses
+        """Read the step's device counters (the one host read; too many non-finite losses in a row raise
+        :class:`TrainingError` here), refresh the progress bar, return the epoch's mean losses so far."""
+        mean = self.run.step.sync().mean_losses
         if not bar.disable and batch is not None:
-            bar.set_postfix_str(self.progress_text(mean, batch, images_per_s))
+            bar.set_postfix_str(progress_text(mean, batch, self.input_size, self.run.state.epoch_skipped, images_per_s))
         return mean
 
-    def progress_text(self, mean: tuple[float, ...], batch: dict[str, Any], images_per_s: float) -> str:
-        losses = " ".join(f"{n.split('_')[0]} {v:.3f}" for n, v in zip(LOSS_NAMES, mean))
-        skipped = self.run.state.epoch_skipped
-        return (
-            f"{losses} inst {batch['cls'].shape[0]} size {self.input_size[-1]}"
-            + (f" skipped {skipped}" if skipped else "")
-            + f" {images_per_s:.1f} img/s"
-        )
-
-    def check_budget(self, epoch: int, done: int) -> None:
-        """At an optimizer step: plan early from the first epoch's pace; stop when the budget is spent."""
-        budget = self.run.budget
-        plan = budget.early_plan(epoch, done, self.nb)
-        if plan is not None:
-            self.adopt_budget_plan(plan)
-        # Rank 0's clock decides; its stop reaches every rank through the flag agreement that follows at this
-        # step (no collective of its own), and budget_spent is shared once at the epoch's end.
-        if dist.is_main() and not self.stop and budget.exhausted():
-            LOGGER.warning(
-                f"time budget {budget.hours:g} h spent at epoch {epoch + 1}, iteration {done}/{self.nb}: "
-                "stopping (the plan expected more time per epoch)"
-            )
-            self.stop = self.budget_spent = True
+    def at_optimizer_step(self, epoch: int, done: int) -> None:
+        """After an optimizer step: refit the horizon early (time=), stop when time is up, agree on stop and save."""
+        horizon = self.run.horizon
+        self.adopt_horizon(horizon.refit_early(epoch, done, self.nb))
+        if not self.stop and horizon.runs_out(epoch, done, self.nb):
+            self.stop = True
+        self.stop, save_due = self.preemption.agree(self.stop, done)
+        if done < self.nb and (save_due or self.preemption.signal_received):
+            self.save_within_epoch(epoch, done)
 
     def validation_due(self, epoch: int) -> bool:
-        last = epoch + 1 == self.epochs or self.budget_spent
+        last = epoch + 1 == self.epochs or self.run.horizon.ran_out
         return self.run.validator is not None and (last or (epoch + 1) % self.cfg.val_period == 0)
 
     def validate(self) -> EvalResult:
@@ -293,12 +249,9 @@ class Trainer:
         return result
 
     def check_early_stop(self, epoch: int, result: EvalResult | None) -> None:
-        """Update early stopping on rank 0 and make every rank take its decision."""
-        if result is None:
-            return
+        """Update early stopping with the epoch's result; every rank takes rank 0's decision."""
         state = self.run.state
-        stop = state.early_stop.update(epoch, float(result.map50_95)) if dist.is_main() else False
-        if dist.broadcast_object(stop):
+        if result is not None and state.early_stop.decide(epoch, float(result.map50_95)):
             LOGGER.info(state.early_stop.message())
             self.stop = state.stopped_early = True
 
@@ -308,7 +261,7 @@ class Trainer:
         stop if a signal asked for it. Every rank calls it (the save gathers every rank's RNG state)."""
         self.run.step.sync()  # the skipped-step count the checkpoint records
         self.preemption.saved(done)
-        self.run.state.position = self.position(epoch, done, complete=False)
+        self.run.state.position = Position(epoch, done, False, self.nb)
         self.run.checkpointer.save(["last.pt"])
         if dist.is_main():
             self.callbacks.run("on_model_save", self)
@@ -322,22 +275,13 @@ class Trainer:
         ``m`` is this epoch's validation result, None when the epoch was not validated.
         """
         run = self.run
-        if run.budget is not None:  # plan the rest of the run before the checkpoint records it
-            val_seconds, self.val_seconds = (self.val_seconds if m is not None else None), None
-            self.adopt_budget_plan(run.budget.end_epoch(epoch + 1, val_seconds, self.nb))
-        row = {"epoch": epoch + 1, "seconds": round(seconds, 2)}
-        row.update({f"train/{k}": round(v, 5) for k, v in losses.items()})
-        row.update({f"lr/pg{j}": g["lr"] for j, g in enumerate(run.optimizer.param_groups)})
-        for key, name in (("precision", "precision"), ("recall", "recall"), ("map50", "mAP50"),
-                          ("map50_95", "mAP50-95")):  # fmt: skip
-            row[f"metrics/{name}"] = round(float(getattr(m, key)), 5) if m is not None else ""
-        row["skipped_steps"] = run.state.epoch_skipped
-        row["amp_scale"] = run.precision.scale if run.precision.scale is not None else ""
-        row["images_per_s"] = round(self.images_per_s, 2)
-        row["data_wait"] = round(self.data_wait, 3)  # share of the epoch's step time spent waiting for data
+        # refit the rest of the run (time=) before the checkpoint records it
+        val_seconds, self.val_seconds = (self.val_seconds if m is not None else None), None
+        self.adopt_horizon(run.horizon.end_epoch(epoch + 1, val_seconds, self.nb))
+        row = results_row(run, epoch, seconds, losses, m, self.images_per_s, self.data_wait)
         improved = run.state.record_epoch(row, m)
-        self.log_epoch(epoch, m, seconds)
-        run.state.position = self.position(epoch, self.nb, complete=True)
+        LOGGER.info(epoch_line(run, self.phase, epoch, m, seconds, self.images_per_s, self.data_wait))
+        run.state.position = Position(epoch, self.nb, True, self.nb)
         names = ["last.pt"]
         if improved or (self.best is None and epoch + 1 == self.epochs):  # no validation: the last epoch
             names.append("best.pt")
@@ -349,97 +293,31 @@ class Trainer:
             append_csv_row(self.save_dir / "results.csv", row)
             self.callbacks.run("on_model_save", self)
 
-    def adopt_budget_plan(self, plan) -> None:
-        """Rank 0's plan on every rank (its clock decides for all), and the schedule fitted to it."""
-        plan = dist.broadcast_object(plan)
-        self.run.budget.plan = plan
-        self.apply_budget(plan)
-
-    def apply_budget(self, plan) -> None:
-        """Fit the lr schedule (decay length and warmup) to the epochs the time budget allows."""
-        self.run.schedule.epochs, self.run.schedule.warmup_iters = plan.epochs, plan.warmup_iters
-
-    def position(self, epoch: int, iteration: int, complete: bool) -> Position:
-        return Position(epoch, iteration, complete, self.nb)
-
-    def log_epoch(self, epoch: int, m: EvalResult | None, seconds: float) -> None:
-        frozen = f" ({self.phase.name}, batch {self.phase.batch})" if self.run.planner.freeze_prefixes else ""
-        line = (
-            f"epoch {epoch + 1}{frozen}: {self.images_per_s:.1f} images/s, "
-            f"{1000 / max(self.images_per_s, 1e-9):.1f} ms/image, data wait {self.data_wait:.0%}, "
-            f"mem {memory_mb(self.run.device):.0f} MB"
-        )
-        if m is not None:
-            line += (
-                f"; P {m.precision:.3f} R {m.recall:.3f} mAP50 {m.map50:.3f} mAP50-95 {m.map50_95:.3f} "
-                f"({seconds:.1f}s, val {self.run.validator.seconds:.1f}s)"
-            )
-        LOGGER.info(line)
-
-    def final_report(self) -> None:
-        if not dist.is_main():
-            return
-        if self.best is not None and self.cfg.verbose:
-            LOGGER.info("best epoch, per class:\n" + format_table(self.best, self.names))
-        b = self.best_metrics
-        summary = f"done: {self.epoch + 1} epochs in {self.train_seconds / 60:.1f} min; results in {self.save_dir}"
-        if b:
-            summary += f"; best mAP50 {b['mAP50']:.3f} mAP50-95 {b['mAP50-95']:.3f}"
-        LOGGER.info(summary)
-        self.summary = summary
+    def adopt_horizon(self, horizon: Horizon | None) -> None:
+        """Fit the lr schedule (decay length and warmup) to a refitted horizon (None: unchanged)."""
+        if horizon is not None:
+            self.run.schedule.fit(horizon, self.nb)
 
     # ----------------------------------------------------------------------------------------- for callbacks
     # Read-only views of the run's parts: what loggers and user callbacks read (each has one owner).
+    model = run_view("model", "The plain (unwrapped) model being trained.")
+    eval_model = run_view("eval_model", "What validation scores: the EMA, or the model without one.")
+    epochs = run_view("horizon.current.epochs", "The run's epochs: its horizon's (time=: what the budget allows).")
+    precision = run_view("precision", "Autocast and the gradient scaler.")
+    optimizer = run_view("optimizer")
+    train_loader = run_view("loaders.train_loader")
+    nb = run_view("step.iters_per_epoch", "Batches per epoch of the current phase.")
+    input_size = run_view("step.input_size", "The last iteration's input size (H, W).")
+    names = run_view("names", "The class names.")
+    save_dir = run_view("save_dir")
+    wdir = run_view("wdir")
+    best_metrics = run_view("state.best_metrics")
+    history = run_view("state.history", "results.csv's rows so far.")
+
     @property
     def is_main(self) -> bool:
         """Whether this process is rank 0 (the one that writes the run folder)."""
         return dist.is_main()
-
-    @property
-    def model(self) -> nn.Module:
-        return self.run.model
-
-    @property
-    def eval_model(self) -> nn.Module:
-        return self.run.ema.ema if self.run.ema is not None else self.run.model
-
-    @property
-    def precision(self):
-        return self.run.precision
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return self.run.optimizer
-
-    @property
-    def train_loader(self):
-        return self.run.loaders.train_loader
-
-    @property
-    def epochs(self) -> int:
-        """The run's number of epochs: ``epochs=``, or with ``time=`` what the budget allows (re-fitted each epoch)."""
-        return self.run.budget.plan.epochs if self.run.budget is not None else self.cfg.epochs
-
-    @property
-    def nb(self) -> int:
-        """Batches per epoch of the current phase."""
-        return self.run.step.iters_per_epoch
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self.run.step.input_size
-
-    @property
-    def names(self) -> list[str]:
-        return self.run.names
-
-    @property
-    def save_dir(self) -> Path:
-        return self.run.save_dir
-
-    @property
-    def wdir(self) -> Path:
-        return self.run.wdir
 
     @property
     def metrics(self) -> EvalResult | None:
@@ -453,14 +331,6 @@ class Trainer:
     @property
     def best(self) -> EvalResult | None:
         return self.run.state.best if self.run else None
-
-    @property
-    def best_metrics(self) -> dict | None:
-        return self.run.state.best_metrics
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        return self.run.state.history
 
     @property
     def skipped_steps(self) -> int:
