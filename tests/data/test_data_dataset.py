@@ -97,7 +97,7 @@ def test_mosaic_switch(records):
     assert torch.equal(off["img"], ev[1]["img"]) and torch.allclose(off["bboxes"], ev[1]["bboxes"])
     on = train[SampleKey(1, 0, True)]
     assert not torch.equal(on["img"], ev[1]["img"])
-    train.mosaic_enabled = False  # the dataset's own switch, for plain int indices (the trainer passes mosaic to set_epoch)
+    train.mosaic_enabled = False  # the dataset's own switch for plain int indices
     assert torch.equal(train[1]["img"], ev[1]["img"])
 
 
