@@ -22,30 +22,6 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
-def pytest_collection_finish(session):
-    """Freeze the objects alive after collection (the imported libraries: about half a million objects).
-
-    A full garbage collection walks every tracked object, so in a process that has imported torch, its
-    compiler stack, MLflow and Optuna one takes about 0.6 s here; the code under test collects on purpose
-    (``free_memory`` after an out-of-memory error and before each AutoBatch probe) and Python collects by
-    itself as objects accumulate. Frozen objects are skipped by every collection; they are never garbage.
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _freeze_long_lived_objects():
-    """Freeze again at each module's start what earlier modules imported and keep (see above); their garbage
-    is collected first, so only objects still alive are frozen."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-
-
 def _live_non_daemon_children() -> set:
     import multiprocessing
 

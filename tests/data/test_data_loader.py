@@ -121,7 +121,6 @@ def _freeze_count_after_worker_init(queue) -> None:
 
     from yolotrain.data.loader import _seed_worker
 
-    gc.unfreeze()  # as a user's main process leaves it (the test session freezes its own objects: conftest.py)
     before = gc.get_freeze_count()
     _seed_worker(0)
     queue.put((before, gc.get_freeze_count()))
