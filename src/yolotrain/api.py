@@ -33,11 +33,10 @@ class Detector:
     def train(self, **settings: Any):
         """Train with the given settings; returns the best epoch's EvalResult (None without val)."""
         cfg = resolve({"model": self.model, **settings}, command="train")
-        trainer, wdir = run("train", cfg, self.callbacks)
-        if trainer is None:  # worker processes trained: the best result is in the checkpoint
-            best = run("best_result", wdir)
-        else:
-            self.trainer, best = trainer, trainer.best
+        # the trainer is kept before it fits, so after a failed run det.trainer is the one that failed
+        trainer, wdir = run("train", cfg, self.callbacks, keep=lambda t: setattr(self, "trainer", t))
+        # worker processes trained: the best result is in the checkpoint
+        best = run("best_result", wdir) if trainer is None else trainer.best
         self.model = str(wdir / ("best.pt" if (wdir / "best.pt").exists() else "last.pt"))
         return best
 

@@ -8,6 +8,7 @@ so torch and the engine are imported here at the top.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,15 @@ from yolotrain.utils.logging import LOGGER
 from yolotrain.utils.torch_utils import select_device
 
 
-def run_train(cfg: Config, callbacks: Callbacks | None = None) -> tuple[Trainer | None, Path]:
+def run_train(
+    cfg: Config, callbacks: Callbacks | None = None, keep: Callable[[Trainer], None] | None = None
+) -> tuple[Trainer | None, Path]:
     """Train as ``cfg`` says: in this process, or in worker processes (``nproc=N``, ``device=0,1``).
+
+    Args:
+        cfg: The resolved settings.
+        callbacks: The caller's callbacks (sent to worker processes by name).
+        keep: Given the trainer before it fits, so the caller holds it even when fitting raises.
 
     Returns:
         The trainer after ``fit`` (None when worker processes trained) and the run's weights folder.
@@ -49,6 +57,8 @@ def run_train(cfg: Config, callbacks: Callbacks | None = None) -> tuple[Trainer 
         # they re-import the callbacks by name; ones that cannot be are refused up front
         return None, launch(cfg, n, callbacks.items() if callbacks else ()) / "weights"
     trainer = Trainer(cfg, callbacks=callbacks)
+    if keep is not None:
+        keep(trainer)
     trainer.fit()
     return trainer, trainer.wdir
 
