@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import inspect
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -137,19 +139,52 @@ def settle(timeout_s: float = 10.0) -> None:
     needs the GIL; once the interpreter is shutting down, a thread that asks for the GIL is ended inside the
     C++ destructor and the whole process aborts ("terminate called without an active exception", exit -6;
     seen here about 1 run in 40 on the rank that finishes first, core dump: ProcessGroupGloo::runLoop ->
-    ~AsyncWork -> decref_pyobject -> take_gil -> pthread_exit). So the last two collectives use tensors
-    held here, and we wait (releasing the GIL) until the workers hold no reference to them. A worker
-    releases a collective before it takes the next one, under the queue's lock, so the ones before them
-    have been released too.
+    ~AsyncWork -> decref_pyobject -> take_gil -> pthread_exit).
+
+    A worker releases the collective it ran before it takes the next one from the queue. So once every
+    worker thread (gloo runs two per group) has taken one of the collectives issued here, and those have been
+    released, nothing issued before is held. Which thread ran a collective is seen from its completion
+    callback, which runs on that thread. Waiting on the release of our own collectives alone is not enough:
+    one thread can run them all while the other is still descheduled before its release (seen in CI).
+    The ranks agree each round on whether to stop (a MIN all-reduce), so all of them issue as many
+    collectives; past ``timeout_s`` a rank votes to stop without full coverage.
     """
     if torch.distributed.get_backend() != "gloo":
         return  # nccl's collectives are released by its watchdog thread, which runs no Python
-    held = [torch.zeros(1), torch.zeros(1)]
-    for t in held:
-        torch.distributed.all_reduce(t)
+    workers = _gloo_worker_threads()
+    seen: set[int] = set()
+    caller = threading.get_ident()
     deadline = time.monotonic() + timeout_s
-    while any(t._use_count() > 1 for t in held) and time.monotonic() < deadline:
-        time.sleep(0.001)
+    while True:
+        covered = len(seen) >= workers or time.monotonic() >= deadline
+        vote, spare = torch.tensor([float(covered)]), torch.zeros(1)
+        # two at once, so that an idle second thread takes one while the first runs the other
+        works = [
+            torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MIN, async_op=True),
+            torch.distributed.all_reduce(spare, async_op=True),
+        ]
+        ran = [w.get_future().then(functools.partial(_note_thread, seen, caller)) for w in works]
+        for r in ran:
+            r.wait()
+        agreed = vote.item() == 1.0
+        del works, ran  # the works and their futures hold the tensors too
+        while (vote._use_count() > 1 or spare._use_count() > 1) and time.monotonic() < deadline + 1.0:
+            time.sleep(0.001)
+        if agreed:
+            return
+
+
+def _gloo_worker_threads() -> int:
+    try:
+        return int(torch.distributed.group.WORLD._get_backend(torch.device("cpu")).options._threads)
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return 2  # gloo's default
+
+
+def _note_thread(seen: set[int], caller: int, _done: Any) -> None:
+    # a callback attached after the collective finished runs on the caller's thread: it names no worker
+    if threading.get_ident() != caller:
+        seen.add(threading.get_ident())
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
