@@ -1,12 +1,14 @@
 """checkpoint.py: the file (atomic writes, safe loading, refusals) and the Checkpointer (union of the parts)."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from yolotrain.checkpoint_file import load_checkpoint, save_checkpoint, to_plain
-from yolotrain.engine.checkpoint import Checkpointer, StatefulModule
+from yolotrain.engine.checkpoint import Checkpointer, StatefulModule, epoch_end_files
+from yolotrain.engine.trainer import Trainer
 from yolotrain.errors import CheckpointError
 from yolotrain.models import build_model
 from yolotrain.models.transfer import transfer_weights
@@ -142,3 +144,28 @@ def test_a_part_must_return_exactly_its_keys(tmp_path):
 
     with pytest.raises(ValueError, match="owns"):
         Checkpointer(tmp_path, {"sloppy": Sloppy()}, RUN).state_dict()
+
+
+@pytest.mark.parametrize(
+    "done, epochs, improved, validated, save_epochs, expected",
+    [
+        (1, 3, False, True, 0, ["last.pt"]),  # validated, not better
+        (2, 3, True, True, 0, ["last.pt", "best.pt"]),  # the best so far
+        (3, 3, False, True, 0, ["last.pt"]),  # last epoch, an earlier one stays the best
+        (2, 3, False, False, 0, ["last.pt"]),  # no validation yet, not the last epoch
+        (3, 3, False, False, 0, ["last.pt", "best.pt"]),  # never validated: the final weights are the best
+        (4, 10, False, True, 2, ["last.pt", "epoch4.pt"]),
+        (5, 10, False, True, 2, ["last.pt"]),
+        (10, 10, True, True, 5, ["last.pt", "best.pt", "epoch10.pt"]),
+    ],
+)
+def test_epoch_end_files(done, epochs, improved, validated, save_epochs, expected):
+    assert epoch_end_files(done, epochs, improved, validated, save_epochs) == expected
+
+
+def test_a_run_writes_the_numbered_checkpoints_save_epochs_asks_for(cfg_for):
+    cfg = cfg_for(epochs=3, save_epochs=2, val=False)
+    Trainer(cfg).fit()
+    wdir = Path(cfg.project) / "exp" / "weights"
+    assert sorted(p.name for p in wdir.iterdir()) == ["best.pt", "epoch2.pt", "last.pt"]
+    assert load_checkpoint(wdir / "epoch2.pt")["epoch"] == 1  # 0-based: the state after the second epoch

@@ -1,5 +1,6 @@
 """Trainer behaviour: non-finite losses, callbacks, and that a short training measurably learns."""
 
+import copy
 import csv
 import functools
 import time
@@ -97,6 +98,22 @@ def test_callbacks_fire_in_order(tiny_data, tmp_path, cfg_for):
     ]
     with pytest.raises(ValueError, match="unknown callback event"):
         cbs.add("on_nothing", print)
+
+
+def test_a_callback_may_replace_the_latest_metrics(cfg_for):
+    trainer, replaced, seen = Trainer(cfg_for(val=True)), [], []
+
+    def replace(t):
+        replaced.append(copy.copy(t.metrics))
+        t.metrics = replaced[0]
+
+    trainer.callbacks.add("on_val_end", replace)
+    trainer.callbacks.add("on_fit_epoch_end", lambda t: seen.append((t.metrics, t.run.state.metrics)))
+    trainer.fit()
+    assert seen == [(replaced[0], replaced[0])]  # written into the part that owns it, read back through the view
+    assert seen[0][0] is replaced[0]
+    with pytest.raises(AttributeError):
+        trainer.history = []  # the other views are read-only
 
 
 def write_boxes_set(root, n=32, size=64, seed=0):

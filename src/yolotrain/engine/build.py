@@ -10,6 +10,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +314,19 @@ class Run:
     def eval_model(self) -> nn.Module:
         """What validation scores: the EMA, or the model when there is none."""
         return self.ema.ema if self.ema is not None else self.model
+
+
+def run_view(path: str, doc: str | None = None, settable: bool = False) -> property:
+    """A trainer property that reads ``trainer.run.<path>`` (the part that owns it stays the owner);
+    ``settable``: callbacks may also replace the value (it is written into that part)."""
+    read = attrgetter(path)
+    owner_path, _, name = path.rpartition(".")
+    owner = attrgetter(owner_path) if owner_path else (lambda run: run)
+
+    def write(trainer: Any, value: Any) -> None:
+        setattr(owner(trainer.run), name, value)
+
+    return property(lambda trainer: read(trainer.run), write if settable else None, doc=doc)
 
 
 def resolve_run(cfg: Config) -> tuple[Config, dict[str, Any] | None, Path]:

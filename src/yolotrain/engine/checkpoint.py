@@ -26,6 +26,21 @@ def write_failure(path: Path, error: OSError, last: Path) -> str:
     )
 
 
+def epoch_end_files(done: int, epochs: int, improved: bool, validated: bool, save_epochs: int) -> list[str]:
+    """The checkpoints written after 1-based epoch ``done`` of ``epochs``.
+
+    Always ``last.pt``; ``best.pt`` when the epoch improved the best result, or at the last epoch of a run
+    without any validated result (its final weights are the best there is); ``epoch{done}.pt`` every
+    ``save_epochs`` epochs (0: never).
+    """
+    names = ["last.pt"]
+    if improved or (not validated and done == epochs):
+        names.append("best.pt")
+    if save_epochs > 0 and done % save_epochs == 0:
+        names.append(f"epoch{done}.pt")
+    return names
+
+
 class Checkpointer:
     """Writes the whole training state as the union of its parts' states, and restores it.
 

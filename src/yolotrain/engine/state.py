@@ -127,6 +127,15 @@ class TrainState:
         self.best_fitness, self.best, self.best_metrics = float(result.map50_95), result, result.to_dict()
         return True
 
+    def decide_early_stop(self, epoch: int, result: EvalResult | None) -> bool:
+        """Whether training stops early after ``epoch``: rank 0 decides on its result and every rank returns
+        that (call it on every rank). A stop is logged and recorded in ``stopped_early``."""
+        if result is None or not self.early_stop.decide(epoch, float(result.map50_95)):
+            return False
+        LOGGER.info(self.early_stop.message())
+        self.stopped_early = True
+        return True
+
     def count_skipped(self, n: int = 1) -> None:
         """Count ``n`` optimizer steps that did not happen (non-finite loss or gradients)."""
         self.skipped_steps += n

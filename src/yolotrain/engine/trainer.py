@@ -14,36 +14,30 @@ from __future__ import annotations
 
 import logging
 import time
-from operator import attrgetter
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from yolotrain.config import Config
 from yolotrain.engine import distributed as dist
-from yolotrain.engine.build import Run, build_run, resolve_run
+from yolotrain.engine.build import Run, build_run, resolve_run, run_view
 from yolotrain.engine.callbacks import Callbacks, load_callbacks
+from yolotrain.engine.checkpoint import epoch_end_files
 from yolotrain.engine.horizon import Horizon
 from yolotrain.engine.loggers import register_default_loggers
 from yolotrain.engine.phases import PhasePlan
 from yolotrain.engine.preempt import Preemption, fork_safe_iter, raise_worker_death
-from yolotrain.engine.report import epoch_line, final_report, progress_text, results_row, rewrite_results, run_line
+from yolotrain.engine.progress import EpochProgress
+from yolotrain.engine.report import epoch_line, final_report, results_row, rewrite_results, run_line
 from yolotrain.engine.resume import resume_point
 from yolotrain.engine.state import Position
 from yolotrain.errors import Preempted
 from yolotrain.eval import EvalResult
 from yolotrain.loss import LOSS_NAMES
-from yolotrain.utils.files import append_csv_row, release_dir
+from yolotrain.utils.files import append_csv_row, released_on_failure
 from yolotrain.utils.torch_utils import select_device
 
 LOGGER = logging.getLogger("yolotrain")
-
-
-def run_view(path: str, doc: str | None = None) -> property:
-    """A read-only trainer property that reads ``trainer.run.<path>`` (the part that owns it stays the owner)."""
-    read = attrgetter(path)
-    return property(lambda trainer: read(trainer.run), doc=doc)
 
 
 class Trainer:
@@ -88,15 +82,11 @@ class Trainer:
         """Join the process group, choose the run folder (and checkpoint), build the run, enter its phase."""
         self.owns_group = dist.setup(self.device, self.cfg.dist_timeout)
         cfg, resume_state, save_dir = resolve_run(self.cfg)
-        try:
+        with released_on_failure(save_dir, owner=dist.is_main()):  # refused settings or data leave no folder
             self.run = build_run(
                 cfg, resume_state, save_dir, self.device, lambda: self.callbacks.run("on_before_optimizer_step", self),
                 lambda: self.callbacks.has("on_before_optimizer_step"),
             )  # fmt: skip
-        except BaseException:
-            if dist.is_main():  # the claimed folder goes again while it is empty (refused settings or data)
-                release_dir(save_dir)
-            raise
         self.cfg = self.run.cfg  # the resolved settings, with the batch AutoBatch chose
         self.epoch = self.run.first_epoch
         self.enter_phase(self.epoch)
@@ -155,7 +145,7 @@ class Trainer:
                     losses = self.train_one_epoch(epoch, self.start_iter if epoch == self.run.first_epoch else 0)
                     self.callbacks.run("on_train_epoch_end", self)
                     result = self.validate() if self.validation_due(epoch) else None
-                    self.check_early_stop(epoch, result)
+                    self.stop = self.run.state.decide_early_stop(epoch, result) or self.stop
                     self.end_epoch(epoch, losses, result, time.perf_counter() - t_epoch)
                     self.callbacks.run("on_fit_epoch_end", self)
                     self.stop, _ = self.preemption.agree(self.stop)
@@ -189,41 +179,26 @@ class Trainer:
         run.state.epoch_skipped = 0
         run.horizon.begin_epoch(epoch, start)
         run.step.counters.new_epoch()
-        seen, t0, steps_since_log = 0, time.perf_counter(), 0
-        bar = tqdm(
-            enumerate(fork_safe_iter(loader), start=start), total=self.nb, initial=start,
-            desc=f"epoch {epoch + 1}/{self.epochs}", disable=not (cfg.verbose and dist.is_main()),
-            dynamic_ncols=True, mininterval=1.0,
+        progress = EpochProgress(
+            fork_safe_iter(loader), run.step, run.state, start=start, total=self.nb,
+            desc=f"epoch {epoch + 1}/{self.epochs}", show=cfg.verbose and dist.is_main(), log_every=cfg.log_every,
         )  # fmt: skip
-        for i, batch in bar:
+        for i, batch in progress:
             self.callbacks.run("on_train_batch_start", self)
             run.schedule.apply(run.optimizer, epoch, i)
             outcome = run.step(batch, epoch, i)  # forward/backward; the optimizer step at the window's end
             # loss_items stay on the device: a callback that reads them pays the host read
             self.current_batch, self.loss_items, self.last_iteration = batch, outcome.items, i
-            seen += batch["img"].shape[0] * dist.world_size()  # images of the global batch
-            steps_since_log += outcome.boundary
-            if outcome.boundary and steps_since_log >= cfg.log_every:  # a log point: the one host read
-                steps_since_log = 0
-                self.log_point(bar, batch, seen / (time.perf_counter() - t0))
+            progress.after_batch(batch, outcome.boundary)  # a log point reads the step's counters
             self.callbacks.run("on_train_batch_end", self)
             if outcome.boundary:
                 self.at_optimizer_step(epoch, i + 1)
             if self.stop and (outcome.boundary or dist.world_size() == 1):  # ranks leave at the same step
                 break
-        self.images_per_s = seen / max(time.perf_counter() - t0, 1e-9)
-        mean = self.log_point(bar, self.current_batch, self.images_per_s)  # the epoch's end is a log point
+        mean, self.images_per_s = progress.finish()  # the epoch's end is a log point
         run.horizon.share_ran_out()  # validation_due() must agree on every rank
         self.data_wait = run.loaders.data_wait(advise=epoch == run.first_epoch)
         return dict(zip(LOSS_NAMES, mean))
-
-    def log_point(self, bar: tqdm, batch: dict[str, Any] | None, images_per_s: float) -> tuple[float, ...]:
-        """Read the step's device counters (the one host read; too many non-finite losses in a row raise
-        :class:`TrainingError` here), refresh the progress bar, return the epoch's mean losses so far."""
-        mean = self.run.step.sync().mean_losses
-        if not bar.disable and batch is not None:
-            bar.set_postfix_str(progress_text(mean, batch, self.input_size, self.run.state.epoch_skipped, images_per_s))
-        return mean
 
     def at_optimizer_step(self, epoch: int, done: int) -> None:
         """After an optimizer step: refit the horizon early (time=), stop when time is up, agree on stop and save."""
@@ -247,13 +222,6 @@ class Trainer:
         self.callbacks.run("on_val_end", self)
         self.val_seconds = self.clock() - t0
         return result
-
-    def check_early_stop(self, epoch: int, result: EvalResult | None) -> None:
-        """Update early stopping with the epoch's result; every rank takes rank 0's decision."""
-        state = self.run.state
-        if result is not None and state.early_stop.decide(epoch, float(result.map50_95)):
-            LOGGER.info(state.early_stop.message())
-            self.stop = state.stopped_early = True
 
     # ----------------------------------------------------------------------------------------- outputs
     def save_within_epoch(self, epoch: int, done: int) -> None:
@@ -282,11 +250,7 @@ class Trainer:
         improved = run.state.record_epoch(row, m)
         LOGGER.info(epoch_line(run, self.phase, epoch, m, seconds, self.images_per_s, self.data_wait))
         run.state.position = Position(epoch, self.nb, True, self.nb)
-        names = ["last.pt"]
-        if improved or (self.best is None and epoch + 1 == self.epochs):  # no validation: the last epoch
-            names.append("best.pt")
-        if self.cfg.save_epochs > 0 and (epoch + 1) % self.cfg.save_epochs == 0:
-            names.append(f"epoch{epoch + 1}.pt")
+        names = epoch_end_files(epoch + 1, self.epochs, improved, self.best is not None, self.cfg.save_epochs)
         run.checkpointer.save(names)  # every rank: the RNG states are gathered first
         self.preemption.saved(0)
         if dist.is_main():
@@ -313,20 +277,13 @@ class Trainer:
     wdir = run_view("wdir")
     best_metrics = run_view("state.best_metrics")
     history = run_view("state.history", "results.csv's rows so far.")
+    # a callback may replace the latest result (at on_val_end / on_fit_epoch_end, before it is used)
+    metrics = run_view("state.metrics", "The latest validation result.", settable=True)
 
     @property
     def is_main(self) -> bool:
         """Whether this process is rank 0 (the one that writes the run folder)."""
         return dist.is_main()
-
-    @property
-    def metrics(self) -> EvalResult | None:
-        return self.run.state.metrics
-
-    @metrics.setter
-    def metrics(self, result: EvalResult | None) -> None:
-        # a callback may replace the latest result (at on_val_end / on_fit_epoch_end, before it is used)
-        self.run.state.metrics = result
 
     @property
     def best(self) -> EvalResult | None:

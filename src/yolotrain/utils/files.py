@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -48,6 +49,18 @@ def release_dir(path: str | Path) -> None:
         Path(path).rmdir()  # only an empty folder goes
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def released_on_failure(path: str | Path, owner: bool = True) -> Iterator[None]:
+    """Inside, a failure removes the claimed run folder ``path`` again while it is empty (:func:`release_dir`);
+    ``owner``: whether this process claimed it (rank 0), the only one that may remove it."""
+    try:
+        yield
+    except BaseException:
+        if owner:
+            release_dir(path)
+        raise
 
 
 def set_aside(path: str | Path) -> Path | None:
