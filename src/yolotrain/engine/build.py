@@ -204,8 +204,8 @@ def run_dir(cfg: Config, create: bool = True) -> Path:
     name is taken (unless ``exist_ok``), so runs started at once never share a folder.
 
     With ``create=False`` only the folder itself is made; the trainer adds ``weights/`` once its set-up
-    succeeded, and removes the folder again if the set-up failed (:func:`release_dir`), so a run refused
-    for bad settings or data leaves no empty folder behind.
+    succeeded, and removes the folder again if the set-up failed (``utils.files.released_on_failure``), so a
+    run refused for bad settings or data leaves no empty folder behind.
     """
     path = claim_dir(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok)
     if create:

@@ -38,6 +38,7 @@ class EpochProgress:
         desc: str, show: bool, log_every: int,
     ):  # fmt: skip
         self.step, self.state, self.log_every = step, state, log_every
+        self.world = dist.world_size()  # read once, not per batch
         self.bar = tqdm(
             enumerate(batches, start=start), total=total, initial=start, desc=desc, disable=not show,
             dynamic_ncols=True, mininterval=1.0,
@@ -56,7 +57,7 @@ class EpochProgress:
     def after_batch(self, batch: dict[str, Any], boundary: bool) -> None:
         """Count ``batch``; after an optimizer step (``boundary``) that is a log point, read the counters."""
         self.last_batch = batch
-        self.images += batch["img"].shape[0] * dist.world_size()
+        self.images += batch["img"].shape[0] * self.world
         self.steps_since_log += boundary
         if boundary and self.steps_since_log >= self.log_every:
             self.steps_since_log = 0
