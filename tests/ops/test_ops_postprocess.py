@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -133,3 +138,22 @@ def test_multi_label_nms_keeps_every_class_above_conf() -> None:
     assert len(non_max_suppression(decoded, conf=0.3, iou=0.7, multi_label=True, max_det=1)[0]) == 1
     only2 = non_max_suppression(decoded, conf=0.3, iou=0.7, multi_label=True, classes=[2])[0]
     assert only2[:, 5].tolist() == [2.0]
+
+
+def test_torchvision_loads_on_the_first_nms_not_with_the_training_path():
+    # torchvision.ops imports torch._dynamo (about 1.6 s per process): every DDP rank and resumed run with
+    # val=false paid it for nothing before NMS loaded it on first use.
+    code = (
+        "import sys, torch, yolotrain.engine.trainer, yolotrain.engine.launch, yolotrain.ops as ops\n"
+        "heavy = lambda: sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules)\n"
+        "before = heavy()\n"
+        "boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0]])\n"
+        "raw = torch.cat((boxes, torch.tensor([[0.9], [0.8]])), 1)[None]\n"
+        "kept = ops.non_max_suppression(raw, conf=0.1, iou=0.5)[0]\n"
+        "print(before, heavy(), len(kept))"
+    )
+    src = Path(__file__).resolve().parents[2] / "src"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(src)})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["[]", "['torch._dynamo',", "'torchvision']", "1"]

@@ -1,7 +1,7 @@
 """Box geometry, task-aligned assignment and the detection loss."""
 
 from yolotrain.loss.assigner import TaskAlignedAssigner
-from yolotrain.loss.boxes import bbox2dist, bbox_iou, box_iou, dist2bbox, make_anchors, xywh2xyxy, xyxy2xywh
+from yolotrain.loss.boxes import bbox2dist, bbox_iou, dist2bbox, make_anchors, xywh2xyxy, xyxy2xywh
 from yolotrain.loss.criterion import LOSS_NAMES, DetectionLoss
 
 __all__ = [
@@ -10,7 +10,6 @@ __all__ = [
     "TaskAlignedAssigner",
     "bbox2dist",
     "bbox_iou",
-    "box_iou",
     "dist2bbox",
     "make_anchors",
     "xywh2xyxy",

@@ -9,9 +9,8 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torchvision.ops import box_iou
 
-__all__ = ["make_anchors", "dist2bbox", "bbox2dist", "bbox_iou", "box_iou", "xywh2xyxy", "xyxy2xywh"]
+__all__ = ["make_anchors", "dist2bbox", "bbox2dist", "bbox_iou", "xywh2xyxy", "xyxy2xywh"]
 
 
 def xywh2xyxy(x: torch.Tensor) -> torch.Tensor:

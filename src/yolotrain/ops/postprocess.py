@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torchvision.ops import batched_nms
 
 from yolotrain.loss.boxes import dist2bbox, make_anchors
 
@@ -84,10 +83,21 @@ def non_max_suppression(
         if idx.numel() > max_nms:
             idx = idx[scores[i, idx].topk(max_nms).indices]
         boxes, s, c = decoded[i, idx, :4], scores[i, idx], labels[i, idx]
-        # batched_nms runs in float32 on boxes; half precision would misjudge overlaps.
-        kept = batched_nms(boxes.float(), s.float(), torch.zeros_like(c) if agnostic else c, iou)[:max_det]
+        kept = _batched_nms(boxes, s, torch.zeros_like(c) if agnostic else c, iou)[:max_det]
         out.append(torch.cat((boxes[kept], s[kept, None], c[kept, None].to(boxes.dtype)), dim=1))
     return out
+
+
+def _batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou: float) -> torch.Tensor:
+    """torchvision's class-aware NMS in float32 (half precision would misjudge overlaps).
+
+    torchvision loads here, on the first call, not with the module: importing ``torchvision.ops`` imports
+    ``torch._dynamo`` (about 1.6 s per process on this project's CPU), which every training process that never
+    validates (DDP ranks, resumed and preempted runs with ``val=false``) would otherwise pay.
+    """
+    from torchvision.ops import batched_nms  # noqa: PLC0415 - loads on first NMS, see above
+
+    return batched_nms(boxes.float(), scores.float(), groups, iou)
 
 
 def _nms_multi_label(
@@ -109,7 +119,7 @@ def _nms_multi_label(
         top = scores.topk(max_nms).indices
         anchor, label, scores = anchor[top], label[top], scores[top]
     boxes = decoded[anchor, :4]
-    kept = batched_nms(boxes.float(), scores.float(), torch.zeros_like(label) if agnostic else label, iou)[:max_det]
+    kept = _batched_nms(boxes, scores, torch.zeros_like(label) if agnostic else label, iou)[:max_det]
     return torch.cat((boxes[kept], scores[kept, None], label[kept, None].to(boxes.dtype)), dim=1)
 
 
