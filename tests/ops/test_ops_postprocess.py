@@ -141,8 +141,8 @@ def test_multi_label_nms_keeps_every_class_above_conf() -> None:
 
 
 def test_torchvision_loads_on_the_first_nms_not_with_the_training_path():
-    # torchvision.ops imports torch._dynamo (about 1.6 s per process): every DDP rank and resumed run with
-    # val=false paid it for nothing before NMS loaded it on first use.
+    # torchvision.ops imports torch._dynamo (about 2 CPU-seconds per process): the DDP launcher, which imports the
+    # training path but never trains, paid it for nothing before NMS loaded it on first use.
     code = (
         "import sys, torch, yolotrain.engine.trainer, yolotrain.engine.launch, yolotrain.ops as ops\n"
         "heavy = lambda: sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules)\n"

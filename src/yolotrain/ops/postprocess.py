@@ -92,8 +92,9 @@ def _batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor
     """torchvision's class-aware NMS in float32 (half precision would misjudge overlaps).
 
     torchvision loads here, on the first call, not with the module: importing ``torchvision.ops`` imports
-    ``torch._dynamo`` (about 1.6 s per process on this project's CPU), which every training process that never
-    validates (DDP ranks, resumed and preempted runs with ``val=false``) would otherwise pay.
+    ``torch._dynamo`` (about 2 CPU-seconds per process on this project's CPU), which the processes that import the
+    training path but never train would otherwise pay: the DDP launcher (of each ``nproc=`` run and distributed trial).
+    (A process that trains loads dynamo anyway: ``torch.optim`` wraps ``add_param_group`` with dynamo's disable.)
     """
     from torchvision.ops import batched_nms  # noqa: PLC0415 - loads on first NMS, see above
 
