@@ -42,7 +42,8 @@ def test_amp_setting_aliases():
 
 
 def test_inf_gradient_skips_step_and_halves_scale(tiny_data, tmp_path):
-    t = make_trainer(tiny_data, tmp_path, amp="fp16", amp_check=False, nbs=16)  # accumulate 2
+    # batch 2 of a nominal 4: accumulate 2 (fp16 on a CPU is emulated: small batches keep the test quick)
+    t = make_trainer(tiny_data, tmp_path, amp="fp16", amp_check=False, batch=2, nbs=4)
     assert t.run.precision.amp == "fp16" and t.run.precision.scaler.is_enabled() and t.run.step.accumulate == 2
     batch = next(iter(t.train_loader))
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
@@ -59,15 +60,16 @@ def test_inf_gradient_skips_step_and_halves_scale(tiny_data, tmp_path):
 
 
 def test_scale_grows_after_growth_interval(tiny_data, tmp_path):
-    t = make_trainer(tiny_data, tmp_path, amp="fp16", amp_check=False)  # accumulate 1: a step per batch
+    # batch 2 (nbs 2, accumulate 1: a step per batch): fp16 on a CPU is emulated, 4 steps of 8 images took 11 s
+    t = make_trainer(tiny_data, tmp_path, amp="fp16", amp_check=False, batch=2, nbs=2)
     # a small initial scale, so that these gradients never overflow
-    t.run.step.precision = Precision(t.device, "fp16", growth_interval=3, init_scale=256.0)
+    t.run.step.precision = Precision(t.device, "fp16", growth_interval=2, init_scale=256.0)
     batch = next(iter(t.train_loader))
     scales = []
-    for i in range(4):
+    for i in range(3):
         t.run.step(batch, 0, i)  # forward/backward + the step (accumulate 1)
         scales.append(t.run.step.precision.scale)
-    assert scales == [256.0, 256.0, 512.0, 512.0]  # doubled after 3 clean steps
+    assert scales == [256.0, 512.0, 512.0]  # doubled after 2 clean steps, and only then
     assert t.skipped_steps == 0
 
 

@@ -140,6 +140,7 @@ def test_multi_label_nms_keeps_every_class_above_conf() -> None:
     assert only2[:, 5].tolist() == [2.0]
 
 
+@pytest.mark.slow
 def test_torchvision_loads_on_the_first_nms_not_with_the_training_path():
     # torchvision.ops imports torch._dynamo (about 2 CPU-seconds per process): the DDP launcher, which imports the
     # training path but never trains, paid it for nothing before NMS loaded it on first use.
