@@ -4,7 +4,6 @@ and the test tiers: ``@pytest.mark.slow`` (``make test-fast`` leaves these out) 
 """
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,6 @@ def pytest_configure(config):
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch when it loads, here and in child processes
-        if "torch" in sys.modules:  # already loaded (by a plugin): tell it directly
-            sys.modules["torch"].set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config, items):

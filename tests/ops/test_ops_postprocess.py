@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -145,16 +146,16 @@ def test_torchvision_loads_on_the_first_nms_not_with_the_training_path():
     # torchvision.ops imports torch._dynamo (about 2 CPU-seconds per process): the DDP launcher, which imports the
     # training path but never trains, paid it for nothing before NMS loaded it on first use.
     code = (
-        "import sys, torch, yolotrain.engine.trainer, yolotrain.engine.launch, yolotrain.ops as ops\n"
+        "import json, sys, torch, yolotrain.engine.trainer, yolotrain.engine.launch, yolotrain.ops as ops\n"
         "heavy = lambda: sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules)\n"
         "before = heavy()\n"
         "boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0]])\n"
         "raw = torch.cat((boxes, torch.tensor([[0.9], [0.8]])), 1)[None]\n"
         "kept = ops.non_max_suppression(raw, conf=0.1, iou=0.5)[0]\n"
-        "print(before, heavy(), len(kept))"
+        "print(json.dumps([before, heavy(), len(kept)]))"
     )
     src = Path(__file__).resolve().parents[2] / "src"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(src)})  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["[]", "['torch._dynamo',", "'torchvision']", "1"]
+    assert json.loads(out.stdout) == [[], ["torch._dynamo", "torchvision"], 1]
