@@ -241,6 +241,8 @@ class DetectionLoss:
             flat = {k: batch[k].cpu() for k in ("batch_idx", "cls", "bboxes")}
             packed = pad_targets(flat, b, max_boxes)
         rows, mask = packed.rows.to(device), packed.mask.to(device)
-        scale = torch.tensor([img_w, img_h, img_w, img_h], device=device)
-        gt_bboxes = xywh2xyxy(rows[..., 1:5]) * scale  # padding rows are zeros: xyxy zeros
+        # scaled by Python numbers: a (4,) scale tensor made from them would be a copy from host memory, which
+        # waits for the GPU's stream every step and cannot be captured in a CUDA graph
+        x1, y1, x2, y2 = xywh2xyxy(rows[..., 1:5]).unbind(-1)
+        gt_bboxes = torch.stack((x1 * img_w, y1 * img_h, x2 * img_w, y2 * img_h), -1)  # padding rows stay zeros
         return rows[..., :1], gt_bboxes, mask.unsqueeze(-1)

@@ -14,7 +14,9 @@ What counts as a read (on any device, since on a CPU the same call would stall a
 ``torch.equal`` / ``allclose`` / ``is_nonzero`` (they return a Python bool), and the operations whose
 output *shape* depends on values: ``nonzero``/``argwhere``/one-argument ``where``, ``masked_select``,
 boolean-mask indexing (read or write), ``unique``, ``bincount``, ``repeat_interleave`` without
-``output_size``.
+``output_size``. Also counted, as ``h2d``: host data made into a tensor on a device (``torch.tensor`` or
+``as_tensor`` with a ``device``, ``new_tensor``): on a GPU that is a copy from pageable memory, which waits for
+the stream like a read, and which a CUDA graph cannot capture.
 
 Code that works on the loader's host tensors before they are copied to the device (packing labels,
 for instance) marks itself with :func:`host_data`; reads inside it are not counted, since on a GPU they
@@ -67,6 +69,7 @@ _SHAPE_READS = {
 _INDEXING = {torch.Tensor.__getitem__: "bool_index", torch.Tensor.__setitem__: "bool_index_put"}
 _REPEAT = (torch.repeat_interleave, torch.Tensor.repeat_interleave)
 _TO = (torch.Tensor.to,)
+_FROM_HOST = (torch.tensor, torch.as_tensor)
 _WHERE = (torch.where,)
 
 
@@ -118,14 +121,18 @@ def read_kind(func: Any, args: tuple, kwargs: dict) -> str | None:
         return "cpu" if _to_cpu(args, kwargs) else None
     if func in _WHERE:
         return "nonzero" if len(args) + len(kwargs) == 1 else None
+    if func in _FROM_HOST:
+        return "h2d" if kwargs.get("device") is not None else None
+    if func is torch.Tensor.new_tensor:
+        return "h2d"
     return None
 
 
 def _call_site() -> str:
     """``file:line`` of the innermost frame outside torch and this module (where the read was written)."""
-    for frame in reversed(traceback.extract_stack()[:-3]):
+    for frame in reversed(traceback.extract_stack()[:-2]):  # less this function and the mode
         name = frame.filename.replace("\\", "/")
-        if "/torch/" not in name and not name.endswith("host_sync.py"):
+        if "/torch/" not in name and frame.filename != __file__:
             return f"{name.rsplit('/src/', 1)[-1].rsplit('/site-packages/', 1)[-1]}:{frame.lineno}"
     return "?"
 
