@@ -155,6 +155,9 @@ def train_once(data: Path, project: Path, profile: int = 0, **settings: Any) -> 
         seen["batch"] = int(trainer.cfg.batch)  # AutoBatch's choice is recorded in the run's config
         seen["oom_events"] = int(trainer.run.state.oom_events)
         seen["micro_batches"] = int(trainer.run.state.micro_batches)
+        graphs = trainer.run.step.graphs
+        if graphs is not None:  # cuda_graphs=true: how many shapes were captured whole, model only, or not
+            seen["graphs"] = graphs.counts()
         if cuda:
             total = torch.cuda.get_device_properties(0).total_memory
             seen["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(0) / 2**30, 2)

@@ -1,18 +1,20 @@
-"""Long-tailed data: per-class AP of a rare class and overall mAP with and without sampler=repeat_factor.
+"""Long-tailed data: per-class AP of a rare class and overall mAP with and without the long-tail settings.
 
 Run it with::
 
-    nice -n 5 .venv/bin/python benchmarks/long_tail.py                  # 3 seeds x 2 samplers (CPU minutes)
-    nice -n 5 .venv/bin/python benchmarks/long_tail.py --pool 1000 --size 256 --imgsz 160 --epochs 12  # larger
-    (OMP_NUM_THREADS=1 keeps a busy shared CPU from thrashing)
+    nice -n 5 .venv/bin/python benchmarks/long_tail.py                  # 3 seeds x 2 variants (CPU minutes)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/long_tail.py --pool 500 --keep 0.1 --epochs 60 --jobs 2 \
+        --variants shuffle,repeat_factor,cls_weights,shuffle_equal      # the figures in docs/tracking.md
     .venv/bin/python benchmarks/long_tail.py --smoke                    # tiny sizes, same code path
 
 The long-tailed set is built from the demo generator: a pool of demo images, from which the training split
 keeps every image without the rare class and only ``--keep`` (5%) of the images that hold it; validation is
 the demo's untouched val split, so the rare class is scored on as many boxes as the others. Each seed trains
-the same settings twice, ``sampler=shuffle`` and ``sampler=repeat_factor``, for the same number of epochs
-(the repeat-factor epochs are longer: they hold the repeated images). Figures are the last epoch's
-validation. Prints one JSON object as the last line.
+every variant: ``shuffle`` (the default), ``repeat_factor`` (``sampler=repeat_factor``), ``cls_weights``
+(``cls_weights=auto``, shuffled), ``both``, and ``shuffle_equal``: shuffled for as many images as
+``repeat_factor`` trains (its epochs are longer: they hold the repeated images), so the two compare at equal
+optimizer steps, not only equal epochs. Figures are the last epoch's validation. Prints one JSON object as the
+last line.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ SMOKE_KEYS = (
     "repeat_factor_rare_ap50_95",
     "runs",
 )
+# each variant's settings over the shared ones; shuffle_equal's epochs are set in main()
+VARIANTS = {
+    "shuffle": {"sampler": "shuffle"},
+    "repeat_factor": {"sampler": "repeat_factor"},
+    "cls_weights": {"sampler": "shuffle", "cls_weights": "auto"},
+    "both": {"sampler": "repeat_factor", "cls_weights": "auto"},
+    "shuffle_equal": {"sampler": "shuffle"},
+}
 
 
 def build_long_tailed(pool_yaml: Path, out: Path, rare: int, keep: float, seed: int = 0) -> dict:
@@ -73,15 +83,27 @@ def build_long_tailed(pool_yaml: Path, out: Path, rare: int, keep: float, seed: 
     return {"train_images": len(chosen), "rare_train_images": len(kept_rare), "names": names}
 
 
-def train_once(data: Path, project: Path, sampler: str, seed: int, a: argparse.Namespace) -> dict:
+def repeat_epoch_images(data_dir: Path, nc: int, threshold: float) -> tuple[int, int]:
+    """(images, images per repeat-factor epoch) of the set's train split, from its label files."""
+    from yolotrain.data.class_balance import epoch_length, repeat_factors
+
+    classes = [
+        np.asarray([int(line.split()[0]) for line in p.read_text().splitlines() if line.strip()], dtype=np.int64)
+        for p in sorted((data_dir / "labels" / "train").glob("*.txt"))
+    ]
+    return len(classes), epoch_length(repeat_factors(classes, nc, threshold))
+
+
+def train_once(data: Path, project: Path, variant: str, seed: int, epochs: int, a: argparse.Namespace) -> dict:
     from yolotrain.config import resolve
     from yolotrain.engine.trainer import Trainer
 
     settings = {
-        "data": str(data), "model": "n", "epochs": a.epochs, "imgsz": a.imgsz, "batch": a.batch, "nbs": a.batch,
-        "workers": a.workers, "seed": seed, "sampler": sampler, "rfs_threshold": a.rfs_threshold,
-        "close_mosaic": max(1, a.epochs // 3), "project": str(project), "name": f"{sampler}_seed{seed}",
-        "exist_ok": True, "verbose": False, "plots": False, "val_period": a.epochs,  # validate once, at the end
+        "data": str(data), "model": "n", "epochs": epochs, "imgsz": a.imgsz, "batch": a.batch, "nbs": a.batch,
+        "workers": a.workers, "seed": seed, "rfs_threshold": a.rfs_threshold,
+        "close_mosaic": max(1, epochs // 3), "project": str(project), "name": f"{variant}_seed{seed}",
+        "exist_ok": True, "verbose": False, "plots": False, "val_period": epochs,  # validate once, at the end
+        **VARIANTS[variant],
     }  # fmt: skip
     t0 = time.process_time()
     trainer = Trainer(resolve(settings))
@@ -89,7 +111,8 @@ def train_once(data: Path, project: Path, sampler: str, seed: int, a: argparse.N
     m = trainer.metrics  # the last epoch's validation
     rare = next((c for c in m.per_class if c["class_id"] == a.rare), {"map50": 0.0, "map50_95": 0.0})
     return {
-        "sampler": sampler, "seed": seed, "map50": round(m.map50, 4), "map50_95": round(m.map50_95, 4),
+        "variant": variant, "seed": seed, "epochs": epochs,
+        "map50": round(m.map50, 4), "map50_95": round(m.map50_95, 4),
         "rare_ap50": round(float(rare["map50"]), 4), "rare_ap50_95": round(float(rare["map50_95"]), 4),
         "images_per_epoch": len(trainer.train_loader.sampler), "iterations_per_epoch": trainer.nb,
         "cpu_seconds": round(time.process_time() - t0, 1),
@@ -112,7 +135,8 @@ def main() -> None:
     ap.add_argument("--rfs-threshold", type=float, default=None, help="default: what yolotrain data check suggests")
     ap.add_argument("--out", default="runs/long_tail")
     ap.add_argument("--jobs", type=int, default=1, help="trainings run in parallel processes")
-    ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # a child: "sampler,seed"
+    ap.add_argument("--variants", default="shuffle,repeat_factor", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # a child: "variant,seed,epochs"
     a = ap.parse_args()
     if a.smoke:
         a.seeds, a.epochs, a.pool, a.val, a.size, a.imgsz, a.batch, a.keep = "0", 1, 24, 4, 64, 64, 8, 0.2
@@ -124,9 +148,14 @@ def main() -> None:
 
     out = Path(a.out).resolve()  # the data YAML names its folder; a relative one would resolve twice
     data_dir = out / f"long_tail_{a.pool}_{a.size}_rare{a.rare}_keep{a.keep:g}"
+    variants = a.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     if a.one:  # a child of --jobs: one training on the set the parent built, its JSON on the last line
-        sampler, seed = a.one.split(",")
-        print(json.dumps(train_once(data_dir / "data.yaml", out / "runs", sampler, int(seed), a)), flush=True)
+        variant, seed, epochs = a.one.split(",")
+        run = train_once(data_dir / "data.yaml", out / "runs", variant, int(seed), int(epochs), a)
+        print(json.dumps(run), flush=True)
         return
     pool_yaml = ensure_demo_dataset(out / f"pool_{a.pool}_{a.val}_{a.size}", n_train=a.pool, n_val=a.val, size=a.size)
     info = build_long_tailed(pool_yaml, data_dir, a.rare, a.keep)
@@ -137,14 +166,17 @@ def main() -> None:
         stats = next(c.stats for c in checks if c.name == "train")
         a.rfs_threshold = suggested_rfs_threshold(stats["class_images"], stats["images"])
         info["class_images"] = stats["class_images"]
-    todo = [(sampler, int(seed)) for seed in a.seeds.split(",") for sampler in ("shuffle", "repeat_factor")]
+    images, repeat_images = repeat_epoch_images(data_dir, len(info["names"]), a.rfs_threshold)
+    equal_epochs = max(1, round(a.epochs * repeat_images / images))  # shuffle_equal: repeat_factor's images
+    epochs_of = {v: equal_epochs if v == "shuffle_equal" else a.epochs for v in variants}
+    todo = [(v, int(seed)) for seed in a.seeds.split(",") for v in variants]
     runs = []
     for i in range(0, len(todo), a.jobs):
         batch = todo[i : i + a.jobs]
         children = [
             subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--rfs-threshold", str(a.rfs_threshold),
-                              "--one", f"{sampler},{seed}"], stdout=subprocess.PIPE, text=True)
-            for sampler, seed in batch
+                              "--one", f"{v},{seed},{epochs_of[v]}"], stdout=subprocess.PIPE, text=True)
+            for v, seed in batch
         ]  # fmt: skip
         for child in children:
             out_text, _ = child.communicate()
@@ -154,17 +186,18 @@ def main() -> None:
             print(json.dumps(r), flush=True)
             runs.append(r)
 
-    def mean(sampler: str, key: str) -> float:
-        return round(statistics.mean(r[key] for r in runs if r["sampler"] == sampler), 4)
+    def mean(variant: str, key: str) -> float:
+        return round(statistics.mean(r[key] for r in runs if r["variant"] == variant), 4)
 
     result = {
         "rare_class": info["names"][a.rare], "keep": a.keep, "train_images": info["train_images"],
         "rare_train_images": info["rare_train_images"], "epochs": a.epochs, "rfs_threshold": a.rfs_threshold,
         "class_images": info.get("class_images"), "seeds": a.seeds, "load": os.getloadavg()[0],
+        "epochs_per_variant": epochs_of,
     }  # fmt: skip
-    for sampler in ("shuffle", "repeat_factor"):
+    for v in variants:
         for key in ("map50_95", "map50", "rare_ap50_95", "rare_ap50", "images_per_epoch", "cpu_seconds"):
-            result[f"{sampler}_{key}"] = mean(sampler, key)
+            result[f"{v}_{key}"] = mean(v, key)
     result["runs"] = runs
     print(json.dumps(result))
 

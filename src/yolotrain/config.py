@@ -408,8 +408,9 @@ SETTINGS: dict[str, Setting] = {
     "cuda_graphs": S(
         False,
         "bool",
-        "replay the model's forward and backward as CUDA graphs, one per input size (CUDA, one process, no "
-        "compile); ignored with a warning elsewhere; a size whose capture fails trains eagerly",
+        "replay the forward, target assignment, loss and backward as CUDA graphs, one per input size and label "
+        "bucket (CUDA, one process, no compile); ignored with a warning elsewhere; where the whole step cannot be "
+        "captured the model alone is, and where that fails too the size trains eagerly (one log line each)",
         on_resume=MAY_CHANGE,
     ),
     "amp": S(

@@ -88,7 +88,7 @@ class TrainStep:
         compile: ``off``, or the ``torch.compile`` backend the training forward runs through (see
             :mod:`yolotrain.engine.compile`).
         max_boxes: Cap on labels per image (see :mod:`yolotrain.loss.targets`).
-        cuda_graphs: Replay the forward and backward as CUDA graphs, one per input shape (CUDA only; see
+        cuda_graphs: Replay the forward, loss and backward as CUDA graphs, one per shape (CUDA only; see
             :mod:`yolotrain.engine.cuda_graphs`).
     """
 
@@ -126,7 +126,7 @@ class TrainStep:
         # the compiled module trains; the plain one is stepped, averaged, validated and saved
         self.compiled = compile_model(model, compile, self.prep.varies) if compile != "off" else None
         self.train_model = dist.wrap(model if self.compiled is None else self.compiled, device)
-        self.graphs = GraphedForward.create(cuda_graphs, model, device, compiled=self.compiled is not None)
+        self.graphs = GraphedForward.create(cuda_graphs, model, criterion, device, compiled=self.compiled is not None)
         self.accumulate, self.iters_per_epoch = 1, 1  # set for each phase by configure()
         self.frozen: tuple[str, ...] = ()  # the prefixes frozen when the model was last wrapped
         self.window: list[tuple[dict[str, Any], int]] = []  # the window's batches, kept for an OOM replay
@@ -265,13 +265,16 @@ class TrainStep:
             imgs = self.prep.images(part, size)
             labels = self.prep.labels(part)
             with self.train_model.no_sync() if self.world > 1 else nullcontext():
-                targets, oom = None, None
+                targets, graphed, oom = None, None, None
                 try:
                     self._inject_oom("forward", ni, m)
                     with self.precision.autocast(cache=self.graphs is None):
-                        preds = self.forward(imgs)
-                    # the target assignment and the loss run in fp32, outside autocast
-                    targets = self.criterion.assign(preds, labels)
+                        if self.graphs is not None and not split:  # one process: the normaliser is local
+                            graphed = self.graphs.loss(imgs, labels["targets"])  # (loss, items) or None
+                        if graphed is None:
+                            preds = self.forward(imgs)
+                    if graphed is None:  # the target assignment and the loss run in fp32, outside autocast
+                        targets = self.criterion.assign(preds, labels)
                 except Exception as e:  # noqa: BLE001 - only OOM is handled here
                     if not is_oom(e):
                         raise
@@ -282,12 +285,14 @@ class TrainStep:
                     if common is None:
                         common = provisional_constant(targets["target_scores_sum"], n, m)
                     norm = part_normaliser(common, n, m)
-                else:
+                elif graphed is None:
                     norm = self._normaliser(targets, oom)  # meeting point 1
+                else:
+                    self._agree_no_oom(oom)  # the graph divided by the local normaliser
                 oom = None
                 try:
                     self._inject_oom("backward", ni, m)
-                    loss, items = self.criterion.finish(targets, norm)
+                    loss, items = graphed if graphed is not None else self.criterion.finish(targets, norm)
                     finite = torch.isfinite(loss)
                     # decided on the device: a non-finite loss goes back as zero (DDP averages gradients over
                     # ranks and the normaliser is already global: scale up by the world size)
