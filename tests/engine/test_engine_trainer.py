@@ -3,6 +3,7 @@
 import copy
 import csv
 import functools
+import re
 import time
 
 import pytest
@@ -189,6 +190,9 @@ def test_data_wait_is_logged_and_profile_gives_advice(tiny_data, tmp_path, caplo
     # 3 batches each waited at least 2 s, within an epoch of `seconds`: the share is at least 6 / seconds
     # (whatever the machine's load makes of the training steps)
     assert 0.95 * 6.0 / seconds <= wait <= 1.0
-    assert f"data wait {wait:.0%}" in caplog.text
+    # the log line shows the same share as results.csv; the csv keeps 3 decimals and the log rounds the
+    # unrounded share to a whole percent, so e.g. 0.9549 is 0.955 in the csv and "95%" in the log
+    logged = re.search(r"data wait (\d+)%, mem", caplog.text)
+    assert logged and abs(int(logged.group(1)) - 100 * wait) <= 0.55
     profile = [ln for ln in caplog.text.splitlines() if "profile: " in ln]
     assert len(profile) >= 2 and "profile: data wait" in profile[0]
