@@ -29,9 +29,10 @@ venv-dev: $(VENV)/.stamp-dev
 demo: venv
 	$(BIN)/yolotrain train
 
-# serial: under two xdist workers (683 s, 570 s) the data-wait share test failed once (docs/testing.md)
+# on two pytest-xdist workers with a share of the cores each (tests/conftest.py): about half the serial
+# time on two cores (docs/testing.md)
 test: venv-dev lint docs
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 # everything but the tests marked slow (processes, DDP, preemption, tune, longer training), on two
 # pytest-xdist workers with a share of the cores each (tests/conftest.py)
