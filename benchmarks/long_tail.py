@@ -83,15 +83,15 @@ def build_long_tailed(pool_yaml: Path, out: Path, rare: int, keep: float, seed: 
     return {"train_images": len(chosen), "rare_train_images": len(kept_rare), "names": names}
 
 
-def repeat_epoch_images(data_dir: Path, nc: int, threshold: float) -> tuple[int, int]:
-    """(images, images per repeat-factor epoch) of the set's train split, from its label files."""
+def repeat_epoch_images(data_yaml: Path, threshold: float) -> tuple[int, int]:
+    """(images, images per repeat-factor epoch) of the set's train split, scanned as training scans it."""
     from yolotrain.data.class_balance import epoch_length, repeat_factors
+    from yolotrain.data.data_yaml import load_data_yaml
+    from yolotrain.data.scan import scan_split
 
-    classes = [
-        np.asarray([int(line.split()[0]) for line in p.read_text().splitlines() if line.strip()], dtype=np.int64)
-        for p in sorted((data_dir / "labels" / "train").glob("*.txt"))
-    ]
-    return len(classes), epoch_length(repeat_factors(classes, nc, threshold))
+    data = load_data_yaml(data_yaml)
+    records, _ = scan_split(data["train"], data["nc"], split="train", root=data["path"], log_problems=False)
+    return len(records), epoch_length(repeat_factors([r.cls for r in records], data["nc"], threshold))
 
 
 def train_once(data: Path, project: Path, variant: str, seed: int, epochs: int, a: argparse.Namespace) -> dict:
@@ -166,7 +166,7 @@ def main() -> None:
         stats = next(c.stats for c in checks if c.name == "train")
         a.rfs_threshold = suggested_rfs_threshold(stats["class_images"], stats["images"])
         info["class_images"] = stats["class_images"]
-    images, repeat_images = repeat_epoch_images(data_dir, len(info["names"]), a.rfs_threshold)
+    images, repeat_images = repeat_epoch_images(data_dir / "data.yaml", a.rfs_threshold)
     equal_epochs = max(1, round(a.epochs * repeat_images / images))  # shuffle_equal: repeat_factor's images
     epochs_of = {v: equal_epochs if v == "shuffle_equal" else a.epochs for v in variants}
     todo = [(v, int(seed)) for seed in a.seeds.split(",") for v in variants]

@@ -34,6 +34,7 @@ def test_host_data_made_into_a_device_tensor_counts_as_h2d():
     assert count(lambda x: torch.as_tensor([2.0], device=x.device)) == {"h2d": 1}
     assert count(lambda x: x.new_tensor([2.0, 3.0, 4.0])) == {"h2d": 1}
     assert count(lambda x: torch.tensor([2.0, 3.0])) == {}  # stays on the host: the loader's kind of work
+    assert count(lambda x: torch.as_tensor(x, device=x.device)) == {}  # already a tensor there: no host data
 
 
 def test_reads_inside_host_data_are_not_counted():

@@ -66,11 +66,11 @@ class GraphedForward:
 
     Args:
         model: The plain model (its parameters are the graph's inputs; BatchNorm buffers are updated in it).
-        criterion: The loss (``assign`` and ``finish``), captured with the model; None captures the model only.
+        criterion: The loss (``assign`` and ``finish``), captured with the model.
         capture: The capturing function (:func:`torch.cuda.make_graphed_callables`; tests pass a stand-in).
     """
 
-    def __init__(self, model: nn.Module, criterion: Any = None, capture: Any = None):
+    def __init__(self, model: nn.Module, criterion: Any, capture: Any = None):
         self.model = model
         self.criterion = criterion
         self.capture = capture or torch.cuda.make_graphed_callables
@@ -129,8 +129,6 @@ class GraphedForward:
         None when the whole step is not captured for this shape: then call the model through ``self(...)`` and
         the loss eagerly. The outputs are the graph's own memory: use them before the next call.
         """
-        if self.criterion is None:
-            return None
         key = (*_input_key(imgs), tuple(targets.rows.shape))
         graphed = self.losses.get(key)
         if graphed is None and key not in self.loss_eager:

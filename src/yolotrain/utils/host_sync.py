@@ -107,6 +107,17 @@ def _to_cpu(args: tuple, kwargs: dict) -> bool:
     return False
 
 
+def _host_data_to_device(func: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether a tensor factory puts host data (numbers, lists, arrays) on a device: a copy from host memory.
+
+    ``torch.tensor`` / ``as_tensor`` count when given a ``device``; ``Tensor.new_tensor`` always (it takes its
+    tensor's device). A tensor argument is not host data: it is on a device already.
+    """
+    method = func is torch.Tensor.new_tensor
+    data = args[1 if method else 0] if len(args) > method else kwargs.get("data")
+    return (method or kwargs.get("device") is not None) and not isinstance(data, torch.Tensor)
+
+
 def read_kind(func: Any, args: tuple, kwargs: dict) -> str | None:
     """The kind of host read a torch call is (see the module docstring), or None when it is not one."""
     kind = _VALUE_READS.get(func) or _SHAPE_READS.get(func)
@@ -121,10 +132,8 @@ def read_kind(func: Any, args: tuple, kwargs: dict) -> str | None:
         return "cpu" if _to_cpu(args, kwargs) else None
     if func in _WHERE:
         return "nonzero" if len(args) + len(kwargs) == 1 else None
-    if func in _FROM_HOST:
-        return "h2d" if kwargs.get("device") is not None else None
-    if func is torch.Tensor.new_tensor:
-        return "h2d"
+    if func in _FROM_HOST or func is torch.Tensor.new_tensor:
+        return "h2d" if _host_data_to_device(func, args, kwargs) else None
     return None
 
 
