@@ -32,12 +32,12 @@ demo: venv
 # on two pytest-xdist workers with a share of the cores each (tests/conftest.py): about half the serial
 # time on two cores (docs/testing.md)
 test: venv-dev lint docs
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # everything but the tests marked slow (processes, DDP, preemption, tune, longer training), on two
 # pytest-xdist workers with a share of the cores each (tests/conftest.py)
 test-fast: venv-dev
-	$(BIN)/python -m pytest -m "not slow" -n 2
+	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadgroup
 
 # the site goes to build/ (ignored by git); --strict turns broken links and missing references into errors
 docs: venv-dev

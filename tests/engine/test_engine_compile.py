@@ -83,7 +83,8 @@ def run_cli(args, out, timeout=600):
 @pytest.mark.slow
 def test_ddp_compiled_matches_ddp_eager(tiny_data, tmp_path):
     common = ["nproc=2", "epochs=1", "imgsz=64", "batch=8", "nbs=8", "workers=0", "amp=off", "optimizer=SGD",
-              "verbose=false", "warmup_epochs=0", "val=false", f"data={tiny_data}", "model=n"]  # fmt: skip
+              "verbose=false", "warmup_epochs=0", "val=false", "plots=false", f"data={tiny_data}",
+              "model=n"]  # fmt: skip
     weights = {}
     for backend in ("off", "aot_eager"):
         out = tmp_path / f"out_{backend}"

@@ -16,6 +16,10 @@ import torch
 
 from yolotrain.checkpoint_file import load_checkpoint
 
+# one pytest-xdist worker runs this module (make test: --dist loadgroup):
+# the two-process runs (ddp_runs), a module fixture, is made once, not once per worker
+pytestmark = pytest.mark.xdist_group("ddp")
+
 CALLBACKS = Path(__file__).with_name("ddp_callbacks.py")
 # SGD: Adam's first steps are ~lr*sign(grad), which turns float noise in near-zero gradients into lr-sized
 # differences; with SGD the 1- and 2-process runs must agree to float precision. K = 2 optimizer steps at the full
@@ -116,6 +120,7 @@ def test_rank0_alone_writes_outputs(ddp_runs):
     d = ddp_runs[2]["dir"]
     assert sorted(p.name for p in d.parent.iterdir() if p.name.startswith("p2")) == ["p2"]
     assert (d / "weights" / "last.pt").is_file() and (d / "args.yaml").is_file()
+    assert (d / "results.png").is_file() and (d / "labels.jpg").is_file()  # plots are drawn, by rank 0 alone
     rows = list(csv.DictReader((d / "results.csv").open()))
     assert [r["epoch"] for r in rows] == ["1"]  # not written twice
     ckpt = load_checkpoint(d / "weights" / "last.pt")
@@ -132,6 +137,7 @@ def test_elastic_restart_resumes_and_matches(ddp_runs, ddp_data, tmp_path):
         [
             f"data={ddp_data}",
             *COMMON,
+            "plots=false",
             f"project={tmp_path}",
             "name=el",
             "nproc=2",
@@ -159,6 +165,7 @@ def test_failure_on_one_rank_ends_all(ddp_data, tmp_path):
         [
             f"data={ddp_data}",
             *COMMON,
+            "plots=false",
             f"project={tmp_path}",
             "name=f",
             "nproc=2",
@@ -217,6 +224,7 @@ def test_two_nodes_with_c10d_rendezvous(ddp_data, tmp_path):
             "batch=8",
             "workers=0",
             "verbose=false",
+            "plots=false",
             f"project={tmp_path}",
             "name=mn",
         ]
@@ -254,6 +262,7 @@ def test_oom_on_one_rank_switches_all_and_sizes_agree(ddp_data, tmp_path):
         "workers=0",
         "amp=off",
         "verbose=false",
+        "plots=false",
         "nproc=2",
         f"project={tmp_path}",
         "name=oom",
@@ -296,6 +305,7 @@ def test_sigterm_to_launcher_saves_and_exits_75(ddp_data, tmp_path):
         "workers=0",
         "amp=off",
         "verbose=false",
+        "plots=false",
         "nproc=2",
         f"project={tmp_path}",
         "name=st",

@@ -53,12 +53,12 @@ def test_steady_state_iterations_read_nothing_back(tiny_data, tmp_path):
 
 
 def make_batch(seed=0):
-    """4 images of 64 px with 1, 4, 0 and 3 boxes."""
+    """4 images of 32 px (the smallest the model takes: a 1-pixel map at stride 32) with 1, 4, 0 and 3 boxes."""
     g = torch.Generator().manual_seed(seed)
     counts = [1, 4, 0, 3]
     n = sum(counts)
     return {
-        "img": (torch.rand(4, 3, 64, 64, generator=g) * 255).to(torch.uint8),
+        "img": (torch.rand(4, 3, 32, 32, generator=g) * 255).to(torch.uint8),
         "cls": torch.randint(0, 2, (n, 1), generator=g).float(),
         "bboxes": torch.cat([torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.2 + 0.1], 1),
         "batch_idx": torch.repeat_interleave(torch.arange(4), torch.tensor(counts)).float(),
@@ -69,9 +69,10 @@ def make_step(amp="off", name="AdamW", accumulate=2, **kw):
     torch.manual_seed(0)
     model = build_model("n", nc=2)
     opt, _, _ = build_optimizer(model, name, 0.001, 0.9, 5e-4, 100, 2)
+    # fp16: a loss scale at which these 32 px batches do not overflow (from 2**16 one counted step was skipped)
+    precision = Precision(CPU, amp, init_scale=1024.0)
     step = TrainStep(
-        model, DetectionLoss.from_model(model), opt, Precision(CPU, amp), ModelEMA(model), TrainState(),
-        device=CPU, **kw,
+        model, DetectionLoss.from_model(model), opt, precision, ModelEMA(model), TrainState(), device=CPU, **kw
     )  # fmt: skip
     step.configure(accumulate, 100)
     return step

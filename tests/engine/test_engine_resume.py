@@ -17,6 +17,10 @@ from yolotrain.cli import main
 from yolotrain.config import resolve
 from yolotrain.engine.resume import ELASTIC_MARKER, elastic_resume, mark_elastic_run
 
+# one pytest-xdist worker runs this module (make test: --dist loadgroup):
+# the uninterrupted reference run, a module fixture, is made once, not once per worker
+pytestmark = pytest.mark.xdist_group("resume")
+
 ARGS = [
     "model=n",
     "epochs=3",
@@ -26,6 +30,7 @@ ARGS = [
     "workers=0",
     "save_period=1",
     "verbose=false",
+    "plots=false",
     "seed=3",
     "close_mosaic=1",
 ]  # accumulate 2: saves happen only at optimizer-step boundaries
@@ -158,6 +163,7 @@ def test_finished_run_and_extension(tiny_data, tmp_path, capsys):
         "batch=8",
         "workers=0",
         "verbose=false",
+        "plots=false",
     ]
     assert main(base) == 0
     last = tmp_path / "exp" / "weights" / "last.pt"
@@ -184,6 +190,7 @@ def test_incompatible_changes_are_refused(tiny_data, tmp_path, capsys):
                 "batch=8",
                 "workers=0",
                 "verbose=false",
+                "plots=false",
             ]
         )
         == 0
