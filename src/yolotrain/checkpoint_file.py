@@ -127,7 +127,7 @@ def digest(obj: Any) -> str:
             t = o.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
             if t.numel():
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+                h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy of the bytes
         elif isinstance(o, dict):
             h.update(b"{")
             for k in sorted(o, key=str):
