@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--amp", default="auto", choices=("auto", "off", "bf16"))
     ap.add_argument("--mode", default=None, choices=("eager", "compiled"), help=argparse.SUPPRESS)  # the child
     ap.add_argument("--backend", default="inductor", choices=("inductor", "aot_eager", "eager"))
-    ap.add_argument("--smoke", action="store_true", help="64 px, batch 2, 2 steps, eager backend (no C++ build): seconds")
+    ap.add_argument("--smoke", action="store_true", help="64 px, batch 2, 2 steps, eager backend: seconds")
     a = ap.parse_args()
     if a.smoke:  # the children get the same argv, so each takes these sizes too
         # dynamo's eager backend: the script's whole path in a few seconds (aot_eager's tracing adds ~10 s a
