@@ -152,11 +152,21 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     The file is tagged :data:`FORMAT` unless ``state`` carries its own ``format`` (a re-save keeps a
     version-1 file's layout and tag).
     """
+    write_checkpoint_bytes(checkpoint_bytes(state), path)
+
+
+def checkpoint_bytes(state: dict[str, Any]) -> memoryview:
+    """The bytes :func:`save_checkpoint` writes for ``state``: made once, they can go to several files."""
     state = to_plain({"format": FORMAT, **state})
     state["integrity"] = {"sha256": digest(state)}
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+    return buf.getbuffer()
+
+
+def write_checkpoint_bytes(data: memoryview | bytes, path: str | Path) -> None:
+    """Write :func:`checkpoint_bytes` to ``path`` atomically (a temporary file, fsync, rename)."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False) -> Checkpoint:

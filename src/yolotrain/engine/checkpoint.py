@@ -10,7 +10,7 @@ import errno
 from pathlib import Path
 from typing import Any
 
-from yolotrain.checkpoint_file import RUN_KEYS, Checkpoint, save_checkpoint
+from yolotrain.checkpoint_file import RUN_KEYS, Checkpoint, checkpoint_bytes, write_checkpoint_bytes
 from yolotrain.engine import distributed as dist
 from yolotrain.errors import CheckpointError
 
@@ -92,11 +92,11 @@ class Checkpointer:
                 part.gather()
         failure = None
         if dist.is_main():
-            state = self.state_dict()
+            data = checkpoint_bytes(self.state_dict())  # serialised once for every name (best.pt and last.pt)
             ordered = [n for n in names if n != "last.pt"] + [n for n in names if n == "last.pt"]
             for name in ordered:
                 try:
-                    save_checkpoint(state, self.wdir / name)
+                    write_checkpoint_bytes(data, self.wdir / name)
                 except OSError as e:
                     failure = write_failure(self.wdir / name, e, self.wdir / "last.pt")
                     break
