@@ -7,6 +7,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # Pinned to the torch/torchvision pair this project is developed and tested with.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+# two pytest-xdist workers with a share of the cores each (tests/conftest.py); loadgroup keeps the modules marked
+# xdist_group on one worker, so their expensive module fixture is made once
+XDIST := -n 2 --dist loadgroup
 
 .PHONY: demo test test-fast docs lint venv venv-dev clean bench
 
@@ -29,15 +32,13 @@ venv-dev: $(VENV)/.stamp-dev
 demo: venv
 	$(BIN)/yolotrain train
 
-# on two pytest-xdist workers with a share of the cores each (tests/conftest.py): about half the serial
-# time on two cores (docs/testing.md)
+# on two workers ($(XDIST)): about half the serial time on two cores (docs/testing.md)
 test: venv-dev lint docs
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest $(XDIST)
 
-# everything but the tests marked slow (processes, DDP, preemption, tune, longer training), on two
-# pytest-xdist workers with a share of the cores each (tests/conftest.py)
+# everything but the tests marked slow (processes, DDP, preemption, tune, longer training), on two workers
 test-fast: venv-dev
-	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -m "not slow" $(XDIST)
 
 # the site goes to build/ (ignored by git); --strict turns broken links and missing references into errors
 docs: venv-dev
