@@ -7,9 +7,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # Pinned to the torch/torchvision pair this project is developed and tested with.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
-# two pytest-xdist workers with a share of the cores each (tests/conftest.py); loadgroup keeps the modules marked
-# xdist_group on one worker, so their expensive module fixture is made once
-XDIST := -n 2 --dist loadgroup
+# two pytest-xdist workers with a share of the cores each (tests/conftest.py); loadfile gives each module to one
+# worker, so a module's expensive fixture (a DDP run, an uninterrupted reference run) is made once; the modules go
+# out in the order tests/conftest.py sorts them (slow ones first), not xdist's (most tests first)
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test test-fast docs lint venv venv-dev clean bench
 

@@ -1,4 +1,5 @@
-"""The test tiers: tests marked ``gpu`` are skipped where there is no CUDA device, and only those."""
+"""The test tiers: tests marked ``gpu`` are skipped where there is no CUDA device, and only those; the modules that
+hold slow tests are handed out first."""
 
 import importlib.util
 from pathlib import Path
@@ -16,8 +17,8 @@ _spec.loader.exec_module(conftest)
 class Item:
     """The part of a pytest item the collection hook uses."""
 
-    def __init__(self, *markers):
-        self.markers, self.added = set(markers), []
+    def __init__(self, *markers, nodeid="tests/test_x.py::test_x"):
+        self.markers, self.added, self.nodeid = set(markers), [], nodeid
 
     def get_closest_marker(self, name):
         return name if name in self.markers else None
@@ -27,7 +28,7 @@ class Item:
 
 
 def test_gpu_tests_are_skipped_without_cuda_and_run_with_it(monkeypatch):
-    gpu, slow, plain = Item("gpu"), Item("slow"), Item()
+    gpu, slow, plain = Item("gpu", nodeid="tests/a.py::g"), Item("slow", nodeid="tests/b.py::s"), Item()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     conftest.pytest_collection_modifyitems(None, [gpu, slow, plain])
     assert [m.mark.name for m in gpu.added] == ["skip"] and "CUDA" in gpu.added[0].mark.kwargs["reason"]
@@ -36,6 +37,16 @@ def test_gpu_tests_are_skipped_without_cuda_and_run_with_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     conftest.pytest_collection_modifyitems(None, [gpu, slow, plain])
     assert gpu.added == []
+
+
+def test_modules_holding_slow_tests_come_first_each_kept_whole_and_in_order():
+    a1, a2 = Item(nodeid="tests/a.py::one"), Item(nodeid="tests/a.py::two")
+    b1, b2 = Item(nodeid="tests/sub/b.py::one"), Item("slow", nodeid="tests/sub/b.py::two")
+    c1 = Item(nodeid="tests/c.py::one")
+    d1, d2 = Item("slow", nodeid="tests/d.py::one"), Item(nodeid="tests/d.py::two[x::y]")
+    items = [a1, a2, b1, b2, c1, d1, d2]
+    conftest.pytest_collection_modifyitems(None, items)
+    assert items == [b1, b2, d1, d2, a1, a2, c1]
 
 
 @pytest.mark.gpu

@@ -20,10 +20,6 @@ from yolotrain.engine.horizon import Horizon
 from yolotrain.engine.trainer import Trainer
 from yolotrain.utils.logging import setup_logging
 
-# one pytest-xdist worker runs this module (make test: --dist loadgroup):
-# the uninterrupted budget run, a module fixture, is made once, not once per worker
-pytestmark = pytest.mark.xdist_group("budget")
-
 CLOCK = f"callbacks={Path(__file__).with_name('budget_clock.py')}:fake_clock"
 # 24 images / batch 8: 3 batches (3 fake seconds) and a 2 s validation per epoch
 ARGS = [

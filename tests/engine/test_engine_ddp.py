@@ -16,10 +16,6 @@ import torch
 
 from yolotrain.checkpoint_file import load_checkpoint
 
-# one pytest-xdist worker runs this module (make test: --dist loadgroup):
-# the two-process runs (ddp_runs), a module fixture, is made once, not once per worker
-pytestmark = pytest.mark.xdist_group("ddp")
-
 CALLBACKS = Path(__file__).with_name("ddp_callbacks.py")
 # SGD: Adam's first steps are ~lr*sign(grad), which turns float noise in near-zero gradients into lr-sized
 # differences; with SGD the 1- and 2-process runs must agree to float precision. K = 2 optimizer steps at the full

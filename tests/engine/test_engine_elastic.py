@@ -20,10 +20,6 @@ from elastic_callbacks import rows, steps
 from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.cli import main
 
-# one pytest-xdist worker runs this module (make test: --dist loadgroup):
-# the uninterrupted two-process run, a module fixture, is made once, not once per worker
-pytestmark = pytest.mark.xdist_group("elastic")
-
 CALLBACKS = Path(__file__).with_name("elastic_callbacks.py")
 RECORD = f"callbacks=on_train_batch_end={CALLBACKS}:record_and_stop"  # given again on resume (never inherited)
 # 12 images in global batches of 8: two steps an epoch, of 8 and 4 images (the short one is dealt 2 + 2)

@@ -22,8 +22,7 @@ from yolotrain.engine.trainer import Trainer
 
 mlflow = pytest.importorskip("mlflow")  # in the dev extra, so `make test` runs these
 
-# one worker runs the whole module under pytest-xdist (make test: --dist loadgroup): the shared server starts once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mlflow_server")]
+pytestmark = pytest.mark.slow
 
 TRAIN = {"model": "n", "epochs": 2, "imgsz": 64, "batch": 8, "workers": 0, "verbose": False, "amp": "off"}
 

@@ -16,10 +16,6 @@ from yolotrain.checkpoint_file import load_checkpoint
 from yolotrain.engine.preempt import Preemption
 from yolotrain.errors import Preempted
 
-# one pytest-xdist worker runs this module (make test: --dist loadgroup):
-# the uninterrupted run, a module fixture, is made once, not once per worker
-pytestmark = pytest.mark.xdist_group("preempt")
-
 
 def test_save_is_due_every_save_period_iterations():
     p = Preemption(save_period=3)

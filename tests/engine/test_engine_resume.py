@@ -17,10 +17,6 @@ from yolotrain.cli import main
 from yolotrain.config import resolve
 from yolotrain.engine.resume import ELASTIC_MARKER, elastic_resume, mark_elastic_run
 
-# one pytest-xdist worker runs this module (make test: --dist loadgroup):
-# the uninterrupted reference run, a module fixture, is made once, not once per worker
-pytestmark = pytest.mark.xdist_group("resume")
-
 ARGS = [
     "model=n",
     "epochs=3",
