@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 from pathlib import Path
 
 
@@ -44,6 +45,11 @@ def record_size(trainer):
 
 
 def mark_started(trainer):
-    """Write a file once the first batch is done (the SIGTERM test waits for it)."""
+    """Write a file once the first batch is done (the SIGTERM test waits for it), then hold every rank there
+    until the SIGTERM has arrived (at most a minute): the stop is then mid-epoch however slowly it is delivered
+    (a loaded machine once let the run train two more epochs between this file and the signal)."""
     if os.environ.get("RANK") == "0":
         (Path(os.environ["YT_TEST_OUT"]) / "started").write_text("1")
+    deadline = time.monotonic() + 60
+    while not trainer.preemption.signal_received and time.monotonic() < deadline:
+        time.sleep(0.05)  # the signal handler runs in this (the main) thread, between the sleeps
