@@ -48,15 +48,15 @@ def test_a_folder_another_run_creates_after_the_look_is_not_shared(tmp_path, mon
     assert claim_dir(tmp_path / "exp") == tmp_path / "exp2"
 
 
+# claim_dir, the claim run_dir makes (test_run_dir_claims_the_folder): it needs no torch, so the four processes
+# start in a fraction of a second each; they sleep to the same instant, then race for the same name
 CLAIM = textwrap.dedent(
     """
     import sys, time
-    from yolotrain.config import resolve
-    from yolotrain.engine.build import run_dir
-    cfg = resolve({"project": sys.argv[1], "name": "exp"})
-    while time.time() < float(sys.argv[2]):  # start together
-        pass
-    print(run_dir(cfg, create=False))
+    from pathlib import Path
+    from yolotrain.utils.files import claim_dir
+    time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # start together
+    print(claim_dir(Path(sys.argv[1]) / "exp"))
     """
 )
 
@@ -66,7 +66,7 @@ def test_processes_started_together_get_one_folder_each(tmp_path):
     import time
 
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    at = str(time.time() + 8)
+    at = str(time.time() + 5)
     procs = [subprocess.Popen([sys.executable, "-c", CLAIM, str(tmp_path), at], env=env, stdout=subprocess.PIPE,
                               text=True) for _ in range(4)]  # fmt: skip
     folders = [p.communicate(timeout=120)[0].strip() for p in procs]
