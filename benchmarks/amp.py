@@ -113,6 +113,7 @@ def run_one(a: argparse.Namespace) -> dict:
         out["images_per_s"] = round(timer.images_per_s(), 2)
         out["iterations_timed"] = len(timer.times) - min(a.warmup, max(len(timer.times) - 2, 1))
         out["peak_mem_mb"] = round(peak_mem_mb(t.device), 1)
+        out["runtime"] = runtime()
         too_slow = a.fp32_speed and out["images_per_s"] < a.fp32_speed / 3
         if too_slow:
             # e.g. fp16 on a CPU without native fp16 arithmetic: a full training would take hours
@@ -127,6 +128,14 @@ def run_one(a: argparse.Namespace) -> dict:
             out["mAP50-95"] = round(best.map50_95, 4)
             out["train_s"] = round(t.train_seconds, 1)
     return out
+
+
+def runtime() -> dict:
+    """The torch version and thread count of this (child) process: the parent reports them without importing
+    torch itself (seconds of start-up for two numbers)."""
+    import torch
+
+    return {"torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -172,9 +181,11 @@ def main() -> None:
         sys.stderr.write(f"{name}: {results[name]}\n")
     import os
 
-    import torch
-
     fp32 = results.get("fp32")
+    child_runtime = next((r.pop("runtime") for r in results.values() if r and "runtime" in r), {})
+    for r in results.values():
+        if r:
+            r.pop("runtime", None)
     for name, r in results.items():
         if r and fp32 and name != "fp32":
             r["speedup_vs_fp32"] = round(r["images_per_s"] / fp32["images_per_s"], 3)
@@ -189,8 +200,8 @@ def main() -> None:
         "accuracy": None
         if a.skip_accuracy
         else {"epochs": a.acc_epochs, "imgsz": a.acc_imgsz, "data": "demo", "seed": 0},
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "torch": child_runtime.get("torch"),
+        "threads": child_runtime.get("threads"),
         "cpus": os.cpu_count(),
     }
     print(json.dumps(results))

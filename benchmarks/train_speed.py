@@ -121,9 +121,13 @@ def run_ultralytics(a: argparse.Namespace) -> dict:
 
 
 def _figures(times: list[float], n_images: int) -> dict:
+    import torch  # loaded already by the framework that trained
+
     timed = times[1:] if len(times) > 1 else times
     epoch_s = sum(timed) / len(timed)
     return {
+        "torch": torch.__version__,  # reported by the child, so the parent need not import torch for it
+        "threads": torch.get_num_threads(),
         "images_per_s": round(n_images / epoch_s, 2),
         "epoch_s": round(epoch_s, 2),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
@@ -188,8 +192,7 @@ def main() -> None:
     if smoke_dir:
         smoke_dir.cleanup()
     ratio = round(ours["images_per_s"] / theirs["images_per_s"], 3) if ours and theirs else None
-    import torch
-
+    measured = ours or theirs or {}
     settings = {
         "data": a.data,
         "scale": a.scale,
@@ -199,8 +202,8 @@ def main() -> None:
         "workers": a.workers,
         "device": "cpu",
         "precision": "fp32",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "torch": measured.get("torch"),
+        "threads": measured.get("threads"),
         "cpus": os.cpu_count(),
     }
     print(json.dumps({"yolotrain": ours, "ultralytics": theirs, "ratio": ratio, "settings": settings}))
