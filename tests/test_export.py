@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -9,15 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+from yolotrain import Detector
+from yolotrain.checkpoint_file import save_checkpoint
+from yolotrain.cli import main
+from yolotrain.config import resolve
+from yolotrain.errors import ConfigError
+from yolotrain.export import DecodedDetector, export_onnx
 
-from yolotrain import Detector  # noqa: E402
-from yolotrain.checkpoint_file import save_checkpoint  # noqa: E402
-from yolotrain.cli import main  # noqa: E402
-from yolotrain.config import resolve  # noqa: E402
-from yolotrain.errors import ConfigError  # noqa: E402
-from yolotrain.export import DecodedDetector, export_onnx  # noqa: E402
+# onnx and onnxruntime are imported where a test reads a file, not at collection: every pytest-xdist worker
+# collects this module and only one runs it
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None,
+    reason="onnx and onnxruntime are not installed (export extra)",
+)
 from yolotrain.models import build_model  # noqa: E402
 from yolotrain.ops import decode  # noqa: E402
 
@@ -38,11 +43,15 @@ def model() -> torch.nn.Module:
 
 
 def _run(path: Path, x: torch.Tensor) -> np.ndarray:
+    import onnxruntime as ort
+
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return sess.run(None, {"images": x.numpy()})[0]
 
 
 def test_onnx_matches_pytorch_for_batch_1_and_3(model: torch.nn.Module, tmp_path: Path) -> None:
+    import onnx
+
     path = export_onnx(model, tmp_path / "m.onnx", imgsz=64)
     assert path == tmp_path / "m.onnx" and model.training is False
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is left alone
@@ -95,6 +104,8 @@ def _checkpoint(model: torch.nn.Module, path: Path) -> Path:
 def test_cli_export_next_to_checkpoint_and_unknown_format(
     model: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    import onnx
+
     ckpt = _checkpoint(model, tmp_path / "weights" / "best.pt")
     assert main(["export", f"model={ckpt}", "format=onnx", "opset=17"]) == 0
     out = tmp_path / "weights" / "best.onnx"
@@ -109,6 +120,8 @@ def test_cli_export_next_to_checkpoint_and_unknown_format(
 
 
 def test_detector_export_static_hw_other_opset(model: torch.nn.Module, tmp_path: Path) -> None:
+    import onnx
+
     ckpt = _checkpoint(model, tmp_path / "last.pt")
     path = Detector(ckpt).export(imgsz=96, opset=13, dynamic=False, out=str(tmp_path / "sub" / "det.onnx"))
     assert path == tmp_path / "sub" / "det.onnx" and path.is_file()

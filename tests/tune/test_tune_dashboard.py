@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
 from pathlib import Path
@@ -16,8 +17,11 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from yolotrain.cli import main
 from yolotrain.tune.study import dashboard_command, make_pruner, open_study
 
-optuna_dashboard = pytest.importorskip("optuna_dashboard")  # in the dev extra, so `make test` runs these
-from optuna_dashboard._storage_url import get_storage  # noqa: E402 - the CLI's loader, after the skip
+# optuna-dashboard is in the dev extra, so `make test` runs these; it is imported where a test asks the dashboard,
+# not at collection: every pytest-xdist worker collects this module and only one runs it (3.6 CPU-seconds of import)
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("optuna_dashboard") is None, reason="optuna-dashboard is not installed (dev extra)"
+)
 
 
 def _get(app, path: str) -> dict:
@@ -38,6 +42,9 @@ def _dashboard_study(command: str, name: str) -> dict:
     """What ``optuna-dashboard ARG`` shows for study ``name`` (/api/studies, then its detail)."""
     argv = shlex.split(command)
     assert argv[0] == "optuna-dashboard" and len(argv) == 2, command
+    import optuna_dashboard
+    from optuna_dashboard._storage_url import get_storage  # the CLI's loader
+
     app = optuna_dashboard.wsgi(get_storage(argv[1]))  # the loader the dashboard's CLI runs on ARG
     ids = {s["study_name"]: s["study_id"] for s in _get(app, "/api/studies")["study_summaries"]}
     return _get(app, f"/api/studies/{ids[name]}")
