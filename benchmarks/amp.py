@@ -182,10 +182,8 @@ def main() -> None:
     import os
 
     fp32 = results.get("fp32")
-    child_runtime = next((r.pop("runtime") for r in results.values() if r and "runtime" in r), {})
-    for r in results.values():
-        if r:
-            r.pop("runtime", None)
+    runtimes = [r.pop("runtime") for r in results.values() if r and "runtime" in r]  # the same in every child
+    child_runtime = runtimes[0] if runtimes else {}
     for name, r in results.items():
         if r and fp32 and name != "fp32":
             r["speedup_vs_fp32"] = round(r["images_per_s"] / fp32["images_per_s"], 3)

@@ -24,12 +24,17 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """Run the modules that hold slow tests first; skip the tests marked ``gpu`` when there is no CUDA device.
 
-    ``make test`` hands whole modules to its two workers (``--dist loadfile``, so a module's expensive fixture is
-    made once) in this order (``--no-loadscope-reorder``): the long modules start first and the many short ones
-    even out the end, instead of one worker finishing a 2-minute DDP module while the other waits.
+    ``make test`` and ``make test-fast`` hand whole modules to their workers (``--dist loadfile``, so a module's
+    expensive fixture is made once) in this order (``--no-loadscope-reorder``): the long modules start first and
+    the many short ones even out the end, instead of one worker finishing a 2-minute DDP module while the others
+    wait.
     """
-    slow_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_modules)  # stable: file order otherwise
+
+    def module(item) -> str:
+        return item.nodeid.split("::")[0]  # loadfile's unit
+
+    slow_modules = {module(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: module(item) not in slow_modules)  # stable: file order otherwise
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_tests:
         return  # torch is not imported for a run without gpu tests

@@ -16,6 +16,8 @@ from yolotrain.cli import main
 from yolotrain.config import resolve
 from yolotrain.errors import ConfigError
 from yolotrain.export import DecodedDetector, export_onnx
+from yolotrain.models import build_model
+from yolotrain.ops import decode
 
 # onnx and onnxruntime are imported where a test reads a file, not at collection: every pytest-xdist worker
 # collects this module and only one runs it
@@ -23,8 +25,6 @@ pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None,
     reason="onnx and onnxruntime are not installed (export extra)",
 )
-from yolotrain.models import build_model  # noqa: E402
-from yolotrain.ops import decode  # noqa: E402
 
 NAMES = ["circle", "rectangle", "triangle"]
 
