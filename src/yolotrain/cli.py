@@ -26,6 +26,7 @@ from yolotrain.config import SETTINGS, Config, parse_cli_args, resolve
 from yolotrain.config_help import help_text, setting_text
 from yolotrain.errors import Preempted, YoloTrainError
 from yolotrain.utils.logging import setup_logging
+from yolotrain.utils.startup import start_program
 
 COMMANDS = ("train", "val", "predict", "info", "export", "tune", "data", "ckpt", "help")
 USAGE = (
@@ -99,7 +100,15 @@ def cmd_help(args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``yolotrain`` command; returns the exit code."""
+    """Entry point of the ``yolotrain`` command; returns the exit code.
+
+    Args:
+        argv: The command and its ``key=value`` arguments. None (the console script, ``python -m yolotrain``)
+            reads ``sys.argv`` and makes this process the program's own: its imports run with the garbage
+            collector paused and are then frozen (:mod:`yolotrain.utils.startup`); a caller passing ``argv``
+            keeps its process's collector as it was.
+    """
+    program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         return cmd_help(argv[1:])
@@ -110,12 +119,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command in ("ckpt", "data"):  # their own positional paths and keys (ckpt info PATH, data convert to=)
             setup_logging(True)
+            if program:
+                start_program(command)
             return run(command, rest)
         if command == "tune":  # tune's own keys (trials, space, pruner...) are not training settings
-            return cmd_tune(parse_cli_args(rest))
+            tune_args = parse_cli_args(rest)
+            if program:
+                start_program(command)
+            return cmd_tune(tune_args)
         setup_logging(True)  # resolve may warn (callbacks a cfg= file names are not run); level set below
         cfg = resolve(parse_cli_args(rest), command=command)
         setup_logging(cfg.verbose or command != "train")
+        if program:
+            start_program(command, cfg)
         return {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "info": cmd_info, "export": cmd_export}[
             command
         ](cfg)

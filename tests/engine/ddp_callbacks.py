@@ -1,5 +1,6 @@
 """User callbacks loaded by the DDP tests with ``callbacks=<this file>:<function>`` (not a test module)."""
 
+import gc
 import os
 import signal
 import time
@@ -7,10 +8,13 @@ from pathlib import Path
 
 
 def on_train_batch_end(trainer):
-    """Record which rank saw which images (one line per batch, one file per rank)."""
-    out = Path(os.environ["YT_TEST_OUT"]) / f"batches_rank{os.environ.get('RANK', '0')}.txt"
-    with out.open("a") as f:
+    """Record which rank saw which images (one line per batch, one file per rank), and the process's garbage
+    collector: how many objects start-up froze, whether it collects, whether torch._dynamo was imported by then."""
+    rank = os.environ.get("RANK", "0")
+    out = Path(os.environ["YT_TEST_OUT"])
+    with (out / f"batches_rank{rank}.txt").open("a") as f:
         f.write(f"{trainer.epoch} {trainer.current_batch['index'].tolist()}\n")
+    (out / f"gc_rank{rank}.txt").write_text(f"{gc.get_freeze_count()} {gc.isenabled()}")
 
 
 def kill_rank1_once(trainer):

@@ -125,6 +125,17 @@ def test_rank0_alone_writes_outputs(ddp_runs):
 
 
 @pytest.mark.slow
+def test_every_training_process_starts_with_its_imports_frozen(ddp_runs):
+    """`yolotrain train` and each worker it launches import torch with the collector paused, then freeze what is
+    alive (yolotrain/utils/startup.py), and collect as usual while training."""
+    for run, ranks in ((ddp_runs[1], (0,)), (ddp_runs[2], (0, 1))):
+        for rank in ranks:
+            frozen, enabled = (run["out"] / f"gc_rank{rank}.txt").read_text().split()
+            # torch and torch._dynamo alone leave ~500,000 objects alive; a process that froze nothing shows 0
+            assert int(frozen) > 200_000 and enabled == "True", (run["dir"].name, rank, frozen, enabled)
+
+
+@pytest.mark.slow
 def test_elastic_restart_resumes_and_matches(ddp_runs, ddp_data, tmp_path):
     """SIGKILL one of two workers mid-epoch; torchrun restarts both, they resume from last.pt by themselves."""
     out = tmp_path / "out"
