@@ -102,11 +102,14 @@ def test_new_augmentations_reach_the_plotted_batches(tiny_data, tmp_path):
 STOPPER = """
 import os, signal, sys
 from yolotrain.config import parse_cli_args, resolve
-from yolotrain.engine.trainer import Trainer
 from yolotrain.errors import Preempted
 from yolotrain.utils.logging import setup_logging
+from yolotrain.utils.startup import start_program
 setup_logging(False)
-t = Trainer(resolve(parse_cli_args(sys.argv[2:])))
+cfg = resolve(parse_cli_args(sys.argv[2:]))
+start_program("train", cfg)  # imports as `yolotrain train` does
+from yolotrain.engine.trainer import Trainer
+t = Trainer(cfg)
 seen = [0]
 def stop(tr):
     seen[0] += 1

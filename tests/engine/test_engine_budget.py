@@ -151,11 +151,14 @@ def test_budget_spent_mid_epoch_stops_and_validates(tiny_data, tmp_path, capsys)
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from yolotrain.config import parse_cli_args, resolve
-    from yolotrain.engine.trainer import Trainer
     from yolotrain.utils.logging import setup_logging
+    from yolotrain.utils.startup import start_program
     setup_logging(False)
     event, at = sys.argv[1], int(sys.argv[2])
-    t = Trainer(resolve(parse_cli_args(sys.argv[3:])))
+    cfg = resolve(parse_cli_args(sys.argv[3:]))
+    start_program("train", cfg)  # imports as `yolotrain train` does
+    from yolotrain.engine.trainer import Trainer
+    t = Trainer(cfg)
     count = [0]
     def hook(tr):
         count[0] += 1

@@ -34,12 +34,15 @@ ARGS = [
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from yolotrain.config import parse_cli_args, resolve
-    from yolotrain.engine.trainer import Trainer
     from yolotrain.errors import Preempted
     from yolotrain.utils.logging import setup_logging
+    from yolotrain.utils.startup import start_program
     setup_logging(False)
     event, at, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
-    t = Trainer(resolve(parse_cli_args(sys.argv[4:])))
+    cfg = resolve(parse_cli_args(sys.argv[4:]))
+    start_program("train", cfg)  # imports as `yolotrain train` does
+    from yolotrain.engine.trainer import Trainer
+    t = Trainer(cfg)
     count = [0]
     def hook(tr):
         count[0] += 1
