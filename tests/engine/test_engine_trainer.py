@@ -158,6 +158,7 @@ def test_short_training_learns(tmp_path, cfg_for):
         warmup_min_iters=10,
         amp="off",
         seed=1,
+        plots=False,  # not about plots: drawing them was a fifth of this test's time
     )
     trainer = Trainer(cfg)
     best = trainer.fit()
