@@ -4,11 +4,12 @@ Importing torch, and ``torch._dynamo`` (which every torch optimizer imports when
 a million container objects alive. Python's cyclic garbage collector runs while they are created, and its full
 passes walk all of them again, for nothing: module-level objects live as long as the process, and so do they
 after training starts (every later full pass walks them too). Pausing the collector for those imports and then
-moving everything alive to the permanent generation (:func:`gc.freeze`), which later passes skip, took a
-one-epoch training process on 16 tiny images from 5.5 to 3.6 CPU-seconds (docs/testing.md); a process of a
-DDP job, a tune trial or a CI test pays this start-up every time. The frozen objects include the little cyclic
-garbage the imports left (about 5 MB), which is never freed; forked data-loader workers copy fewer pages, as
-the collector no longer writes to the objects they share with the parent.
+moving everything alive to the permanent generation (:func:`gc.freeze`), which later passes skip, took
+``yolotrain train`` for one epoch on 16 tiny images from 6.0 to 4.4 CPU-seconds (medians of four interleaved
+runs, docs/testing.md); a process of a DDP job, a tune trial or a CI test pays this start-up every time. The
+frozen objects include the little cyclic garbage the imports left (about 5 MB), which is never freed; forked
+data-loader workers copy fewer pages, as the collector no longer writes to the objects they share with the
+parent.
 
 Only the program's own process does this (the ``yolotrain`` console script, ``python -m yolotrain``, the
 training processes they start): the collector's settings are process-wide, and a caller's objects (a notebook
