@@ -9,7 +9,7 @@ from pathlib import Path
 
 def on_train_batch_end(trainer):
     """Record which rank saw which images (one line per batch, one file per rank), and the process's garbage
-    collector: how many objects start-up froze, whether it collects, whether torch._dynamo was imported by then."""
+    collector: how many objects start-up froze and whether it collects."""
     rank = os.environ.get("RANK", "0")
     out = Path(os.environ["YT_TEST_OUT"])
     with (out / f"batches_rank{rank}.txt").open("a") as f:

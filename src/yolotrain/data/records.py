@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from yolotrain.utils.gc_pause import collector_paused
 
 
 @dataclass
@@ -69,10 +70,7 @@ class ImageRecord:
         new, rec_cls = object.__new__, cls
         c_all, b_all, k_all = arrays
         out = []
-        # No garbage collection while the objects pile up: each would walk every object made so far.
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with collector_paused():  # the records pile up: each collection would walk every one made so far
             for f, h, w, s, e in zip(im_files, hs, ws, starts, ends):
                 rec = new(rec_cls)
                 rec.__dict__ = {
@@ -80,9 +78,6 @@ class ImageRecord:
                     "crowd": None if k_all is None else k_all[s:e],
                 }  # fmt: skip
                 out.append(rec)
-        finally:
-            if was_enabled:
-                gc.enable()
         return out
 
     @property

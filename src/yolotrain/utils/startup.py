@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from yolotrain import commands
+from yolotrain.utils.gc_pause import collector_paused
 
 __all__ = ["imports_then_freeze", "start_program"]
 
@@ -32,14 +33,11 @@ __all__ = ["imports_then_freeze", "start_program"]
 @contextmanager
 def imports_then_freeze() -> Iterator[None]:
     """Run the block with the cyclic collector paused, then freeze every object alive and resume collecting."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if was_enabled:
-            gc.enable()
+    with collector_paused():
+        try:
+            yield
+        finally:
+            gc.freeze()  # before the collector resumes, so no pass walks them first
 
 
 def start_program(command: str, cfg: Any = None) -> None:
