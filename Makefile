@@ -31,6 +31,15 @@ endif
 # machine): without them every test process compiles yolotrain's modules again and every worker rewrites every
 # test module (collecting took 13.9 CPU-s a worker without the caches, 7.6 s with them)
 PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest
+# A new .venv has no bytecode (uv compiles nothing), and the three test workers and the first test processes, all
+# started at once, would each compile torch and the rest for themselves. Two processes (one a core) import what
+# the tests' processes import and write the caches once, before the suite: about 16 CPU-s of compiling, paid once.
+# An import that fails here fails the tests that make it, so the warm-up's own status is not checked.
+WARM_TORCH  := yolotrain.cli, yolotrain.engine.trainer, yolotrain.engine.launch, torch._dynamo, torchvision, \
+	torch.distributed.run
+WARM_OTHERS := matplotlib.pyplot, mlflow, optuna, onnx, onnxruntime, pandas, pytest, xdist, hypothesis
+WARM_BYTECODE := PYTHONDONTWRITEBYTECODE= $(BIN)/python -c "import $(WARM_TORCH)" & \
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -c "import $(WARM_OTHERS)"; wait
 
 .PHONY: demo test test-fast docs lint venv venv-dev clean bench
 
@@ -44,6 +53,7 @@ $(VENV)/.stamp-base: pyproject.toml | $(BIN)/python
 
 $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
 	$(INSTALL) $(TORCH_PIN) -e ".[dev,docs]"
+	$(WARM_BYTECODE)
 	touch $@
 
 venv: $(VENV)/.stamp-base
