@@ -44,9 +44,11 @@ def test_modules_holding_slow_tests_come_first_each_kept_whole_and_in_order():
     b1, b2 = Item(nodeid="tests/sub/b.py::one"), Item("slow", nodeid="tests/sub/b.py::two")
     c1 = Item(nodeid="tests/c.py::one")
     d1, d2 = Item("slow", nodeid="tests/d.py::one"), Item(nodeid="tests/d.py::two[x::y]")
-    items = [a1, a2, b1, b2, c1, d1, d2]
+    e1, e2 = Item("slow", nodeid="tests/e.py::one"), Item("slow", nodeid="tests/e.py::two")
+    items = [a1, a2, b1, b2, c1, d1, d2, e1, e2]
     conftest.pytest_collection_modifyitems(None, items)
-    assert items == [b1, b2, d1, d2, a1, a2, c1]
+    # e holds two slow tests, b and d one each (kept in file order), a and c none
+    assert items == [e1, e2, b1, b2, d1, d2, a1, a2, c1]
 
 
 @pytest.mark.gpu
