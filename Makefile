@@ -45,9 +45,13 @@ WARM_BYTECODE := PYTHONDONTWRITEBYTECODE= $(BIN)/python -c "import $(WARM_TORCH)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(if $(filter pip,$(INSTALLER)),$(BIN)/python -m pip install --quiet --upgrade pip,$(BIN)/python -m pip install --quiet uv)
+	$(if $(filter pip,$(INSTALLER)),$(BIN)/python -m pip install --quiet --upgrade pip)
 
-$(VENV)/.stamp-base: pyproject.toml | $(BIN)/python
+# its own target, so an environment made before the Makefile used uv gets it too
+$(BIN)/uv: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet uv
+
+$(VENV)/.stamp-base: pyproject.toml | $(BIN)/python $(if $(filter pip,$(INSTALLER)),,$(BIN)/uv)
 	$(INSTALL) $(TORCH_PIN) -e .
 	touch $@
 
