@@ -21,16 +21,20 @@ WORKERS_FAST ?= 2
 # several at a time, and without byte-compiling what is never imported (the first import compiles a module once).
 # A fresh .venv here: torch and torchvision 55 -> 30 s, the dev and docs extras 82 -> 15 s, no 55 s compileall.
 # `make INSTALLER=pip ...` installs with pip instead.
+# INSTALL_TOOL is the target that readies the installer in the environment.
 INSTALLER ?= uv
 ifeq ($(INSTALLER),pip)
-INSTALL = $(BIN)/pip install --quiet
+INSTALL      = $(BIN)/pip install --quiet
+INSTALL_TOOL = $(VENV)/.stamp-pip
 else
-INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python $(shell $(PYTHON) tools/uv_sources.py)
+INSTALL      = $(BIN)/uv pip install --quiet --python $(BIN)/python $(shell $(PYTHON) tools/uv_sources.py)
+INSTALL_TOOL = $(BIN)/uv
 endif
 # the tests write bytecode caches even where the environment says not to (PYTHONDONTWRITEBYTECODE=1 on this
 # machine): without them every test process compiles yolotrain's modules again and every worker rewrites every
 # test module (collecting took 13.9 CPU-s a worker without the caches, 7.6 s with them)
-PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest
+WRITE_BYTECODE := PYTHONDONTWRITEBYTECODE=
+PYTEST := $(WRITE_BYTECODE) $(BIN)/python -m pytest
 # A new .venv has no bytecode (uv compiles nothing), and the three test workers and the first test processes, all
 # started at once, would each compile torch and the rest for themselves. Two processes (one a core) import what
 # the tests' processes import and write the caches once, before the suite: about 16 CPU-s of compiling, paid once.
@@ -38,20 +42,23 @@ PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest
 WARM_TORCH  := yolotrain.cli, yolotrain.engine.trainer, yolotrain.engine.launch, torch._dynamo, torchvision, \
 	torch.distributed.run
 WARM_OTHERS := matplotlib.pyplot, mlflow, optuna, onnx, onnxruntime, pandas, pytest, xdist, hypothesis
-WARM_BYTECODE := PYTHONDONTWRITEBYTECODE= $(BIN)/python -c "import $(WARM_TORCH)" & \
-	PYTHONDONTWRITEBYTECODE= $(BIN)/python -c "import $(WARM_OTHERS)"; wait
+WARM_BYTECODE := $(WRITE_BYTECODE) $(BIN)/python -c "import $(WARM_TORCH)" & \
+	$(WRITE_BYTECODE) $(BIN)/python -c "import $(WARM_OTHERS)"; wait
 
 .PHONY: demo test test-fast docs lint venv venv-dev clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(if $(filter pip,$(INSTALLER)),$(BIN)/python -m pip install --quiet --upgrade pip)
 
-# its own target, so an environment made before the Makefile used uv gets it too
+# the installers are targets of their own, so an environment made before the Makefile used uv gets it too
 $(BIN)/uv: | $(BIN)/python
 	$(BIN)/python -m pip install --quiet uv
 
-$(VENV)/.stamp-base: pyproject.toml | $(BIN)/python $(if $(filter pip,$(INSTALLER)),,$(BIN)/uv)
+$(VENV)/.stamp-pip: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	touch $@
+
+$(VENV)/.stamp-base: pyproject.toml | $(INSTALL_TOOL)
 	$(INSTALL) $(TORCH_PIN) -e .
 	touch $@
 

@@ -4,6 +4,7 @@ and the test tiers: ``@pytest.mark.slow`` (``make test-fast`` leaves these out) 
 """
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -37,11 +38,8 @@ def pytest_collection_modifyitems(config, items):
     def module(item) -> str:
         return item.nodeid.split("::")[0]  # loadfile's unit
 
-    slow_tests = {}
-    for item in items:
-        if item.get_closest_marker("slow"):
-            slow_tests[module(item)] = slow_tests.get(module(item), 0) + 1
-    items.sort(key=lambda item: -slow_tests.get(module(item), 0))  # stable: file order otherwise
+    slow_tests = Counter(module(item) for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow_tests[module(item)])  # stable: file order otherwise
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_tests:
         return  # torch is not imported for a run without gpu tests
