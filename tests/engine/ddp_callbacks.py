@@ -3,6 +3,7 @@
 import gc
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +16,16 @@ def on_train_batch_end(trainer):
     with (out / f"batches_rank{rank}.txt").open("a") as f:
         f.write(f"{trainer.epoch} {trainer.current_batch['index'].tolist()}\n")
     (out / f"gc_rank{rank}.txt").write_text(f"{gc.get_freeze_count()} {gc.isenabled()}")
+
+
+def record_process(trainer):
+    """Record where this worker came from: its parent's pid, whether the fork server's preload is imported here
+    (a fork of the server has it; a fresh interpreter does not), and whether SIGHUP, which the server ignores and
+    the engine does not handle, is back to its default."""
+    preloaded = "yolotrain.engine.forkserver_preload" in sys.modules
+    hangup_default = signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    out = Path(os.environ["YT_TEST_OUT"]) / f"process_rank{os.environ.get('RANK', '0')}.txt"
+    out.write_text(f"{os.getppid()} {preloaded} {hangup_default}")
 
 
 def kill_rank1_once(trainer):

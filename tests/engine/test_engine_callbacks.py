@@ -1,6 +1,8 @@
 """``callbacks=`` entries, and turning Python callbacks into entries the DDP workers can import."""
 
+import os
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -114,38 +116,50 @@ def test_config_callbacks_run_in_the_trainer(tiny_data, tmp_path, user_module):
 @pytest.mark.slow
 def test_api_keeps_callbacks_under_ddp(tiny_data, tmp_path, monkeypatch):
     """Detector(...).train(nproc=2): the Python callback runs inside both torchrun workers, and the caller's
-    own stop-signal handlers are in place again afterwards (the elastic agent replaces them while it runs)."""
+    own stop-signal handlers are in place again afterwards (the elastic agent replaces them while it runs).
+
+    The workers are forks of one fork server that imported the engine first, and each launch has its own server:
+    a second launch's workers see the environment of that launch, not the first's."""
     import signal
 
     import ddp_callbacks  # tests/engine is on sys.path (pytest's rootdir-relative import)
 
     from yolotrain import Detector
 
-    monkeypatch.setenv("YT_TEST_OUT", str(tmp_path))
     monkeypatch.setenv("PYTHONWARNINGS", "ignore")
 
     def callers_handler(signum, frame):
         raise AssertionError("never called")
 
-    previous = signal.signal(signal.SIGTERM, callers_handler)
-    try:
+    def train(out: Path):
+        monkeypatch.setenv("YT_TEST_OUT", str(out))
         det = Detector("n")
         det.add_callback("on_train_batch_end", ddp_callbacks.on_train_batch_end)
-        best = det.train(
-            data=str(tiny_data),
-            nproc=2,
-            epochs=1,
-            imgsz=64,
-            batch=8,
-            workers=0,
-            verbose=False,
-            project=str(tmp_path / "runs"),
-            plots=False,
-        )
+        det.add_callback("on_train_start", ddp_callbacks.record_process)
+        best = det.train(data=str(tiny_data), nproc=2, epochs=1, imgsz=64, batch=8, workers=0, verbose=False,
+                         project=str(out / "runs"), plots=False)  # fmt: skip
+        return det, best
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    previous = signal.signal(signal.SIGTERM, callers_handler)
+    try:
+        det, best = train(first)
         assert signal.getsignal(signal.SIGTERM) is callers_handler
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert best is not None and best.images == 8
-    assert (tmp_path / "batches_rank0.txt").read_text().count("\n") == 3  # 24 images / global batch 8
-    assert (tmp_path / "batches_rank1.txt").read_text().count("\n") == 3
+    assert (first / "batches_rank0.txt").read_text().count("\n") == 3  # 24 images / global batch 8
+    assert (first / "batches_rank1.txt").read_text().count("\n") == 3
     assert det.model.endswith(".pt")
+
+    train(second)
+    parents = {}
+    for out in (first, second):
+        records = {tuple((out / f"process_rank{rank}.txt").read_text().split()) for rank in (0, 1)}
+        assert len(records) == 1, records  # both ranks: children of the same process, which preloaded the engine
+        (parent, preloaded, hangup_default), *_ = records
+        assert preloaded == "True" and int(parent) != os.getpid()
+        assert hangup_default == "True"  # the server ignores the stop signals; its forks answer them
+        parents[out] = parent
+    assert parents[first] != parents[second]  # the first launch's server ended with it

@@ -8,13 +8,15 @@ which save and exit 75, and the agent's ``SignalException`` or the workers' exit
 :class:`~yolotrain.errors.Preempted` here instead of torchrun's traceback. Under torchrun already
 (``WORLD_SIZE`` set) nothing is launched. The user's callbacks travel as ``callbacks=module:function``
 entries on the workers' command line (a ``cfg=`` file's callbacks are never run), so the workers import
-and run them too.
+and run them too. The workers are forks of a fork server that imported torch and the engine once for all of them
+and for every elastic restart (:mod:`yolotrain.engine.worker_process`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -23,6 +25,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ from yolotrain.engine import distributed as dist
 from yolotrain.engine.build import per_process_batch, run_dir
 from yolotrain.engine.callbacks import callback_reference
 from yolotrain.engine.resume import checkpoint_path
+from yolotrain.engine.worker_process import run_worker
 from yolotrain.errors import Preempted, TrainingError
 from yolotrain.utils.files import release_dir
 from yolotrain.utils.torch_utils import select_device
@@ -70,6 +74,7 @@ def launch_config(n: int, max_restarts: int = 0) -> LaunchConfig:
         rdzv_endpoint="localhost:0",
         max_restarts=max_restarts,
         monitor_interval=0.1,
+        start_method="forkserver",  # with a callable entry point: workers forked from one server (see below)
     )
 
 
@@ -90,12 +95,57 @@ def check_batch_split(cfg: Config, n: int) -> None:
 
 
 def worker_args(cfg_file: Path, callbacks: list[str] = ()) -> list[str]:
-    """Each worker's command line after the Python executable.
+    """Each worker's ``yolotrain`` command line (``train cfg=...``).
 
     ``callbacks`` go on the command line, not into ``cfg_file``: settings read from a file never run code.
     """
-    args = ["-m", "yolotrain", "train", f"cfg={cfg_file}"]
+    args = ["train", f"cfg={cfg_file}"]
     return args + ([f"callbacks={json.dumps(list(callbacks))}"] if callbacks else [])
+
+
+PRELOAD = "yolotrain.engine.forkserver_preload"
+ELASTIC_PROCESS_LOG = "torch.distributed.elastic.multiprocessing.api"
+
+
+class _ExitCodeOnly(logging.Filter):
+    """Drop the traceback torch elastic logs with a failed worker's exit code: it is the agent's own stack (the
+    worker printed its error itself), one screen of noise for every preempted or failed worker."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith("failed (exitcode"):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextmanager
+def _exit_codes_without_agent_tracebacks() -> Iterator[None]:
+    log, only = logging.getLogger(ELASTIC_PROCESS_LOG), _ExitCodeOnly()
+    log.addFilter(only)
+    try:
+        yield
+    finally:
+        log.removeFilter(only)
+
+
+@contextmanager
+def _fork_server() -> Iterator[None]:
+    """The workers' fork server for one launch: it imports :data:`PRELOAD` when the agent first starts workers and
+    is stopped when the launch ends.
+
+    One server a launch, not one a process: it keeps the environment and the standard streams of the moment it
+    started, and the next launch of a program that trains twice (or of a test session) may have others. A server
+    something else in this process started is used as it is and left running (the workers then import for
+    themselves).
+    """
+    server = forkserver._forkserver  # the module's own; torch reaches it through multiprocessing's context
+    ours = server._forkserver_pid is None
+    if ours:
+        multiprocessing.set_forkserver_preload([PRELOAD])
+    try:
+        yield
+    finally:
+        if ours:
+            server._stop()  # closes its pipe from here and waits for it; what it forked has ended by now
 
 
 # the agent sets handlers for these that raise SignalException and never puts the caller's back: a
@@ -155,8 +205,10 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        with _signal_handlers_kept():
-            elastic_launch(launch_config(n, cfg.max_restarts), sys.executable)(*worker_args(cfg_file, callbacks))
+        with _signal_handlers_kept(), _fork_server(), _exit_codes_without_agent_tracebacks():
+            elastic_launch(launch_config(n, cfg.max_restarts), run_worker)(
+                worker_args(cfg_file, callbacks), os.getcwd(), path.split(os.pathsep)
+            )
     except SignalException as e:  # this process was signalled: the agent stopped the workers (they saved)
         raise Preempted(f"stopped by {signal.Signals(e.sigval).name}; continue with resume={last}") from None
     except ChildFailedError as e:
