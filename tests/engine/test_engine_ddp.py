@@ -167,6 +167,33 @@ def test_elastic_restart_resumes_and_matches(ddp_runs, ddp_data, tmp_path):
         assert torch.equal(ta, b["ema"][name]), name
 
 
+# Imports the workers' fork server preload in a fresh interpreter (the launcher gives the server one thread for
+# OpenMP/BLAS), with torch's CUDA queries wrapped: a fork of a process that has asked the CUDA driver anything
+# cannot use CUDA, and forking a process that runs other threads is unsafe.
+PRELOAD_PROBE = """
+import torch, torch.cuda
+asked = []
+def wrap(owner, name):
+    real = getattr(owner, name)
+    setattr(owner, name, lambda *a, **k: asked.append(name) or real(*a, **k))
+for owner, name in [(torch._C, "_cuda_getDeviceCount"), (torch._C, "_cuda_init"), (torch.cuda, "_lazy_init"),
+                    (torch.cuda, "is_available"), (torch.cuda, "device_count"), (torch.cuda, "init")]:
+    wrap(owner, name)
+import yolotrain.engine.forkserver_preload
+import sys
+threads = [line.split()[1] for line in open("/proc/self/status") if line.startswith("Threads:")][0]
+print(sorted(set(asked)), threads, "torch._dynamo" in sys.modules, torch.cuda.is_initialized())
+"""
+
+
+@pytest.mark.slow
+def test_fork_server_preload_asks_cuda_nothing_and_runs_one_thread():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", PRELOAD_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["[]", "1", "True", "False"]
+
+
 @pytest.mark.slow
 def test_failure_on_one_rank_ends_all(ddp_data, tmp_path):
     t0 = time.time()

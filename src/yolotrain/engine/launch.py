@@ -24,7 +24,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
@@ -136,16 +136,23 @@ def _fork_server() -> Iterator[None]:
     started, and the next launch of a program that trains twice (or of a test session) may have others. A server
     something else in this process started is used as it is and left running (the workers then import for
     themselves).
+
+    ``multiprocessing`` has no public way to ask whether its fork server runs or to stop it, so this reads and
+    calls the module's own (``_forkserver_pid``, and ``_stop``, the method CPython's own tests stop it with); on a
+    Python without them the first launch's server is kept for the next.
     """
-    server = forkserver._forkserver  # the module's own; torch reaches it through multiprocessing's context
-    ours = server._forkserver_pid is None
+    server = getattr(forkserver, "_forkserver", None)  # the one server torch's workers are started through
+    ours = getattr(server, "_forkserver_pid", None) is None
     if ours:
         multiprocessing.set_forkserver_preload([PRELOAD])
     try:
         yield
     finally:
-        if ours:
-            server._stop()  # closes its pipe from here and waits for it; what it forked has ended by now
+        if ours and hasattr(server, "_stop"):
+            # closes its pipe from here and waits for it (what it forked has ended: the agent waited for the
+            # workers); a server that is already gone must not hide how the launch ended
+            with suppress(OSError):
+                server._stop()
 
 
 # the agent sets handlers for these that raise SignalException and never puts the caller's back: a
