@@ -13,7 +13,9 @@ On a GPU (default; one call of at most 9 minutes on one card, parts past ``--bud
 - **Ultralytics side by side** (``--ultralytics PATH``: a wheel file, or a folder holding one or an installed
   package): installed with ``pip install --no-deps --target <scratch>`` (the GPU machine has no network),
   trained on the same data, size, batch and precision; skipped with the reason when it cannot import;
-- a real CUDA out-of-memory recovery (memory capped), AutoBatch's choice, and ``compile=true``.
+- a real CUDA out-of-memory recovery (memory capped), AutoBatch's choice, ``compile=true``, and one epoch
+  through the ``nproc=`` launcher (its worker is a fork of the launch's fork server: the check that such a fork
+  uses CUDA and NCCL).
 
 ``--smoke`` runs the same code paths on the CPU in seconds (imgsz 64, scale n, fp32 and bf16, the
 out-of-memory error injected with ``YOLOTRAIN_INJECT_OOM`` instead of a memory cap, no AutoBatch), so
@@ -88,7 +90,7 @@ def make_real_dataset(src: Path, root: Path, n: int) -> Path:
 
 
 # what a --smoke run must print (tests/test_benchmarks.py; tests/data/test_data_gpu_check_smoke.py checks the values)
-SMOKE_KEYS = ("mode", "torch", "n amp=off", "n amp=bf16", "oom_recovery", "compile", "profile")
+SMOKE_KEYS = ("mode", "torch", "n amp=off", "n amp=bf16", "oom_recovery", "compile", "profile", "fork_server_launch")
 WARMUP_STEPS = 15  # steps left out of images/s: worker start-up, cuDNN's search, graph capture, allocator growth
 
 
@@ -376,6 +378,21 @@ def oom_recovery(data: Path, project: Path, base: dict[str, Any], cuda: bool) ->
     return r
 
 
+def fork_server_launch(data: Path, project: Path, base: dict[str, Any]) -> dict[str, Any]:
+    """One epoch through the ``nproc=`` launcher with one worker on this device. The worker is a fork of the
+    launch's fork server (:mod:`yolotrain.engine.worker_process`), which imported torch without asking CUDA
+    anything: a fork that could not use CUDA (or NCCL) fails here with the worker's error."""
+    from yolotrain.config import resolve  # noqa: PLC0415 - this part alone launches
+    from yolotrain.engine.launch import launch  # noqa: PLC0415
+
+    cfg = resolve({**base, "data": str(data), "model": "n", "project": str(project), "name": "launched",
+                   "val": False, "plots": False, "verbose": False})  # fmt: skip
+    t0 = time.perf_counter()
+    save_dir = launch(cfg, 1)
+    last = save_dir / "weights" / "last.pt"
+    return {"seconds": round(time.perf_counter() - t0, 1), "saved": last.is_file(), "device": str(cfg.device)}
+
+
 def autobatch_check(data: Path, project: Path, base: dict[str, Any]) -> dict[str, Any]:
     """AutoBatch's chosen batch (``batch=-1``: at most 60% of the card) against the peak training then
     reserved (measured from the end of the probes; the log lists each probe's memory and speed)."""
@@ -472,6 +489,7 @@ def run(
             )
         else:
             out["compile"] = "no compile setting yet"
+        parts.run("fork_server_launch", lambda: fork_server_launch(datasets["synthetic"], project, base))
     out["seconds"] = round(time.perf_counter() - parts.t0, 1)
     return out
 

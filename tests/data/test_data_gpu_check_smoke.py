@@ -27,3 +27,4 @@ def test_gpu_check_smoke_mode(capsys):
     profile = out["profile"]  # the profile's code path (on the CPU: no GPU busy share)
     assert {"ms_per_step", "host_reads_per_step", "cuda_sync_warnings_per_step"} <= set(profile), profile
     assert profile["gpu_busy_pct"] is None
+    assert out["fork_server_launch"]["saved"]  # a worker forked from the launch's fork server trained and saved
