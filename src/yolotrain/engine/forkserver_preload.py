@@ -6,8 +6,9 @@ collector paused, everything then frozen), so the forks share those pages and th
 
 The fork server ignores SIGTERM and SIGHUP: SLURM stops a job by signalling every process of it, and a fork
 server killed that way reports every worker's exit code as 255 (its pipe closes) while the workers are still
-saving their checkpoint. It ends when the launcher closes it, or when the launcher dies (its pipe from the
-launcher closes). The workers put the default handlers back first thing.
+saving their checkpoint. The workers put the default handlers back first thing. It ends when the launch stops
+it; a launcher killed outright leaves it to end with the last of its workers (each holds the other end of the pipe
+it watches), which train on as orphans, as fresh-interpreter workers did.
 """
 
 import importlib

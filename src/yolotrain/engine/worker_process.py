@@ -1,13 +1,15 @@
 """The body of each training process :func:`yolotrain.engine.launch.launch` starts: ``yolotrain train`` run as
 that process's own program, forked from a fork server that imported torch once for all of them.
 
-A fresh interpreter per worker spent about 5 CPU-seconds importing torch, ``torch._dynamo`` (which every torch
-optimizer imports) and the engine before its first step, once per worker and again at every elastic restart. The
-launch's fork server (``multiprocessing``'s ``forkserver`` start method, which torch elastic offers for a callable
-entry point) imports them once, with :mod:`yolotrain.engine.forkserver_preload`, and each worker is a fork of it.
-The fork server is a process that has only imported modules: it never initialised CUDA and runs no other thread,
-so its forks may use CUDA and NCCL as a fresh interpreter does (the ``fork`` start method from the launcher would
-fork a process that runs the rendezvous store's thread and may have touched CUDA).
+A fresh interpreter per worker imported torch, ``torch._dynamo`` (which every torch optimizer imports) and the
+engine before its first step, once per worker and again at every elastic restart (a tiny two-process epoch took
+9.4-10.5 CPU-seconds that way, 6.3 with the fork server). The launch's fork server (``multiprocessing``'s
+``forkserver`` start method, which torch elastic offers for a callable entry point) imports them once, with
+:mod:`yolotrain.engine.forkserver_preload`, and each worker is a fork of it.
+The fork server is a process that has only imported modules: it never initialised CUDA, and with the launcher's
+one thread per process (``OMP_NUM_THREADS=1``) it runs no other thread (a BLAS pool that more threads would start
+stops around a fork), so its forks may use CUDA and NCCL as a fresh interpreter does. The ``fork`` start method
+from the launcher would fork a process that runs the rendezvous store's thread and may have touched CUDA.
 
 A worker starts where the launcher stood: its working directory, import path and command line, then runs
 :func:`yolotrain.cli.main` as ``python -m yolotrain`` would and leaves with its exit code (75 when preempted).
