@@ -107,24 +107,22 @@ PRELOAD = "yolotrain.engine.forkserver_preload"
 ELASTIC_PROCESS_LOG = "torch.distributed.elastic.multiprocessing.api"
 
 
-class _ExitCodeOnly(logging.Filter):
+def _without_agent_traceback(record: logging.LogRecord) -> bool:
     """Drop the traceback torch elastic logs with a failed worker's exit code: it is the agent's own stack (the
     worker printed its error itself), one screen of noise for every preempted or failed worker."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and str(record.msg).startswith("failed (exitcode"):
-            record.exc_info, record.exc_text = None, None
-        return True
+    if record.exc_info and str(record.msg).startswith("failed (exitcode"):
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 @contextmanager
 def _exit_codes_without_agent_tracebacks() -> Iterator[None]:
-    log, only = logging.getLogger(ELASTIC_PROCESS_LOG), _ExitCodeOnly()
-    log.addFilter(only)
+    log = logging.getLogger(ELASTIC_PROCESS_LOG)
+    log.addFilter(_without_agent_traceback)
     try:
         yield
     finally:
-        log.removeFilter(only)
+        log.removeFilter(_without_agent_traceback)
 
 
 @contextmanager
@@ -205,16 +203,17 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
         cfg_file = Path(f.name)
     last = save_dir / "weights" / "last.pt"
     LOGGER.info(f"distributed: starting {n} processes (torch elastic, standalone)")
-    # what this process can import (the user's callback modules included), the workers can too
-    path = os.pathsep.join(p for p in [os.getcwd(), *sys.path] if p and os.path.isdir(p))
+    # what this process can import (the user's callback modules included), the workers can too: they are given
+    # the list, and the environment passes it on to any process they start
+    import_path = [p for p in [os.getcwd(), *sys.path] if p and os.path.isdir(p)]
     # torchrun's default: one thread per worker, so N processes do not oversubscribe the cores
-    env = {"PYTHONPATH": path, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {"PYTHONPATH": os.pathsep.join(import_path), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
         with _signal_handlers_kept(), _fork_server(), _exit_codes_without_agent_tracebacks():
             elastic_launch(launch_config(n, cfg.max_restarts), run_worker)(
-                worker_args(cfg_file, callbacks), os.getcwd(), path.split(os.pathsep)
+                worker_args(cfg_file, callbacks), os.getcwd(), import_path
             )
     except SignalException as e:  # this process was signalled: the agent stopped the workers (they saved)
         raise Preempted(f"stopped by {signal.Signals(e.sigval).name}; continue with resume={last}") from None

@@ -46,7 +46,5 @@ def run_worker(argv: list[str], cwd: str, import_path: list[str]) -> None:
     except Exception:  # printed as the interpreter would (torch's hook adds the rank); torch's wrapper only files it
         sys.excepthook(*sys.exc_info())
         code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if code:
+    if code:  # multiprocessing flushes the standard streams as the process ends, whatever the code
         raise SystemExit(code)  # passes torch's wrappers untouched: the process's exit code

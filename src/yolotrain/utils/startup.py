@@ -40,18 +40,21 @@ def imports_then_freeze() -> Iterator[None]:
             gc.freeze()  # before the collector resumes, so no pass walks them first
 
 
-def start_program(command: str, cfg: Any = None) -> None:
+def start_program(command: str, cfg: Any = None, *, builds_optimizer: bool | None = None) -> None:
     """Import what ``command`` runs, and ``torch._dynamo`` where this process will build an optimizer, inside
     :func:`imports_then_freeze`.
 
     Args:
         command: A :data:`yolotrain.commands.ENTRIES` name (``train``, ``val``, ``tune``, ``data``...).
         cfg: The resolved settings of ``train`` (to tell a process that trains from one that launches workers).
+        builds_optimizer: Whether this process will build an optimizer; None: a ``train`` process with ``cfg``
+            will unless it launches workers (the fork server of a launch says True for its workers).
     """
     with imports_then_freeze():
         commands.entry(command)
-        if command == "train" and cfg is not None:
+        if builds_optimizer is None and command == "train" and cfg is not None:
             from yolotrain.engine.launch import processes_wanted  # noqa: PLC0415 - torch is imported by now
 
-            if processes_wanted(cfg) == 1:  # a launcher builds no optimizer; its workers come back here
-                importlib.import_module("torch._dynamo")
+            builds_optimizer = processes_wanted(cfg) == 1  # a launcher builds none; its workers come back here
+        if builds_optimizer:
+            importlib.import_module("torch._dynamo")
