@@ -141,7 +141,8 @@ def test_api_keeps_callbacks_under_ddp(tiny_data, tmp_path, monkeypatch):
         return det, best
 
     first, second = tmp_path / "first", tmp_path / "second"
-    first.mkdir(), second.mkdir()
+    first.mkdir()
+    second.mkdir()
     previous = signal.signal(signal.SIGTERM, callers_handler)
     try:
         det, best = train(first)
@@ -158,7 +159,7 @@ def test_api_keeps_callbacks_under_ddp(tiny_data, tmp_path, monkeypatch):
     for out in (first, second):
         records = {tuple((out / f"process_rank{rank}.txt").read_text().split()) for rank in (0, 1)}
         assert len(records) == 1, records  # both ranks: children of the same process, which preloaded the engine
-        (parent, preloaded, hangup_default), *_ = records
+        ((parent, preloaded, hangup_default),) = records
         assert preloaded == "True" and int(parent) != os.getpid()
         assert hangup_default == "True"  # the server ignores the stop signals; its forks answer them
         parents[out] = parent

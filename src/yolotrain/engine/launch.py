@@ -205,7 +205,8 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     LOGGER.info(f"distributed: starting {n} processes (torch elastic, standalone)")
     # what this process can import (the user's callback modules included), the workers can too: they are given
     # the list, and the environment passes it on to any process they start
-    import_path = [p for p in [os.getcwd(), *sys.path] if p and os.path.isdir(p)]
+    cwd = os.getcwd()
+    import_path = [p for p in [cwd, *sys.path] if p and os.path.isdir(p)]
     # torchrun's default: one thread per worker, so N processes do not oversubscribe the cores
     env = {"PYTHONPATH": os.pathsep.join(import_path), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     saved_env = {k: os.environ.get(k) for k in env}
@@ -213,7 +214,7 @@ def launch(cfg: Config, n: int, extra_callbacks: list[tuple[str, Callable[[Any],
     try:
         with _signal_handlers_kept(), _fork_server(), _exit_codes_without_agent_tracebacks():
             elastic_launch(launch_config(n, cfg.max_restarts), run_worker)(
-                worker_args(cfg_file, callbacks), os.getcwd(), import_path
+                worker_args(cfg_file, callbacks), cwd, import_path
             )
     except SignalException as e:  # this process was signalled: the agent stopped the workers (they saved)
         raise Preempted(f"stopped by {signal.Signals(e.sigval).name}; continue with resume={last}") from None
